@@ -10,6 +10,20 @@
 //   kWindow : only through the local window: |q - k| <= window (and causal as above)
 // Partial = some pair inside the (qb, kb) tile (clipped to seq_len) is not allowed by the
 // position rules (causal, window, sequence end). Key padding is applied on top, per batch row.
+//
+// Block lists per pattern (nb = num_blocks; with causal, a key block kb > qb is never listed,
+// and an entry whose element rule allows no pair at all is not listed):
+//   dense        : every kb, kWhole.
+//   local        : every kb holding some k with |q - k| <= window for some q in qb, kWindow.
+//   random       : own block qb, kWhole, plus r blocks drawn from the candidates
+//                  {kb != qb, and kb < qb if causal} (ascending list c, n = |c|): if r >= n all of
+//                  them, else partial Fisher-Yates with Rng(seed, stream = (layer << 32) | qb):
+//                  for i in [0, r): j = i + rng.below(n - i); swap(c[i], c[j]); take c[0..r).
+//   block_sparse : Sparse-Transformer "fixed" with s = stride_blocks: kb with kb / s == qb / s,
+//                  or kb % s == s - 1; kWhole.
+//   bigbird      : union of: global (qb < g: every kb; kb < g for every qb), the random draw
+//                  above (without the own-block rule), all kWhole; and the local window, kWindow.
+//                  An entry that is both kWhole and kWindow is kWhole.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -1,0 +1,2 @@
+// smt command-line entry point (placeholder until the CLI lands).
+int main() { return 0; }

@@ -1,2 +1,43 @@
-// smt command-line entry point (placeholder until the CLI lands).
-int main() { return 0; }
+// smt command-line entry point: dispatch to subcommands, turn errors into one line and an
+// exit code (2 usage/config, 1 runtime).
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "app/cli.h"
+#include "core/error.h"
+
+namespace {
+
+void print_usage() {
+  std::printf(
+      "usage: smt <command> [options]   (smt <command> --help lists every option)\n\n"
+      "commands:\n"
+      "  train      train a model: smt train --config FILE [--section.key=value ...]\n"
+      "  generate   write synthetic claims as JSONL: smt generate --out FILE\n"
+      "  bench      time training steps: smt bench step --config FILE\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    print_usage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "train") return smt::cmd_train(argc - 1, argv + 1);
+    if (cmd == "generate") return smt::cmd_generate(argc - 1, argv + 1);
+    if (cmd == "bench") return smt::cmd_bench(argc - 1, argv + 1);
+    std::fprintf(stderr, "smt: error: unknown command '%s' (try smt --help)\n", cmd.c_str());
+    return 2;
+  } catch (const smt::Error& e) {
+    std::fprintf(stderr, "smt %s: error: %s\n", cmd.c_str(), e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "smt %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,77 @@
+// Config loading from file + command line, and the progress display.
+#include "app/cli.h"
+
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace po = boost::program_options;
+
+namespace smt {
+
+bool parse_run_config(int argc, char** argv, const std::string& command, const std::string& usage,
+                      RunConfig& config, const po::options_description* extra) {
+  std::string config_file;
+  po::options_description generic("Options");
+  generic.add_options()("help,h", "print this help")("config", po::value(&config_file),
+                                                     "INI file with the configuration");
+  po::options_description keys = run_config_options(config);
+  po::options_description all;
+  all.add(generic);
+  if (extra) all.add(*extra);
+  all.add(keys);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "usage: smt " << command << " " << usage << "\n\n" << all << "\n";
+      return false;
+    }
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream f(path);
+      SMT_USAGE_CHECK(f.good(), "cannot read config file ", path);
+      try {
+        po::store(po::parse_config_file(f, keys, false), vm);
+      } catch (const po::error& e) {
+        throw UsageError(path + ": " + e.what());
+      }
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  config.validate();
+  return true;
+}
+
+Progress::Progress(int64_t total) : total_(total), tty_(isatty(fileno(stdout)) != 0) {}
+
+void Progress::update(int64_t done, const std::string& info, bool force_line) {
+  if (log_rank() != 0) return;
+  if (tty_) {
+    const int width = 30;
+    const int filled = total_ > 0 ? static_cast<int>(width * done / total_) : width;
+    std::string bar(filled, '#');
+    bar.resize(width, '.');
+    std::fprintf(stdout, "\r[%s] %s\x1b[K", bar.c_str(), info.c_str());
+    std::fflush(stdout);
+    dirty_ = true;
+  } else if (force_line) {
+    std::fprintf(stdout, "%s\n", info.c_str());
+    std::fflush(stdout);
+  }
+}
+
+void Progress::finish() {
+  if (tty_ && dirty_) std::fprintf(stdout, "\n");
+  dirty_ = false;
+}
+
+}  // namespace smt

@@ -1,0 +1,37 @@
+// Shared command-line plumbing of the smt subcommands: config loading (file + overrides),
+// the help text, and the progress display.
+#pragma once
+#include <string>
+
+#include "model/config.h"
+
+namespace boost::program_options {
+class options_description;
+}
+
+namespace smt {
+
+// Parses `--config FILE` and `--section.key=value` overrides (command line wins over the file).
+// Returns false if --help was given (help printed). Throws UsageError on bad input.
+// `extra` (nullable) adds command-specific options.
+bool parse_run_config(int argc, char** argv, const std::string& command, const std::string& usage,
+                      RunConfig& config, const boost::program_options::options_description* extra = nullptr);
+
+// One-line progress: a bar on a terminal (rewritten in place), plain lines otherwise.
+class Progress {
+ public:
+  explicit Progress(int64_t total);
+  void update(int64_t done, const std::string& info, bool force_line = false);
+  void finish();
+
+ private:
+  int64_t total_;
+  bool tty_;
+  bool dirty_ = false;
+};
+
+int cmd_train(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+
+}  // namespace smt

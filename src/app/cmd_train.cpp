@@ -1,0 +1,145 @@
+// `smt train`: load data, build the model, run the optimizer loop, log metrics.jsonl, then
+// evaluate on the held-out split and append the {"event":"final"} record.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "app/cli.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/threads.h"
+#include "core/timer.h"
+#include "data/batch.h"
+#include "data/source.h"
+#include "eval/evaluator.h"
+#include "io/json.h"
+#include "model/model.h"
+
+namespace smt {
+
+namespace {
+
+void prepare_run_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  SMT_USAGE_CHECK(!ec && fs::is_directory(dir), "cannot create run folder ", dir, ": ", ec.message());
+  const fs::path probe = fs::path(dir) / ".smt-write-test";
+  {
+    std::ofstream f(probe);
+    SMT_USAGE_CHECK(f.good(), "run folder ", dir, " is not writable");
+  }
+  fs::remove(probe, ec);
+}
+
+JsonObject eval_json(const EvalSummary& s) {
+  JsonObject o;
+  o.add("eval_accuracy", s.overall.accuracy)
+      .add("majority_accuracy", s.majority_accuracy)
+      .add("eval_macro_f1", s.overall.macro_f1)
+      .add("eval_nll", s.overall.nll)
+      .add("eval_brier", s.overall.brier)
+      .add("eval_ece", s.overall.ece)
+      .add("eval_n", s.overall.n);
+  if (s.overall.auc >= 0) o.add("eval_auc", s.overall.auc);
+  if (s.has_binary_view) {
+    o.add("eval_binary_accuracy", s.binary.accuracy)
+        .add("binary_majority_accuracy", s.binary_majority_accuracy)
+        .add("eval_binary_auc", s.binary.auc);
+  }
+  if (!s.group_names.empty()) {
+    JsonObject g;
+    for (size_t i = 0; i < s.group_names.size(); ++i)
+      if (s.group_count[i] > 0) g.add(s.group_names[i], s.group_accuracy[i]);
+    o.add("eval_group_accuracy", g);
+  }
+  return o;
+}
+
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+  RunConfig cfg;
+  if (!parse_run_config(argc, argv, "train", "--config FILE [--section.key=value ...]", cfg)) return 0;
+  set_num_threads(cfg.train.threads);
+  DataSplits data = load_data(cfg.data, cfg.seed);
+  SMT_USAGE_CHECK(!data.train.examples.empty(), "the training set is empty");
+  if (cfg.model.num_classes == 0) cfg.model.num_classes = data.train.num_classes();
+  SMT_USAGE_CHECK(cfg.model.num_classes == data.train.num_classes() || cfg.model.head == "lm",
+                  "model.num_classes = ", cfg.model.num_classes, " but the data has ", data.train.num_classes(),
+                  " classes");
+  prepare_run_dir(cfg.run_dir);
+  const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
+  {
+    std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
+    std::ofstream truncate(metrics_path);
+  }
+
+  Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
+  model.init_params(cfg.seed);
+  log_info("smt train: " + std::to_string(model.num_params()) + " parameters, " + data.train.name + " " +
+           std::to_string(data.train.examples.size()) + " examples, " + data.heldout.name + " " +
+           std::to_string(data.heldout.examples.size()) + " examples, attention " + cfg.model.attention +
+           ", " + std::to_string(num_threads()) + " threads");
+
+  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len);
+  Progress progress(cfg.train.steps);
+  Timer total_timer;
+  double window_tokens = 0, window_seconds = 0;
+  const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
+  for (int64_t step = 1; step <= cfg.train.steps; ++step) {
+    Timer step_timer;
+    const Batch batch = loader.next();
+    model.zero_grads();
+    const LossParts loss = model.forward(batch);
+    SMT_CHECK(std::isfinite(loss.total), "non-finite loss at step ", step);
+    model.backward();
+    const double grad_norm = optimizer_step(model, cfg.train, step);
+    const double dt = step_timer.seconds();
+    window_tokens += static_cast<double>(tokens_per_step);
+    window_seconds += dt;
+    const double tokens_per_s = window_seconds > 0 ? window_tokens / window_seconds : 0;
+    const bool log_now = step % cfg.train.log_every == 0 || step == cfg.train.steps || step == 1;
+    if (log_now) {
+      JsonObject rec;
+      rec.add("event", "step").add("step", step).add("loss", loss.total).add("task_loss", loss.task)
+          .add("aux_loss", loss.aux).add("z_loss", loss.z).add("lr", static_cast<double>(learning_rate_at(cfg.train, step)))
+          .add("grad_norm", grad_norm).add("tokens_per_s", tokens_per_s).add("step_s", dt);
+      std::vector<std::string> per_layer;
+      for (const auto& r : model.routing()) {
+        if (!r.is_moe) continue;
+        JsonObject lr;
+        lr.add("tokens_per_expert", r.tokens_per_expert).add("dropped", r.dropped);
+        per_layer.push_back(lr.str());
+      }
+      rec.add_raw("moe_layers", json_array(per_layer));
+      append_jsonl(metrics_path, rec);
+      window_tokens = window_seconds = 0;
+    }
+    const double elapsed = total_timer.seconds();
+    const double eta = elapsed / step * (cfg.train.steps - step);
+    char info[200];
+    std::snprintf(info, sizeof info, "step %lld/%lld  loss %.4f  %.0f tok/s  ETA %.0fs", static_cast<long long>(step),
+                  static_cast<long long>(cfg.train.steps), loss.total, tokens_per_s, eta);
+    progress.update(step, info, log_now);
+  }
+  progress.finish();
+  const double train_seconds = total_timer.seconds();
+
+  EvalSummary summary;
+  if (cfg.model.head == "classifier") {
+    const Predictions pred = predict(model, data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size);
+    summary = summarize(pred, data.heldout);
+    log_info(format_summary(summary, "held-out evaluation (" + data.heldout.name + ")"));
+  }
+  JsonObject rec;
+  rec.add("event", "final").add("steps", cfg.train.steps).add("train_seconds", train_seconds)
+      .add("tokens_per_s", cfg.train.steps * static_cast<double>(tokens_per_step) / train_seconds);
+  if (cfg.model.head == "classifier") rec.merge(eval_json(summary));
+  append_jsonl(metrics_path, rec);
+  log_info("run folder: " + cfg.run_dir);
+  return 0;
+}
+
+}  // namespace smt

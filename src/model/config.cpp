@@ -1,0 +1,185 @@
+// Config keys (Boost.Program_options), INI round trip and validation.
+#include "model/config.h"
+
+#include <boost/program_options.hpp>
+#include <cmath>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace po = boost::program_options;
+
+namespace smt {
+
+AttnPatternConfig RunConfig::attention_pattern() const {
+  AttnPatternConfig pc;
+  pc.kind = parse_attn_pattern(model.attention);
+  pc.causal = model.causal;
+  pc.block_size = model.block_size;
+  pc.window = model.window;
+  pc.num_random_blocks = model.random_blocks;
+  pc.stride_blocks = model.stride_blocks;
+  pc.num_global_blocks = model.global_blocks;
+  pc.seed = seed;
+  return pc;
+}
+
+po::options_description run_config_options(RunConfig& c) {
+  po::options_description all("Configuration (INI sections [model] [train] [data] [run]; command line --section.key=value wins)");
+  po::options_description m("model");
+  auto& M = c.model;
+  m.add_options()
+      ("model.d_model", po::value(&M.d_model)->default_value(M.d_model), "model width d")
+      ("model.layers", po::value(&M.layers)->default_value(M.layers), "transformer blocks")
+      ("model.heads", po::value(&M.heads)->default_value(M.heads), "attention heads (must divide d_model)")
+      ("model.experts", po::value(&M.experts)->default_value(M.experts), "experts per MoE layer")
+      ("model.top_k", po::value(&M.top_k)->default_value(M.top_k), "experts per token")
+      ("model.expert_hidden", po::value(&M.expert_hidden)->default_value(M.expert_hidden), "expert hidden width f")
+      ("model.capacity_factor", po::value(&M.capacity_factor)->default_value(M.capacity_factor),
+       "expert capacity factor c (0 = dropless; else ceil(c*T*k/E) per expert)")
+      ("model.moe_every", po::value(&M.moe_every)->default_value(M.moe_every),
+       "MoE in every n-th block, dense FFN elsewhere (1 = all blocks)")
+      ("model.head", po::value(&M.head)->default_value(M.head), "classifier | lm")
+      ("model.num_classes", po::value(&M.num_classes)->default_value(M.num_classes), "classes (0 = from the data)")
+      ("model.rope_theta", po::value(&M.rope_theta)->default_value(M.rope_theta), "rotary embedding base")
+      ("model.norm_eps", po::value(&M.norm_eps)->default_value(M.norm_eps), "RMSNorm epsilon")
+      ("model.attention", po::value(&M.attention)->default_value(M.attention),
+       "attention pattern: dense | local | random | block_sparse | bigbird")
+      ("model.causal", po::value(&M.causal)->default_value(M.causal), "causal attention (true/false)")
+      ("model.block_size", po::value(&M.block_size)->default_value(M.block_size), "attention block size b (tokens)")
+      ("model.window", po::value(&M.window)->default_value(M.window), "local/bigbird window w (tokens)")
+      ("model.random_blocks", po::value(&M.random_blocks)->default_value(M.random_blocks),
+       "random/bigbird: random key blocks per query block")
+      ("model.stride_blocks", po::value(&M.stride_blocks)->default_value(M.stride_blocks),
+       "block_sparse: stride group size s (blocks)")
+      ("model.global_blocks", po::value(&M.global_blocks)->default_value(M.global_blocks),
+       "bigbird: global blocks g");
+  po::options_description t("train");
+  auto& T = c.train;
+  t.add_options()
+      ("train.steps", po::value(&T.steps)->default_value(T.steps), "optimizer steps")
+      ("train.batch_size", po::value(&T.batch_size)->default_value(T.batch_size), "sequences per step (global)")
+      ("train.seq_len", po::value(&T.seq_len)->default_value(T.seq_len), "tokens per sequence N")
+      ("train.lr", po::value(&T.lr)->default_value(T.lr), "peak learning rate")
+      ("train.min_lr_ratio", po::value(&T.min_lr_ratio)->default_value(T.min_lr_ratio), "final lr / peak lr (cosine)")
+      ("train.warmup", po::value(&T.warmup)->default_value(T.warmup), "linear warm-up steps")
+      ("train.weight_decay", po::value(&T.weight_decay)->default_value(T.weight_decay), "AdamW decay (matrices only)")
+      ("train.clip", po::value(&T.clip)->default_value(T.clip), "global gradient-norm clip (0 = off)")
+      ("train.beta1", po::value(&T.beta1)->default_value(T.beta1), "AdamW beta1")
+      ("train.beta2", po::value(&T.beta2)->default_value(T.beta2), "AdamW beta2")
+      ("train.aux_loss_coeff", po::value(&T.aux_loss_coeff)->default_value(T.aux_loss_coeff),
+       "load-balance loss coefficient")
+      ("train.z_loss_coeff", po::value(&T.z_loss_coeff)->default_value(T.z_loss_coeff), "router z-loss coefficient")
+      ("train.log_every", po::value(&T.log_every)->default_value(T.log_every), "metrics record every n steps")
+      ("train.eval_batch_size", po::value(&T.eval_batch_size)->default_value(T.eval_batch_size),
+       "sequences per evaluation batch")
+      ("train.threads", po::value(&T.threads)->default_value(T.threads), "CPU threads (0 = all cores)");
+  po::options_description dd("data");
+  auto& D = c.data;
+  dd.add_options()
+      ("data.source", po::value(&D.source)->default_value(D.source), "synthetic | liar")
+      ("data.path", po::value(&D.path)->default_value(D.path), "liar: folder holding train.tsv and valid.tsv")
+      ("data.fields", po::value(&D.fields)->default_value(D.fields),
+       "liar inputs: statement | statement+metadata | statement+metadata+credit (credit leaks the label)")
+      ("data.binary", po::value(&D.binary)->default_value(D.binary), "liar: true/false instead of six labels")
+      ("data.synthetic_train", po::value(&D.synthetic_train)->default_value(D.synthetic_train),
+       "synthetic: training items")
+      ("data.synthetic_heldout", po::value(&D.synthetic_heldout)->default_value(D.synthetic_heldout),
+       "synthetic: held-out items")
+      ("data.long_context_fraction", po::value(&D.long_context_fraction)->default_value(D.long_context_fraction),
+       "synthetic: fraction of long-context items")
+      ("data.long_context_chars", po::value(&D.long_context_chars)->default_value(D.long_context_chars),
+       "synthetic: bytes between evidence and claim in long-context items");
+  po::options_description r("run");
+  r.add_options()
+      ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
+      ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
+      ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda");
+  all.add(m).add(t).add(dd).add(r);
+  return all;
+}
+
+void RunConfig::validate() const {
+  const auto& M = model;
+  const auto& T = train;
+  SMT_USAGE_CHECK(M.d_model > 0 && M.layers > 0 && M.heads > 0, "model.d_model, model.layers and model.heads must be positive");
+  SMT_USAGE_CHECK(M.d_model % M.heads == 0, "model.heads (", M.heads, ") does not divide model.d_model (", M.d_model, ")");
+  SMT_USAGE_CHECK(M.head_dim() % 2 == 0, "head dim d_model/heads = ", M.head_dim(), " must be even for rotary embeddings");
+  SMT_USAGE_CHECK(M.experts > 0, "model.experts must be positive, got ", M.experts);
+  SMT_USAGE_CHECK(M.top_k > 0 && M.top_k <= M.experts, "model.top_k (", M.top_k, ") must be in [1, model.experts = ",
+                  M.experts, "]");
+  SMT_USAGE_CHECK(M.expert_hidden > 0, "model.expert_hidden must be positive");
+  SMT_USAGE_CHECK(M.capacity_factor >= 0 && std::isfinite(M.capacity_factor), "model.capacity_factor must be >= 0");
+  SMT_USAGE_CHECK(M.moe_every >= 1, "model.moe_every must be >= 1");
+  SMT_USAGE_CHECK(M.head == "classifier" || M.head == "lm", "model.head must be classifier or lm, got '", M.head, "'");
+  SMT_USAGE_CHECK(M.num_classes >= 0, "model.num_classes must be >= 0");
+  parse_attn_pattern(M.attention);
+  SMT_USAGE_CHECK(M.block_size > 0, "model.block_size must be positive");
+  SMT_USAGE_CHECK(M.window >= 0, "model.window must be >= 0");
+  SMT_USAGE_CHECK(M.random_blocks >= 0 && M.stride_blocks > 0 && M.global_blocks >= 0,
+                  "model.random_blocks, model.global_blocks must be >= 0 and model.stride_blocks > 0");
+  SMT_USAGE_CHECK(T.steps > 0 && T.batch_size > 0 && T.seq_len > 1, "train.steps, train.batch_size must be positive and train.seq_len > 1");
+  if (M.attention == "local" || M.attention == "bigbird")
+    SMT_USAGE_CHECK(M.window < T.seq_len, "model.window (", M.window, ") is not smaller than train.seq_len (", T.seq_len,
+                    ")");
+  SMT_USAGE_CHECK(T.lr > 0 && T.warmup >= 0 && T.clip >= 0 && T.weight_decay >= 0, "train.lr must be > 0 and train.warmup, train.clip, train.weight_decay >= 0");
+  SMT_USAGE_CHECK(T.beta1 >= 0 && T.beta1 < 1 && T.beta2 >= 0 && T.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)");
+  SMT_USAGE_CHECK(T.log_every > 0 && T.eval_batch_size > 0, "train.log_every and train.eval_batch_size must be positive");
+  SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",
+                  data.source, "'");
+  SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
+  SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
+#ifndef SMT_CUDA
+  SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");
+#endif
+}
+
+std::string RunConfig::to_ini() const {
+  // Write every option with its current value, section by section.
+  RunConfig copy = *this;
+  po::options_description desc = run_config_options(copy);
+  std::ostringstream top, os;
+  std::string section;
+  for (const auto& opt : desc.options()) {
+    const std::string& key = opt->long_name();
+    boost::any value;
+    opt->semantic()->apply_default(value);
+    std::string text;
+    if (auto* i = boost::any_cast<int>(&value)) text = std::to_string(*i);
+    else if (auto* l = boost::any_cast<int64_t>(&value)) text = std::to_string(*l);
+    else if (auto* u = boost::any_cast<uint64_t>(&value)) text = std::to_string(*u);
+    else if (auto* dv = boost::any_cast<double>(&value)) { std::ostringstream s; s.precision(17); s << *dv; text = s.str(); }
+    else if (auto* fv = boost::any_cast<float>(&value)) { std::ostringstream s; s.precision(9); s << *fv; text = s.str(); }
+    else if (auto* b = boost::any_cast<bool>(&value)) text = *b ? "true" : "false";
+    else if (auto* str = boost::any_cast<std::string>(&value)) text = *str;
+    const auto dot = key.find('.');
+    if (dot == std::string::npos) {
+      top << key << " = " << text << "\n";
+      continue;
+    }
+    const std::string sec = key.substr(0, dot);
+    if (sec != section) {
+      os << "\n[" << sec << "]\n";
+      section = sec;
+    }
+    os << key.substr(dot + 1) << " = " << text << "\n";
+  }
+  return top.str() + os.str();
+}
+
+RunConfig load_run_config_text(const std::string& ini_text, bool validate) {
+  RunConfig c;
+  po::options_description desc = run_config_options(c);
+  po::variables_map vm;
+  std::istringstream is(ini_text);
+  try {
+    po::store(po::parse_config_file(is, desc, false), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(std::string("config: ") + e.what());
+  }
+  if (validate) c.validate();
+  return c;
+}
+
+}  // namespace smt

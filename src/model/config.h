@@ -1,0 +1,91 @@
+// The resolved run configuration: every key of the INI file / command line, grouped by section.
+// Defaults here are the documented defaults (`smt train --help` prints them).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "kernels/attention_pattern.h"
+
+namespace boost::program_options {
+class options_description;
+}
+
+namespace smt {
+
+struct ModelConfig {
+  int d_model = 128;
+  int layers = 2;
+  int heads = 2;
+  int experts = 8;
+  int top_k = 2;
+  int expert_hidden = 256;
+  double capacity_factor = 0.0;  // 0 = dropless
+  int moe_every = 1;             // MoE in layers with l % moe_every == moe_every-1, dense FFN elsewhere
+  std::string head = "classifier";  // classifier | lm
+  int num_classes = 0;           // 0 = from the data set
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-6f;
+  // attention
+  std::string attention = "local";  // dense | local | random | block_sparse | bigbird
+  bool causal = false;
+  int block_size = 64;
+  int window = 128;
+  int random_blocks = 2;
+  int stride_blocks = 4;
+  int global_blocks = 1;
+
+  int head_dim() const { return d_model / heads; }
+};
+
+struct TrainConfig {
+  int64_t steps = 300;
+  int64_t batch_size = 16;
+  int64_t seq_len = 256;
+  float lr = 1e-3f;
+  float min_lr_ratio = 0.1f;
+  int64_t warmup = 20;
+  float weight_decay = 0.1f;
+  float clip = 1.0f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float aux_loss_coeff = 1e-2f;
+  float z_loss_coeff = 1e-3f;
+  int64_t log_every = 10;
+  int64_t eval_batch_size = 64;
+  int threads = 0;  // 0 = all cores
+};
+
+struct DataConfig {
+  std::string source = "synthetic";  // synthetic | liar
+  std::string path;                  // liar: folder with train.tsv and valid.tsv
+  std::string fields = "statement";  // liar: statement | statement+metadata | statement+metadata+credit
+  bool binary = false;               // liar: two classes instead of six
+  int64_t synthetic_train = 4096;
+  int64_t synthetic_heldout = 1024;
+  double long_context_fraction = 0.1;
+  int64_t long_context_chars = 2048;
+};
+
+struct RunConfig {
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+  std::string run_dir = "runs/default";
+  uint64_t seed = 1234;
+  std::string device = "cpu";  // cpu | cuda
+
+  AttnPatternConfig attention_pattern() const;
+  // Throws UsageError naming the first inconsistency (heads not dividing d, window > seq_len, ...).
+  void validate() const;
+  // The resolved configuration as an INI text that load_run_config_text() reads back.
+  std::string to_ini() const;
+};
+
+// Every config key as a Boost.Program_options description bound to the fields of `config`
+// (whose current values become the printed defaults). Sections: model, train, data, run.
+boost::program_options::options_description run_config_options(RunConfig& config);
+
+// Parse an INI text (unknown keys, wrong types -> UsageError) on top of defaults; validate().
+RunConfig load_run_config_text(const std::string& ini_text, bool validate = true);
+
+}  // namespace smt

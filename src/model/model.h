@@ -1,0 +1,115 @@
+// The sparse-attention MoE transformer on the CPU: parameters, gradients and AdamW moments in
+// one arena (see ParamLayout), activations kept per layer for an explicit backward pass.
+// forward() computes logits and losses for a batch; backward() (after a forward on the same
+// batch) accumulates the gradient of the total loss into grads().
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "data/batch.h"
+#include "kernels/attention_pattern.h"
+#include "kernels/moe.h"
+#include "model/config.h"
+#include "model/param_layout.h"
+
+namespace smt {
+
+struct LossParts {
+  double total = 0;     // task + aux + z
+  double task = 0;      // mean cross-entropy
+  double aux = 0;       // load-balance loss, summed over MoE layers
+  double z = 0;         // router z-loss, summed over MoE layers
+  int64_t num_targets = 0;  // rows (classifier) or tokens (LM) the task loss averages over
+};
+
+// Routing statistics of the last forward, per layer (dense layers have one "expert").
+struct LayerRouting {
+  bool is_moe = false;
+  std::vector<int64_t> tokens_per_expert;  // [E] kept assignments
+  std::vector<int64_t> routed_per_expert;  // [E] before capacity dropping
+  int64_t dropped = 0;
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& config, float aux_loss_coeff, float z_loss_coeff, uint64_t attention_seed);
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  int64_t num_params() const;  // without alignment padding
+
+  float* params() { return params_; }
+  float* grads() { return grads_; }
+  float* adam_m() { return adam_m_; }
+  float* adam_v() { return adam_v_; }
+  const float* params() const { return params_; }
+  float* param(const std::string& name) { return params_ + layout_.at(name).offset; }
+  float* grad(const std::string& name) { return grads_ + layout_.at(name).offset; }
+
+  // N(0, 0.02) matrices (output projections scaled 1/sqrt(2L)), ones for norms, zero biases.
+  void init_params(uint64_t seed);
+  void zero_grads();
+
+  // Forward on a batch: logits (classifier [B, C] / LM [B, N, V]) and losses. Keeps what the
+  // backward needs. with_loss = false skips the task loss (inference).
+  LossParts forward(const Batch& batch, bool with_loss = true);
+  // Gradient of the last forward's total loss, accumulated into grads().
+  void backward();
+
+  const std::vector<float>& logits() const { return logits_; }
+  // Class probabilities of the last classifier forward [B, C].
+  const std::vector<float>& probs() const { return head_probs_; }
+  const std::vector<LayerRouting>& routing() const { return routing_; }
+  const BlockMask& block_mask(int layer, int seq_len);
+
+ private:
+  struct LayerPtrs {
+    float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *router, *w1, *b1, *w2, *b2;
+  };
+  struct LayerActs {
+    std::vector<float> x_in, a, rstd1, q, k, v, o, lse, x_mid, m, rstd2;  // [T,d] / [T] / [B,H,N]
+    std::vector<float> router_logits, router_probs, router_lse;          // [T,E], [T,E], [T]
+    std::vector<int32_t> topk_idx;                                       // [T,k]
+    std::vector<float> topk_w;                                           // [T,k]
+    cpu::RoutingPlan plan;
+    std::vector<float> rows, hidden_pre, hidden, rows_out;               // [R,d], [R,f], [R,f], [R,d]
+  };
+
+  LayerPtrs layer_ptrs(float* base, int l) const;
+  void ensure_activations(int64_t B, int64_t N);
+
+  ModelConfig config_;
+  ParamLayout layout_;
+  float aux_coeff_, z_coeff_;
+  uint64_t attention_seed_;
+  std::vector<float> arena_;  // [4 * layout.total()]: params | grads | adam_m | adam_v
+  float *params_, *grads_, *adam_m_, *adam_v_;
+
+  // Block masks per (layer), rebuilt when the sequence length changes.
+  std::vector<BlockMask> masks_;
+  int mask_seq_len_ = -1;
+
+  // Last forward's batch and activations.
+  const Batch* batch_ = nullptr;
+  int64_t B_ = 0, N_ = 0;
+  bool last_with_loss_ = false;
+  std::vector<LayerActs> acts_;
+  std::vector<LayerRouting> routing_;
+  std::vector<float> x_final_, h_final_, rstd_final_, pooled_;
+  std::vector<float> logits_, head_probs_;
+  std::vector<int32_t> targets_;
+  int64_t num_targets_ = 0;
+  // Backward scratch.
+  std::vector<float> dx_, d_a_, dq_, dk_, dv_, d_o_, d_m_, d_rows_, d_rows_out_, d_hidden_, d_topk_w_, d_probs_,
+      d_lse_, d_router_logits_, d_h_, d_pooled_, d_logits_, d_tmp_;
+};
+
+// Learning rate at a 1-based step: linear warm-up then cosine to min_lr_ratio * lr at `steps`.
+float learning_rate_at(const TrainConfig& train, int64_t step);
+
+// Global-norm clipping + AdamW over all parameters (decay only where the layout says).
+// Returns the gradient norm before clipping.
+double optimizer_step(Model& model, const TrainConfig& train, int64_t step);
+
+}  // namespace smt

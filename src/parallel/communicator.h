@@ -1,0 +1,49 @@
+// The communicator interface that expert- and data-parallel code talks to, with two backends:
+// MPI (host buffers; any world size) and Self (world size 1, no MPI needed). The NCCL backend
+// of the CUDA build implements the same interface. Counts are in elements unless named _bytes.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace smt {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string backend() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual void all_reduce_sum(float* data, int64_t n) = 0;
+  virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  virtual void all_reduce_max(double* data, int64_t n) = 0;
+  // recv [size * bytes_per_rank] = concatenation of every rank's send [bytes_per_rank].
+  virtual void all_gather(const void* send, void* recv, int64_t bytes_per_rank) = 0;
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // send_counts[r] floats go to rank r (contiguous in rank order in send); recv_counts[r] floats
+  // arrive from rank r (contiguous in rank order in recv). Exchange counts first with all_to_all.
+  virtual void all_to_all_v(const float* send, const int64_t* send_counts, float* recv,
+                            const int64_t* recv_counts) = 0;
+  // recv[r] = what rank r put in send[rank()]: one int64 per rank each way.
+  virtual void all_to_all(const int64_t* send, int64_t* recv) = 0;
+  // Sub-communicator of the ranks with the same color, ordered by key.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // Stop every rank of the job (MPI_Abort); never returns.
+  [[noreturn]] virtual void abort(int exit_code) = 0;
+};
+
+// World size 1: collectives are copies. Works without MPI.
+std::unique_ptr<Communicator> make_self_communicator();
+
+// MPI_COMM_WORLD; initialises MPI (MPI_THREAD_FUNNELED) on first use and finalises at exit.
+std::unique_ptr<Communicator> make_mpi_world_communicator();
+
+// True when this process was started by mpirun/srun (Open MPI, PMI or Slurm variables set).
+bool launched_under_mpi();
+
+// The world communicator: MPI when launched under mpirun/srun, Self otherwise.
+std::unique_ptr<Communicator> make_world_communicator();
+
+}  // namespace smt

@@ -1,0 +1,126 @@
+// MPI communicator on host buffers. Large all-to-all-v counts are split into chunks below
+// INT_MAX elements per peer; ranks agree on chunk counts through the exchanged counts.
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <vector>
+
+#include "core/error.h"
+#include "parallel/communicator.h"
+
+namespace smt {
+
+namespace {
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  throw Error(std::string("MPI ") + what + " failed: " + std::string(msg, len));
+}
+
+void ensure_mpi_initialised() {
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (initialised) return;
+  int provided = 0;
+  check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "Init_thread");
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  std::atexit([] {
+    int finalised = 0;
+    MPI_Finalized(&finalised);
+    if (!finalised) MPI_Finalize();
+  });
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  ~MpiCommunicator() override {
+    int finalised = 0;
+    MPI_Finalized(&finalised);
+    if (owned_ && !finalised) MPI_Comm_free(&comm_);
+  }
+  std::string backend() const override { return "mpi"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(float* data, int64_t n) override { reduce(data, n, MPI_FLOAT, MPI_SUM); }
+  void all_reduce_sum(double* data, int64_t n) override { reduce(data, n, MPI_DOUBLE, MPI_SUM); }
+  void all_reduce_max(double* data, int64_t n) override { reduce(data, n, MPI_DOUBLE, MPI_MAX); }
+
+  void all_gather(const void* send, void* recv, int64_t bytes_per_rank) override {
+    SMT_CHECK(bytes_per_rank <= INT_MAX, "all_gather of ", bytes_per_rank, " bytes per rank is too large");
+    check_mpi(MPI_Allgather(send, static_cast<int>(bytes_per_rank), MPI_BYTE, recv, static_cast<int>(bytes_per_rank),
+                            MPI_BYTE, comm_),
+              "Allgather");
+  }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    auto* p = static_cast<char*>(data);
+    for (int64_t off = 0; off < bytes; off += INT_MAX) {
+      const int chunk = static_cast<int>(std::min<int64_t>(INT_MAX, bytes - off));
+      check_mpi(MPI_Bcast(p + off, chunk, MPI_BYTE, root, comm_), "Bcast");
+    }
+  }
+  void barrier() override { check_mpi(MPI_Barrier(comm_), "Barrier"); }
+
+  void all_to_all_v(const float* send, const int64_t* send_counts, float* recv, const int64_t* recv_counts) override {
+    std::vector<int> sc(size_), rc(size_), sd(size_), rd(size_);
+    int64_t so = 0, ro = 0;
+    for (int r = 0; r < size_; ++r) {
+      SMT_CHECK(send_counts[r] >= 0 && recv_counts[r] >= 0, "negative all_to_all_v count");
+      SMT_CHECK(so + send_counts[r] <= INT_MAX && ro + recv_counts[r] <= INT_MAX,
+                "all_to_all_v buffers above 2^31 elements are not supported");
+      sc[r] = static_cast<int>(send_counts[r]);
+      rc[r] = static_cast<int>(recv_counts[r]);
+      sd[r] = static_cast<int>(so);
+      rd[r] = static_cast<int>(ro);
+      so += send_counts[r];
+      ro += recv_counts[r];
+    }
+    check_mpi(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_),
+              "Alltoallv");
+  }
+  void all_to_all(const int64_t* send, int64_t* recv) override {
+    check_mpi(MPI_Alltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, comm_), "Alltoall");
+  }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm sub;
+    check_mpi(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
+    return std::make_unique<MpiCommunicator>(sub, true);
+  }
+  [[noreturn]] void abort(int exit_code) override {
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
+  }
+
+ private:
+  void reduce(void* data, int64_t n, MPI_Datatype type, MPI_Op op) {
+    int type_size = 0;
+    MPI_Type_size(type, &type_size);
+    auto* p = static_cast<char*>(data);
+    for (int64_t off = 0; off < n; off += INT_MAX) {
+      const int chunk = static_cast<int>(std::min<int64_t>(INT_MAX, n - off));
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + off * type_size, chunk, type, op, comm_), "Allreduce");
+    }
+  }
+
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_world_communicator() {
+  ensure_mpi_initialised();
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
+}
+
+}  // namespace smt

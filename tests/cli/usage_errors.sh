@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Bad usage and bad configs: one clear line on stderr, exit code 2, nothing written.
+# usage: usage_errors.sh SMT_BINARY PROJECT_ROOT
+set -u
+smt=$1; root=$2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fails=0; checks=0
+expect() {  # expect CODE PATTERN -- args...
+  local code=$1 pattern=$2; shift 3
+  checks=$((checks+1))
+  "$smt" "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
+  local lines; lines=$(wc -l <"$tmp/err")
+  if [ "$rc" -ne "$code" ] || ! grep -q -- "$pattern" "$tmp/err" || [ "$lines" -ne 1 ]; then
+    echo "FAIL: smt $* -> exit $rc (want $code), stderr ($lines lines):"; cat "$tmp/err"; fails=$((fails+1))
+  else
+    echo "ok: smt $* -> $rc: $(cat "$tmp/err")"
+  fi
+}
+cfg=$root/configs/synthetic-tiny.ini
+printf '[model]\nd_modle = 64\n' >"$tmp/unknown.ini"
+expect 2 "d_modle" -- train --config "$tmp/unknown.ini" --run.dir "$tmp/r1"
+expect 2 "model.d_model" -- train --config "$cfg" --model.d_model=wide --run.dir "$tmp/r2"
+expect 2 "does not divide" -- train --config "$cfg" --model.heads=3 --run.dir "$tmp/r3"
+expect 2 "top_k" -- train --config "$cfg" --model.top_k=9 --run.dir "$tmp/r4"
+expect 2 "window" -- train --config "$cfg" --model.window=4096 --run.dir "$tmp/r5"
+expect 2 "LIAR file not found" -- train --config "$cfg" --data.source=liar --data.path="$tmp/nowhere" --run.dir "$tmp/r6"
+expect 2 "cannot read config file" -- train --config "$tmp/missing.ini"
+expect 2 "unrecognised\|unrecognized" -- train --config "$cfg" --no.such=1
+expect 2 "unknown command" -- frobnicate
+expect 2 "attention" -- train --config "$cfg" --model.attention=starburst --run.dir "$tmp/r7"
+for r in r1 r2 r3 r4 r5 r6 r7; do
+  [ -e "$tmp/$r" ] && { echo "FAIL: run folder $r was created by a rejected run"; fails=$((fails+1)); }
+done
+# --help lists every option with its default.
+"$smt" train --help >"$tmp/help" 2>&1 || { echo "FAIL: train --help exit $?"; fails=$((fails+1)); }
+for key in model.d_model model.capacity_factor model.attention train.steps train.seq_len data.source run.dir seed device; do
+  grep -q -- "--$key" "$tmp/help" || { echo "FAIL: --help does not list --$key"; fails=$((fails+1)); }
+done
+grep -q "(=1234)" "$tmp/help" || { echo "FAIL: --help does not show the seed default"; fails=$((fails+1)); }
+echo "$checks rejected invocations checked; $fails failures"
+[ "$fails" -eq 0 ]

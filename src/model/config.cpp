@@ -90,12 +90,20 @@ po::options_description run_config_options(RunConfig& c) {
        "synthetic: fraction of long-context items")
       ("data.long_context_chars", po::value(&D.long_context_chars)->default_value(D.long_context_chars),
        "synthetic: bytes between evidence and claim in long-context items");
+  po::options_description ck("checkpoint");
+  auto& K = c.checkpoint;
+  ck.add_options()
+      ("checkpoint.every", po::value(&K.every)->default_value(K.every), "checkpoint every n steps (0 = only at the end)")
+      ("checkpoint.dir", po::value(&K.dir)->default_value(K.dir), "checkpoint folder (empty = <run.dir>/checkpoints)")
+      ("checkpoint.keep", po::value(&K.keep)->default_value(K.keep), "newest checkpoints to keep")
+      ("resume", po::value(&K.resume)->default_value(K.resume)->implicit_value("latest"),
+       "continue from a checkpoint: --resume (newest complete one in checkpoint.dir) or --resume=FILE");
   po::options_description r("run");
   r.add_options()
       ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
       ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda");
-  all.add(m).add(t).add(dd).add(r);
+  all.add(m).add(t).add(dd).add(ck).add(r);
   return all;
 }
 
@@ -128,6 +136,7 @@ void RunConfig::validate() const {
   SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",
                   data.source, "'");
   SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
+  SMT_USAGE_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, "checkpoint.every must be >= 0 and checkpoint.keep >= 1");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");
@@ -142,6 +151,7 @@ std::string RunConfig::to_ini() const {
   std::string section;
   for (const auto& opt : desc.options()) {
     const std::string& key = opt->long_name();
+    if (key == "resume") continue;  // a per-invocation flag, not part of the configuration
     boost::any value;
     opt->semantic()->apply_default(value);
     std::string text;

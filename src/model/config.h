@@ -66,15 +66,24 @@ struct DataConfig {
   int64_t long_context_chars = 2048;
 };
 
+struct CheckpointConfig {
+  int64_t every = 0;        // write a checkpoint every n steps (0 = only at the end)
+  std::string dir;          // default: <run.dir>/checkpoints
+  int keep = 3;             // newest checkpoints kept (older ones deleted after a successful write)
+  std::string resume;       // "" = fresh run, "latest" = newest complete checkpoint in dir, else a file
+};
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
+  CheckpointConfig checkpoint;
   std::string run_dir = "runs/default";
   uint64_t seed = 1234;
   std::string device = "cpu";  // cpu | cuda
 
   AttnPatternConfig attention_pattern() const;
+  std::string checkpoint_dir() const { return checkpoint.dir.empty() ? run_dir + "/checkpoints" : checkpoint.dir; }
   // Throws UsageError naming the first inconsistency (heads not dividing d, window > seq_len, ...).
   void validate() const;
   // The resolved configuration as an INI text that load_run_config_text() reads back.

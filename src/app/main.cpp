@@ -6,6 +6,7 @@
 #include <string>
 
 #include "app/cli.h"
+#include "core/cpu_setup.h"
 #include "core/error.h"
 
 namespace {
@@ -22,6 +23,7 @@ void print_usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  smt::ensure_cpu_environment(argv);
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     print_usage();
     return argc < 2 ? 2 : 0;

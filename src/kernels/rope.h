@@ -3,14 +3,20 @@
 //   angle = pos * theta^(-2i/hd)
 //   out[i]        = x[i] * cos(angle) - x[i+half] * sin(angle)
 //   out[i+half]   = x[i+half] * cos(angle) + x[i] * sin(angle)
-// Shapes: x, out [B, N, H, hd]; position of token (b, n) is n.
+// Shapes: x, out [B, N, H, hd]; position of token (b, n) is n. Angles, cos and sin in double.
+// Templates over float/double. out may alias x (in place).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace smt::cpu {
 
-void rope_forward(float* out, const float* x, int64_t B, int64_t N, int64_t H, int64_t hd, float theta);
+template <typename Real>
+void rope_forward(Real* out, const Real* x, int64_t B, int64_t N, int64_t H, int64_t hd,
+                  std::type_identity_t<Real> theta);
 // dx += R^T dout
-void rope_backward(float* dx, const float* dout, int64_t B, int64_t N, int64_t H, int64_t hd, float theta);
+template <typename Real>
+void rope_backward(Real* dx, const Real* dout, int64_t B, int64_t N, int64_t H, int64_t hd,
+                   std::type_identity_t<Real> theta);
 
 }  // namespace smt::cpu

@@ -13,6 +13,7 @@
 #include "data/batch.h"
 #include "data/source.h"
 #include "eval/evaluator.h"
+#include "io/checkpoint.h"
 #include "io/json.h"
 #include "model/model.h"
 
@@ -69,26 +70,53 @@ int cmd_train(int argc, char** argv) {
   SMT_USAGE_CHECK(cfg.model.num_classes == data.train.num_classes() || cfg.model.head == "lm",
                   "model.num_classes = ", cfg.model.num_classes, " but the data has ", data.train.num_classes(),
                   " classes");
+  const bool resuming = !cfg.checkpoint.resume.empty();
+  std::string resume_file;
+  if (resuming) {
+    resume_file = cfg.checkpoint.resume == "latest" ? find_latest_checkpoint(cfg.checkpoint_dir()) : cfg.checkpoint.resume;
+    SMT_USAGE_CHECK(!resume_file.empty(), "--resume: no complete checkpoint in ", cfg.checkpoint_dir());
+    SMT_USAGE_CHECK(std::filesystem::is_regular_file(resume_file), "--resume: no checkpoint file ", resume_file);
+  }
   prepare_run_dir(cfg.run_dir);
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
-  {
-    std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
-    std::ofstream truncate(metrics_path);
-  }
 
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   model.init_params(cfg.seed);
+  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len);
+  TrainState state;
+  state.data_seed = cfg.seed;
+  if (resuming) {
+    std::vector<std::string> changed;
+    load_checkpoint(resume_file, model, cfg, state, &changed);
+    loader.set_cursor(state.cursor);
+    log_info("resuming from " + resume_file + " at step " + std::to_string(state.step));
+    for (const auto& c : changed) log_info("  setting changed on resume: " + c);
+    SMT_USAGE_CHECK(state.step < cfg.train.steps, "checkpoint ", resume_file, " is at step ", state.step,
+                    ", train.steps = ", cfg.train.steps, ": nothing left to train");
+  } else {
+    std::ofstream truncate(metrics_path);  // a fresh run starts a fresh metrics file
+  }
+  std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
   log_info("smt train: " + std::to_string(model.num_params()) + " parameters, " + data.train.name + " " +
            std::to_string(data.train.examples.size()) + " examples, " + data.heldout.name + " " +
            std::to_string(data.heldout.examples.size()) + " examples, attention " + cfg.model.attention +
            ", " + std::to_string(num_threads()) + " threads");
 
-  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len);
+  const std::string checkpoint_dir = cfg.checkpoint_dir();
+  auto write_checkpoint = [&](int64_t step, const std::string& last_record) {
+    state.step = step;
+    state.cursor = loader.cursor();
+    state.last_metrics_json = last_record;
+    save_checkpoint(checkpoint_dir + "/" + checkpoint_file_name(step), model, cfg, state);
+    prune_checkpoints(checkpoint_dir, cfg.checkpoint.keep);
+  };
   Progress progress(cfg.train.steps);
   Timer total_timer;
   double window_tokens = 0, window_seconds = 0;
   const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
-  for (int64_t step = 1; step <= cfg.train.steps; ++step) {
+  std::string last_record;
+  const int64_t first_step = state.step + 1;
+  for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
     Timer step_timer;
     const Batch batch = loader.next();
     model.zero_grads();
@@ -97,13 +125,14 @@ int cmd_train(int argc, char** argv) {
     model.backward();
     const double grad_norm = optimizer_step(model, cfg.train, step);
     const double dt = step_timer.seconds();
+    state.tokens_seen += tokens_per_step;
     window_tokens += static_cast<double>(tokens_per_step);
     window_seconds += dt;
     const double tokens_per_s = window_seconds > 0 ? window_tokens / window_seconds : 0;
     const bool log_now = step % cfg.train.log_every == 0 || step == cfg.train.steps || step == 1;
     if (log_now) {
       JsonObject rec;
-      rec.add("event", "step").add("step", step).add("loss", loss.total).add("task_loss", loss.task)
+      rec.add("event", "step").add("step", step).add("tokens_seen", state.tokens_seen).add("loss", loss.total).add("task_loss", loss.task)
           .add("aux_loss", loss.aux).add("z_loss", loss.z).add("lr", static_cast<double>(learning_rate_at(cfg.train, step)))
           .add("grad_norm", grad_norm).add("tokens_per_s", tokens_per_s).add("step_s", dt);
       std::vector<std::string> per_layer;
@@ -115,10 +144,13 @@ int cmd_train(int argc, char** argv) {
       }
       rec.add_raw("moe_layers", json_array(per_layer));
       append_jsonl(metrics_path, rec);
+      last_record = rec.str();
       window_tokens = window_seconds = 0;
     }
+    if ((cfg.checkpoint.every > 0 && step % cfg.checkpoint.every == 0) || step == cfg.train.steps)
+      write_checkpoint(step, last_record);
     const double elapsed = total_timer.seconds();
-    const double eta = elapsed / step * (cfg.train.steps - step);
+    const double eta = elapsed / (step - first_step + 1) * (cfg.train.steps - step);
     char info[200];
     std::snprintf(info, sizeof info, "step %lld/%lld  loss %.4f  %.0f tok/s  ETA %.0fs", static_cast<long long>(step),
                   static_cast<long long>(cfg.train.steps), loss.total, tokens_per_s, eta);
@@ -134,8 +166,9 @@ int cmd_train(int argc, char** argv) {
     log_info(format_summary(summary, "held-out evaluation (" + data.heldout.name + ")"));
   }
   JsonObject rec;
-  rec.add("event", "final").add("steps", cfg.train.steps).add("train_seconds", train_seconds)
-      .add("tokens_per_s", cfg.train.steps * static_cast<double>(tokens_per_step) / train_seconds);
+  rec.add("event", "final").add("steps", cfg.train.steps).add("tokens_seen", state.tokens_seen)
+      .add("train_seconds", train_seconds)
+      .add("tokens_per_s", (cfg.train.steps - first_step + 1) * static_cast<double>(tokens_per_step) / train_seconds);
   if (cfg.model.head == "classifier") rec.merge(eval_json(summary));
   append_jsonl(metrics_path, rec);
   log_info("run folder: " + cfg.run_dir);

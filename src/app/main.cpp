@@ -6,6 +6,7 @@
 #include <string>
 
 #include "app/cli.h"
+#include "app/commands_io.h"
 #include "core/cpu_setup.h"
 #include "core/error.h"
 
@@ -17,7 +18,9 @@ void print_usage() {
       "commands:\n"
       "  train      train a model: smt train --config FILE [--section.key=value ...]\n"
       "  generate   write synthetic claims as JSONL: smt generate --out FILE\n"
-      "  bench      time training steps: smt bench step --config FILE\n");
+      "  bench      time training steps: smt bench step --config FILE\n"
+      "  inspect    describe a checkpoint: smt inspect FILE [--json]\n"
+      "  export     write a checkpoint's parameters: smt export FILE --format safetensors --out OUT\n");
 }
 
 }  // namespace
@@ -33,6 +36,8 @@ int main(int argc, char** argv) {
     if (cmd == "train") return smt::cmd_train(argc - 1, argv + 1);
     if (cmd == "generate") return smt::cmd_generate(argc - 1, argv + 1);
     if (cmd == "bench") return smt::cmd_bench(argc - 1, argv + 1);
+    if (cmd == "inspect") return smt::cmd_inspect(argc - 1, argv + 1);
+    if (cmd == "export") return smt::cmd_export(argc - 1, argv + 1);
     std::fprintf(stderr, "smt: error: unknown command '%s' (try smt --help)\n", cmd.c_str());
     return 2;
   } catch (const smt::Error& e) {

@@ -82,6 +82,10 @@ int cmd_train(int argc, char** argv) {
 
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   model.init_params(cfg.seed);
+  if (!cfg.model.init_from.empty() && !resuming) {
+    load_parameters_only(cfg.model.init_from, model);
+    log_info("parameters initialised from " + cfg.model.init_from);
+  }
   DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len);
   TrainState state;
   state.data_seed = cfg.seed;

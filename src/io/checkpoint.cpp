@@ -1019,3 +1019,30 @@ void prune_checkpoints(const std::string& dir, int keep) {
 }
 
 }  // namespace smt
+
+namespace smt {
+
+void load_parameters_only(const std::string& path, Model& model) {
+  CheckpointReader reader(path);
+  std::string problems;
+  for (const auto& spec : model.layout().tensors()) {
+    const std::string name = "params/" + spec.name;
+    if (!reader.has_dataset(name)) {
+      problems += (problems.empty() ? "" : "; ") + spec.name + ": missing in " + path;
+      continue;
+    }
+    const auto shape = reader.dataset_shape(name);
+    if (shape != spec.shape) {
+      TensorSpec file_spec;
+      file_spec.shape = shape;
+      problems += (problems.empty() ? "" : "; ") + spec.name + ": file " + file_spec.shape_string() + ", config " +
+                  spec.shape_string();
+    }
+  }
+  SMT_USAGE_CHECK(problems.empty(), "model.init_from ", path, ": ", problems);
+  std::vector<float> staged(model.layout().total(), 0.0f);
+  for (const auto& spec : model.layout().tensors()) reader.read("params/" + spec.name, staged.data() + spec.offset);
+  std::copy(staged.begin(), staged.end(), model.params());
+}
+
+}  // namespace smt

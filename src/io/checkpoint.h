@@ -95,6 +95,11 @@ void prune_checkpoints(const std::string& dir, int keep);
 
 // Low-level reader (inspect, export, hyperslab reads for expert-parallel loading). Opening checks
 // that the file is an smt checkpoint of a supported format version.
+// Copies the parameters (only) of the checkpoint at PATH into `model`: every tensor of
+// model.layout() must exist with the same shape (UsageError listing the mismatches otherwise).
+// Used by model.init_from (fine-tuning a pretrained model under a different head or schedule).
+void load_parameters_only(const std::string& path, Model& model);
+
 class CheckpointReader {
  public:
   explicit CheckpointReader(const std::string& path);

@@ -53,7 +53,9 @@ po::options_description run_config_options(RunConfig& c) {
       ("model.stride_blocks", po::value(&M.stride_blocks)->default_value(M.stride_blocks),
        "block_sparse: stride group size s (blocks)")
       ("model.global_blocks", po::value(&M.global_blocks)->default_value(M.global_blocks),
-       "bigbird: global blocks g");
+       "bigbird: global blocks g")
+      ("model.init_from", po::value(&M.init_from)->default_value(M.init_from),
+       "checkpoint whose parameters initialise the model (e.g. after LM pretraining); optimizer starts fresh");
   po::options_description t("train");
   auto& T = c.train;
   t.add_options()

@@ -33,6 +33,9 @@ struct ModelConfig {
   int random_blocks = 2;
   int stride_blocks = 4;
   int global_blocks = 1;
+  // Initialise the parameters from this checkpoint's (e.g. an LM-pretrained model's) instead of
+  // at random; the optimizer state and step start fresh. Shapes must match.
+  std::string init_from;
 
   int head_dim() const { return d_model / heads; }
 };

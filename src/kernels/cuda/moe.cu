@@ -1,0 +1,448 @@
+// CUDA Mixture-of-Experts ops: router softmax + top-k (one thread per token, E <= 64), the routing plan
+// upload, token permutation into expert rows and back (per token / per row, no atomics), and the experts'
+// FFN with cuBLAS grouped GEMMs (cublasGemmGroupedBatchedEx: one call per GEMM kind over the experts that
+// have rows; per-expert cublasGemmEx loop only as a fallback if cuBLAS refuses the grouped call).
+// Invariants: the same float operations and tie rule (lower expert index) as the CPU router; the
+// backward in double per token; segmented bias / bias-gradient kernels find the expert by binary search.
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/gpu_ops.h"
+
+namespace smt::gpu {
+namespace {
+
+constexpr int kMaxExperts = 64;
+
+__global__ void router_topk_forward_kernel(float* probs, int32_t* topk_idx, float* topk_weight, float* lse,
+                                           const float* logits, int64_t T, int E, int k) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= T) return;
+  const float* z = logits + t * E;
+  float* p = probs + t * E;
+  float pl[kMaxExperts];
+  float mx = z[0];
+  for (int e = 1; e < E; ++e) mx = z[e] > mx ? z[e] : mx;
+  float sum = 0.0f;
+  for (int e = 0; e < E; ++e) {
+    pl[e] = expf(z[e] - mx);
+    sum += pl[e];
+  }
+  const float inv = 1.0f / sum;
+  for (int e = 0; e < E; ++e) {
+    pl[e] *= inv;
+    p[e] = pl[e];
+  }
+  if (lse != nullptr) lse[t] = mx + logf(sum);
+  int32_t* idx = topk_idx + t * k;
+  float* w = topk_weight + t * k;
+  unsigned long long taken = 0ull;
+  float selected_sum = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int e = 0; e < E; ++e) {
+      if (taken & (1ull << e)) continue;
+      if (best < 0 || pl[e] > pl[best]) best = e;  // strict: ties keep the lower index
+    }
+    taken |= 1ull << best;
+    idx[j] = best;
+    w[j] = pl[best];
+    selected_sum += pl[best];
+  }
+  for (int j = 0; j < k; ++j) w[j] /= selected_sum;
+}
+
+__global__ void router_topk_backward_kernel(float* dlogits, const float* dtopk_weight, const float* dprobs,
+                                            const float* dlse, const float* probs, const int32_t* topk_idx,
+                                            int64_t T, int E, int k) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= T) return;
+  const float* p = probs + t * E;
+  const int32_t* idx = topk_idx + t * k;
+  float* dz = dlogits + t * E;
+  double dot = 0.0;
+  if (dprobs != nullptr) {
+    const float* dp = dprobs + t * E;
+    for (int e = 0; e < E; ++e) dot += double(dp[e]) * double(p[e]);
+  }
+  double contrib[kMaxExperts];
+  const int kk = dtopk_weight != nullptr ? k : 0;
+  double S = 0.0, gw = 0.0;
+  for (int j = 0; j < kk; ++j) S += double(p[idx[j]]);
+  for (int j = 0; j < kk; ++j) gw += double(dtopk_weight[t * k + j]) * double(p[idx[j]]) / S;
+  for (int j = 0; j < kk; ++j) {
+    contrib[j] = (double(dtopk_weight[t * k + j]) - gw) / S;
+    dot += contrib[j] * double(p[idx[j]]);
+  }
+  const double base = (dlse != nullptr ? double(dlse[t]) : 0.0) - dot;
+  if (dprobs != nullptr) {
+    const float* dp = dprobs + t * E;
+    for (int e = 0; e < E; ++e) dz[e] += static_cast<float>(double(p[e]) * (double(dp[e]) + base));
+  } else {
+    for (int e = 0; e < E; ++e) dz[e] += static_cast<float>(double(p[e]) * base);
+  }
+  for (int j = 0; j < kk; ++j) dz[idx[j]] += static_cast<float>(double(p[idx[j]]) * contrib[j]);
+}
+
+__global__ void permute_forward_kernel(float* rows, const float* x, const int64_t* token_of_row, int64_t R,
+                                       int64_t d) {
+  const int64_t total = R * d;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / d, c = i - r * d;
+    rows[i] = x[token_of_row[r] * d + c];
+  }
+}
+
+// One thread per (token, column): dx[t, c] += sum_j drows[row(t, j), c].
+__global__ void permute_backward_kernel(float* dx, const float* drows, const int64_t* row_of_assignment, int64_t T,
+                                        int64_t k, int64_t d) {
+  const int64_t total = T * d;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / d, c = i - t * d;
+    float acc = dx[i];
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t r = row_of_assignment[t * k + j];
+      if (r >= 0) acc += drows[r * d + c];
+    }
+    dx[i] = acc;
+  }
+}
+
+__global__ void unpermute_forward_kernel(float* y, const float* rows_out, const float* topk_weight,
+                                         const int64_t* row_of_assignment, int64_t T, int64_t k, int64_t d) {
+  const int64_t total = T * d;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / d, c = i - t * d;
+    float acc = y[i];
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t r = row_of_assignment[t * k + j];
+      if (r >= 0) acc += topk_weight[t * k + j] * rows_out[r * d + c];
+    }
+    y[i] = acc;
+  }
+}
+
+// drows_out[r, c] += w * dy[t, c]: one thread per (assignment, column); each row has one assignment.
+__global__ void unpermute_backward_rows_kernel(float* drows_out, const float* dy, const float* topk_weight,
+                                               const int64_t* row_of_assignment, int64_t A, int64_t k, int64_t d) {
+  const int64_t total = A * d;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t a = i / d, c = i - a * d;
+    const int64_t r = row_of_assignment[a];
+    if (r < 0) continue;
+    drows_out[r * d + c] += topk_weight[a] * dy[(a / k) * d + c];
+  }
+}
+
+// dtopk_weight[a] += dot(dy[t], rows_out[r]): one warp per assignment a.
+__global__ void unpermute_backward_weight_kernel(float* dtopk_weight, const float* dy, const float* rows_out,
+                                                 const int64_t* row_of_assignment, int64_t A, int64_t k, int64_t d) {
+  const int64_t a = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (a >= A) return;  // warp-uniform
+  const int64_t r = row_of_assignment[a];
+  if (r < 0) return;  // warp-uniform
+  const float* g = dy + (a / k) * d;
+  const float* src = rows_out + r * d;
+  float s = 0.0f;
+  for (int64_t c = lane; c < d; c += 32) s += g[c] * src[c];
+  s = detail::warp_sum(s);
+  if (lane == 0) dtopk_weight[a] += s;
+}
+
+// Expert owning row r: the largest e < E with offsets[e] <= r (rows in [offsets[0], offsets[E])).
+__device__ __forceinline__ int expert_of_row(const int64_t* offsets, int E, int64_t r) {
+  int lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= r) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// out[r, j] = bias[expert(r), j] for rows r in [offsets[0], offsets[E]).
+__global__ void expert_bias_rows_kernel(float* out, const float* bias, const int64_t* offsets, int E, int64_t n) {
+  const int64_t r0 = offsets[0];
+  const int64_t total = (offsets[E] - r0) * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = r0 + i / n, j = i % n;
+    out[r * n + j] = bias[int64_t(expert_of_row(offsets, E, r)) * n + j];
+  }
+}
+
+// db[e, j] += sum over the rows of expert e of a[r, j] (double accumulation). grid (ceil(n / 256), E).
+__global__ void expert_column_sums_kernel(float* db, const float* a, const int64_t* offsets, int64_t n) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t e = blockIdx.y;
+  if (j >= n) return;
+  const int64_t r0 = offsets[e], r1 = offsets[e + 1];
+  if (r1 <= r0) return;
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) acc += double(a[r * n + j]);
+  db[e * n + j] += static_cast<float>(acc);
+}
+
+// ---- grouped GEMM over experts ----
+
+// One row-major problem C = op(A) op(B) + beta C (alpha = 1).
+struct GemmProblem {
+  bool trans_a, trans_b;
+  int64_t M, N, K;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float beta;
+  float* C;
+  int64_t ldc;
+};
+
+std::atomic<int> g_backend{0};  // 0 unused, 1 grouped, 2 loop
+std::once_flag g_fallback_note;
+
+void run_gemms(const std::vector<GemmProblem>& problems, cublasHandle_t handle, cudaStream_t stream) {
+  const int G = static_cast<int>(problems.size());
+  if (G == 0) return;
+  if (g_backend.load() != 2) {
+    std::vector<cublasOperation_t> ta(G), tb(G);
+    std::vector<int> m(G), n(G), kk(G), lda(G), ldb(G), ldc(G), group_size(G, 1);
+    std::vector<float> alpha(G, 1.0f), beta(G);
+    std::vector<const void*> ptrs(3 * static_cast<size_t>(G));  // [A' ... | B' ... | C ...]
+    for (int g = 0; g < G; ++g) {
+      const GemmProblem& p = problems[g];
+      SMT_CHECK(p.M > 0 && p.N > 0 && p.K > 0 && p.M <= INT32_MAX && p.N <= INT32_MAX && p.K <= INT32_MAX &&
+                    p.lda <= INT32_MAX && p.ldb <= INT32_MAX && p.ldc <= INT32_MAX,
+                "experts GEMM: sizes out of range");
+      // Column-major: C^T [N, M] = op(B)^T op(A)^T.
+      ta[g] = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+      tb[g] = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+      m[g] = static_cast<int>(p.N);
+      n[g] = static_cast<int>(p.M);
+      kk[g] = static_cast<int>(p.K);
+      lda[g] = static_cast<int>(p.ldb);
+      ldb[g] = static_cast<int>(p.lda);
+      ldc[g] = static_cast<int>(p.ldc);
+      beta[g] = p.beta;
+      ptrs[g] = p.B;
+      ptrs[G + g] = p.A;
+      ptrs[2 * G + g] = p.C;
+    }
+    StreamBuffer<const void*> dptrs(ptrs.size(), stream);
+    // Pageable source: returns once the host data is staged, so `ptrs` may go out of scope after it.
+    SMT_CUDA_CHECK(
+        cudaMemcpyAsync(dptrs.data(), ptrs.data(), sizeof(void*) * ptrs.size(), cudaMemcpyHostToDevice, stream));
+    SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
+    const void* const* a_arr = dptrs.data();
+    const void* const* b_arr = dptrs.data() + G;
+    void* const* c_arr = const_cast<void* const*>(dptrs.data() + 2 * G);
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        handle, ta.data(), tb.data(), m.data(), n.data(), kk.data(), alpha.data(), a_arr, CUDA_R_32F, lda.data(),
+        b_arr, CUDA_R_32F, ldb.data(), beta.data(), c_arr, CUDA_R_32F, ldc.data(), G, group_size.data(),
+        CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      g_backend.store(1);
+      return;
+    }
+    std::call_once(g_fallback_note, [&] {
+      std::fprintf(stderr,
+                   "smt: cublasGemmGroupedBatchedEx refused (%s); experts use one cublasGemmEx per expert from now\n",
+                   ::smt::detail::cublas_status_string(st));
+    });
+    g_backend.store(2);
+  }
+  for (const GemmProblem& p : problems)
+    gemm_row_major(p.trans_a, p.trans_b, p.M, p.N, p.K, 1.0f, p.A, p.lda, p.B, p.ldb, p.beta, p.C, p.ldc, handle,
+                   stream);
+}
+
+void check_offsets(const int64_t* offsets, int64_t E, const char* who) {
+  SMT_CHECK(E >= 1, who, ": need E >= 1, got ", E);
+  SMT_CHECK(E <= 65535, who, ": too many experts for the grid: ", E);
+  for (int64_t e = 0; e < E; ++e)
+    SMT_CHECK(offsets[e + 1] >= offsets[e], who, ": offsets must be non-decreasing (expert ", e, ")");
+  SMT_CHECK(offsets[0] >= 0, who, ": offsets must be >= 0");
+}
+
+StreamBuffer<int64_t> upload_offsets(const int64_t* offsets, int64_t E, cudaStream_t stream) {
+  StreamBuffer<int64_t> d(static_cast<size_t>(E + 1), stream);
+  SMT_CUDA_CHECK(cudaMemcpyAsync(d.data(), offsets, sizeof(int64_t) * (E + 1), cudaMemcpyHostToDevice, stream));
+  return d;
+}
+
+}  // namespace
+
+std::string experts_gemm_backend() {
+  switch (g_backend.load()) {
+    case 1: return "grouped";
+    case 2: return "loop";
+    default: return "unused";
+  }
+}
+
+void router_topk_forward(float* probs, int32_t* topk_idx, float* topk_weight, float* lse, const float* logits,
+                         int64_t T, int64_t E, int64_t k, cudaStream_t stream) {
+  SMT_CHECK(E >= 1 && k >= 1 && k <= E, "gpu::router_topk: need 1 <= k <= E, got k=", k, " E=", E);
+  SMT_CHECK(E <= kMaxExperts, "gpu::router_topk: at most ", kMaxExperts, " experts, got ", E);
+  if (T <= 0) return;
+  SMT_CHECK((T + 127) / 128 <= INT32_MAX, "gpu::router_topk: too many tokens ", T);
+  const unsigned blocks = static_cast<unsigned>((T + 127) / 128);  // one thread per token, no grid stride
+  router_topk_forward_kernel<<<blocks, 128, 0, stream>>>(probs, topk_idx, topk_weight, lse, logits, T,
+                                                         static_cast<int>(E), static_cast<int>(k));
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+void router_topk_backward(float* dlogits, const float* dtopk_weight, const float* dprobs, const float* dlse,
+                          const float* probs, const int32_t* topk_idx, const float* topk_weight, int64_t T, int64_t E,
+                          int64_t k, cudaStream_t stream) {
+  (void)topk_weight;
+  SMT_CHECK(E >= 1 && k >= 1 && k <= E, "gpu::router_topk_backward: need 1 <= k <= E, got k=", k, " E=", E);
+  SMT_CHECK(E <= kMaxExperts, "gpu::router_topk_backward: at most ", kMaxExperts, " experts, got ", E);
+  if (T <= 0 || dlogits == nullptr) return;
+  SMT_CHECK((T + 127) / 128 <= INT32_MAX, "gpu::router_topk_backward: too many tokens ", T);
+  const unsigned blocks = static_cast<unsigned>((T + 127) / 128);
+  router_topk_backward_kernel<<<blocks, 128, 0, stream>>>(dlogits, dtopk_weight, dprobs, dlse, probs, topk_idx, T,
+                                                          static_cast<int>(E), static_cast<int>(k));
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+DeviceRoutingPlan upload_routing_plan(const cpu::RoutingPlan& plan) {
+  DeviceRoutingPlan d;
+  d.num_tokens = plan.num_tokens;
+  d.num_experts = plan.num_experts;
+  d.top_k = plan.top_k;
+  d.num_rows = plan.num_rows();
+  SMT_CHECK(static_cast<int64_t>(plan.row_of_assignment.size()) == plan.num_tokens * plan.top_k,
+            "upload_routing_plan: row_of_assignment has ", plan.row_of_assignment.size(), " entries, expected ",
+            plan.num_tokens * plan.top_k);
+  SMT_CHECK(static_cast<int64_t>(plan.expert_row_offset.size()) == plan.num_experts + 1,
+            "upload_routing_plan: expert_row_offset has ", plan.expert_row_offset.size(), " entries");
+  d.token_of_row = copy_to_device(plan.token_of_row);
+  d.row_of_assignment = copy_to_device(plan.row_of_assignment);
+  d.expert_row_offset = copy_to_device(plan.expert_row_offset);
+  d.expert_row_offset_host = plan.expert_row_offset;
+  return d;
+}
+
+void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream) {
+  if (plan.num_rows <= 0 || d <= 0) return;
+  permute_forward_kernel<<<detail::grid_for(plan.num_rows * d), detail::kThreads, 0, stream>>>(
+      rows, x, plan.token_of_row.data(), plan.num_rows, d);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream) {
+  if (plan.num_tokens <= 0 || d <= 0 || dx == nullptr) return;
+  permute_backward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
+      dx, drows, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
+                       int64_t d, cudaStream_t stream) {
+  if (plan.num_tokens <= 0 || d <= 0) return;
+  unpermute_forward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
+      y, rows_out, topk_weight, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream) {
+  const int64_t A = plan.num_tokens * plan.top_k;
+  if (A <= 0 || d <= 0) return;
+  if (drows_out != nullptr) {
+    unpermute_backward_rows_kernel<<<detail::grid_for(A * d), detail::kThreads, 0, stream>>>(
+        drows_out, dy, topk_weight, plan.row_of_assignment.data(), A, plan.top_k, d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  if (dtopk_weight != nullptr) {
+    const int64_t warps_per_block = detail::kThreads / 32;
+    const int64_t blocks = (A + warps_per_block - 1) / warps_per_block;
+    SMT_CHECK(blocks <= INT32_MAX, "gpu::unpermute_backward: too many assignments");
+    unpermute_backward_weight_kernel<<<static_cast<unsigned>(blocks), detail::kThreads, 0, stream>>>(
+        dtopk_weight, dy, rows_out, plan.row_of_assignment.data(), A, plan.top_k, d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, const float* w1, const float* b1,
+                     const float* w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
+                     int64_t f, cublasHandle_t handle, cudaStream_t stream) {
+  check_offsets(expert_row_offset, E, "gpu::experts_forward");
+  const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
+  if (R <= 0 || d <= 0 || f <= 0) return;
+  StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
+  if (b1 != nullptr) {
+    expert_bias_rows_kernel<<<detail::grid_for(R * f), detail::kThreads, 0, stream>>>(hidden_pre, b1, offsets.data(),
+                                                                                    static_cast<int>(E), f);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  std::vector<GemmProblem> g1, g2;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0;
+    if (n == 0) continue;
+    g1.push_back({false, false, n, f, d, rows + r0 * d, d, w1 + e * d * f, f, b1 ? 1.0f : 0.0f, hidden_pre + r0 * f,
+                  f});
+    g2.push_back({false, false, n, d, f, hidden + r0 * f, f, w2 + e * f * d, d, b2 ? 1.0f : 0.0f, out + r0 * d, d});
+  }
+  run_gemms(g1, handle, stream);
+  gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream);
+  if (b2 != nullptr) {
+    expert_bias_rows_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
+                                                                                    static_cast<int>(E), d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  run_gemms(g2, handle, stream);
+}
+
+void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
+                      const float* rows, const float* hidden_pre, const float* hidden, const float* w1,
+                      const float* w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
+                      cublasHandle_t handle, cudaStream_t stream) {
+  check_offsets(expert_row_offset, E, "gpu::experts_backward");
+  const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
+  if (R <= 0 || d <= 0 || f <= 0) return;
+  StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
+  const bool need_dh = drows != nullptr || dw1 != nullptr || db1 != nullptr;
+  std::vector<GemmProblem> g_dh, g_dw2, g_drows, g_dw1;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0;
+    if (n == 0) continue;
+    // dh [n, f] = dout [n, d] @ w2[e]^T  (w2[e] is [f, d])
+    g_dh.push_back({false, true, n, f, d, dout + r0 * d, d, w2 + e * f * d, d, 0.0f, scratch + r0 * f, f});
+    // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
+    g_dw2.push_back({true, false, f, d, n, hidden + r0 * f, f, dout + r0 * d, d, 1.0f, dw2 + e * f * d, d});
+    // drows [n, d] += dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
+    g_drows.push_back({false, true, n, d, f, scratch + r0 * f, f, w1 + e * d * f, f, 1.0f, drows + r0 * d, d});
+    // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
+    g_dw1.push_back({true, false, d, f, n, rows + r0 * d, d, scratch + r0 * f, f, 1.0f, dw1 + e * d * f, f});
+  }
+  const unsigned cols_d = static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads);
+  const unsigned cols_f = static_cast<unsigned>((f + detail::kThreads - 1) / detail::kThreads);
+  if (dw2 != nullptr) run_gemms(g_dw2, handle, stream);
+  if (db2 != nullptr) {
+    expert_column_sums_kernel<<<dim3(cols_d, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(
+        db2, dout, offsets.data(), d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  if (!need_dh) return;
+  SMT_CHECK(scratch != nullptr, "gpu::experts_backward: scratch is required for drows/dw1/db1");
+  run_gemms(g_dh, handle, stream);
+  gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream);
+  if (drows != nullptr) run_gemms(g_drows, handle, stream);
+  if (dw1 != nullptr) run_gemms(g_dw1, handle, stream);
+  if (db1 != nullptr) {
+    expert_column_sums_kernel<<<dim3(cols_f, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(
+        db1, scratch, offsets.data(), f);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace smt::gpu

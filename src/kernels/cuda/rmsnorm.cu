@@ -1,0 +1,94 @@
+// CUDA RMSNorm: forward and dx with one block per row (row sums in double, as the CPU); dweight through
+// per-256-row-block partial sums (double) reduced in block order, so it is deterministic.
+// Invariants: rstd saved by the forward is reused by the backward.
+#include "kernels/cuda/common.cuh"
+#include "kernels/gpu_ops.h"
+
+namespace smt::gpu {
+namespace {
+
+constexpr int64_t kRowBlock = 256;
+
+__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t d,
+                                       float eps) {
+  __shared__ double scratch[32];
+  const int64_t t = blockIdx.x;
+  const float* xr = x + t * d;
+  double ss = 0.0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) ss += double(xr[j]) * double(xr[j]);
+  ss = detail::block_sum(ss, scratch);
+  const float r = static_cast<float>(1.0 / sqrt(ss / double(d) + double(eps)));
+  if (rstd != nullptr && threadIdx.x == 0) rstd[t] = r;
+  float* o = out + t * d;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) o[j] = xr[j] * r * weight[j];
+}
+
+__global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* weight,
+                                           const float* rstd, int64_t d) {
+  __shared__ double scratch[32];
+  const int64_t t = blockIdx.x;
+  const float* xr = x + t * d;
+  const float* g = dout + t * d;
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += double(g[j]) * double(weight[j]) * double(xr[j]);
+  s = detail::block_sum(s, scratch);
+  const float r = rstd[t];
+  const float c = static_cast<float>(double(r) * double(r) * double(r) * s / double(d));
+  float* o = dx + t * d;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) o[j] += r * weight[j] * g[j] - c * xr[j];
+}
+
+// partial[blk, j] = sum over rows of block blk of g * x * r (double). grid (ceil(d / 256), num_blocks).
+__global__ void rmsnorm_dweight_partial_kernel(double* partial, const float* dout, const float* x, const float* rstd,
+                                               int64_t T, int64_t d) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t blk = blockIdx.y;
+  if (j >= d) return;
+  const int64_t t0 = blk * kRowBlock, t1 = min(T, t0 + kRowBlock);
+  double acc = 0.0;
+  for (int64_t t = t0; t < t1; ++t) acc += double(dout[t * d + j]) * double(x[t * d + j]) * double(rstd[t]);
+  partial[blk * d + j] = acc;
+}
+
+__global__ void reduce_partials_kernel(float* out, const double* partial, int64_t num_blocks, int64_t d) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= d) return;
+  double acc = 0.0;
+  for (int64_t b = 0; b < num_blocks; ++b) acc += partial[b * d + j];
+  out[j] += static_cast<float>(acc);
+}
+
+}  // namespace
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t d, float eps,
+                     cudaStream_t stream) {
+  if (T <= 0 || d <= 0) return;
+  SMT_CHECK(T <= 2147483647LL, "gpu::rmsnorm_forward: too many rows ", T);
+  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), detail::kThreads, 0, stream>>>(out, rstd, x, weight, d, eps);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
+                      const float* rstd, int64_t T, int64_t d, cudaStream_t stream) {
+  if (T <= 0 || d <= 0) return;
+  SMT_CHECK(T <= 2147483647LL, "gpu::rmsnorm_backward: too many rows ", T);
+  if (dx != nullptr) {
+    rmsnorm_backward_dx_kernel<<<static_cast<unsigned>(T), detail::kThreads, 0, stream>>>(dx, dout, x, weight, rstd,
+                                                                                         d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  if (dweight != nullptr) {
+    const int64_t num_blocks = (T + kRowBlock - 1) / kRowBlock;
+    SMT_CHECK(num_blocks <= 65535, "gpu::rmsnorm_backward: too many rows for the dweight grid: ", T);
+    StreamBuffer<double> partial(static_cast<size_t>(num_blocks * d), stream);
+    const dim3 grid(static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads),
+                    static_cast<unsigned>(num_blocks));
+    rmsnorm_dweight_partial_kernel<<<grid, detail::kThreads, 0, stream>>>(partial.data(), dout, x, rstd, T, d);
+    SMT_CUDA_CHECK_LAUNCH();
+    reduce_partials_kernel<<<static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads), detail::kThreads,
+                             0, stream>>>(dweight, partial.data(), num_blocks, d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace smt::gpu

@@ -1,0 +1,164 @@
+// CUDA versions of the CPU reference ops (namespace smt::gpu), fp32 device pointers, the same argument
+// order as smt::cpu plus a trailing cudaStream_t (GEMM ops: cublasHandle_t, then the stream; the handle's
+// stream is set to `stream` by every call). Backward functions ACCUMULATE into every gradient output and
+// a null gradient pointer means "not needed", as on the CPU. Every launch and library call is checked
+// (smt::Error). Ops that return a host value (cross_entropy_forward, sum_squares) synchronise the stream.
+// Temporaries are stream-ordered (cudaMallocAsync). Element index ranges fit int64.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/device_buffer.h"
+#include "kernels/adamw.h"
+#include "kernels/attention_pattern.h"
+#include "kernels/moe.h"
+
+namespace smt::gpu {
+
+// ---- embedding: tokens [T] (device int32), table [V, d], out [T, d] ----
+void embedding_forward(float* out, const int32_t* tokens, const float* table, int64_t T, int64_t d,
+                       cudaStream_t stream);
+// dtable[tokens[t], :] += dout[t, :] (atomicAdd: the order of the additions is not fixed).
+void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t T, int64_t d,
+                        cudaStream_t stream);
+
+// ---- rmsnorm: x, out [T, d]; weight [d]; rstd [T] (nullable in the forward) ----
+// One block per row, row sums in double (as the CPU).
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t d, float eps,
+                     cudaStream_t stream);
+// dweight: per-256-row-block partials (double), then summed in block order (deterministic).
+void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
+                      const float* rstd, int64_t T, int64_t d, cudaStream_t stream);
+
+// ---- rope ("rotate half"): x, out [B, N, H, hd]; angles, cos, sin in double; out may alias x ----
+void rope_forward(float* out, const float* x, int64_t B, int64_t N, int64_t H, int64_t hd, float theta,
+                  cudaStream_t stream);
+void rope_backward(float* dx, const float* dout, int64_t B, int64_t N, int64_t H, int64_t hd, float theta,
+                   cudaStream_t stream);
+
+// ---- gelu (tanh approximation, the CPU float path's rational tanh with fmaf) ----
+void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream);
+void gelu_backward(float* dx, const float* dout, const float* x, int64_t n, cudaStream_t stream);
+void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream);
+
+// ---- cross entropy: logits, probs [M, C]; targets [M] (device int32, < 0 = ignored) ----
+// Returns the sum of -log p[target] (double, deterministic reduction), synchronises the stream;
+// *num_valid (host, nullable) gets the count of rows with target >= 0. Throws if a target is >= C.
+double cross_entropy_forward(float* probs, const float* logits, const int32_t* targets, int64_t M, int64_t C,
+                             int64_t* num_valid, cudaStream_t stream);
+void cross_entropy_backward(float* dlogits, const float* probs, const int32_t* targets, int64_t M, int64_t C,
+                            float scale, cudaStream_t stream);
+
+// ---- mean pool: x [B, N, d]; valid [B, N] (device uint8); out [B, d] ----
+void mean_pool_forward(float* out, const float* x, const uint8_t* valid, int64_t B, int64_t N, int64_t d,
+                       cudaStream_t stream);
+void mean_pool_backward(float* dx, const float* dout, const uint8_t* valid, int64_t B, int64_t N, int64_t d,
+                        cudaStream_t stream);
+
+// ---- linear / matmul through cuBLAS (cublasGemmEx, fp32 in/out, CUBLAS_COMPUTE_32F: no TF32 unless the
+// handle's math mode or NVIDIA_TF32_OVERRIDE asks for it) ----
+// Row-major C [M, N] = op(A) op(B) (+ beta C): A is [M, K] (or [K, M] when trans_a), lda its row stride.
+void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                    cublasHandle_t handle, cudaStream_t stream);
+void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t n_in,
+                    int64_t n_out, bool accumulate, cublasHandle_t handle, cudaStream_t stream);
+void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
+                     int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream);
+void matmul_transposed_forward(float* y, const float* x, const float* w, int64_t M, int64_t k, int64_t n,
+                               cublasHandle_t handle, cudaStream_t stream);
+void matmul_transposed_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t M,
+                                int64_t k, int64_t n, cublasHandle_t handle, cudaStream_t stream);
+// out[j] += sum_i a[i, j]; per-256-row-block partials then block order (deterministic).
+void add_column_sums(float* out, const float* a, int64_t M, int64_t n, cudaStream_t stream);
+
+// ---- MoE ----
+// One thread per token; E <= 64 (throws otherwise). topk_idx [T, k] device int32; lse nullable.
+void router_topk_forward(float* probs, int32_t* topk_idx, float* topk_weight, float* lse, const float* logits,
+                         int64_t T, int64_t E, int64_t k, cudaStream_t stream);
+void router_topk_backward(float* dlogits, const float* dtopk_weight, const float* dprobs, const float* dlse,
+                          const float* probs, const int32_t* topk_idx, const float* topk_weight, int64_t T, int64_t E,
+                          int64_t k, cudaStream_t stream);
+
+// A RoutingPlan (built on the host by smt::cpu::build_routing_plan) uploaded to the device.
+struct DeviceRoutingPlan {
+  int64_t num_tokens = 0, num_experts = 0, top_k = 0, num_rows = 0;
+  DeviceBuffer<int64_t> token_of_row;         // [R]
+  DeviceBuffer<int64_t> row_of_assignment;    // [T*k], -1 = dropped
+  DeviceBuffer<int64_t> expert_row_offset;    // [E+1] (device copy)
+  std::vector<int64_t> expert_row_offset_host;  // [E+1] (host copy: GEMM sizes)
+};
+DeviceRoutingPlan upload_routing_plan(const cpu::RoutingPlan& plan);  // blocking copies
+
+// rows [R, d] = x[token_of_row]
+void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
+// dx[t] += sum over kept slots of drows[row(t, j)] (per token, no atomics)
+void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
+// y[t] += sum_j topk_weight[t, j] * rows_out[row(t, j)]
+void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
+                       int64_t d, cudaStream_t stream);
+// drows_out[r] += w * dy[t]; dtopk_weight[t, j] += dot(dy[t], rows_out[r]) (one warp per assignment). Nullable.
+void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
+
+// Experts' FFN over expert-contiguous rows. expert_row_offset is a HOST array [E+1] (e.g.
+// DeviceRoutingPlan::expert_row_offset_host). The per-expert GEMMs are ONE cublasGemmGroupedBatchedEx call
+// per GEMM kind (experts with no rows left out); if cuBLAS refuses it (status != success) the op falls back
+// to one cublasGemmEx per expert and says so once on stderr (see experts_gemm_backend()).
+// Shapes as smt::cpu::experts_forward: rows, out [R, d]; hidden_pre, hidden [R, f]; w1 [E, d, f]; b1 [E, f];
+// w2 [E, f, d]; b2 [E, d] (biases nullable).
+void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, const float* w1, const float* b1,
+                     const float* w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
+                     int64_t f, cublasHandle_t handle, cudaStream_t stream);
+// scratch [R, f] device working memory (overwritten).
+void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
+                      const float* rows, const float* hidden_pre, const float* hidden, const float* w1,
+                      const float* w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
+                      cublasHandle_t handle, cudaStream_t stream);
+// "grouped" (cublasGemmGroupedBatchedEx), "loop" (after a refusal), or "unused" before the first expert GEMM.
+std::string experts_gemm_backend();
+
+// ---- optimiser ----
+// One fused elementwise kernel; bias corrections computed on the host in double (as the CPU).
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, const cpu::AdamWParams& hp,
+                  int64_t step, float grad_scale, cudaStream_t stream);
+// Sum of squares in double: fixed grid of per-thread double sums, block tree reductions, then one block over
+// the partials (deterministic for a given n). Synchronises the stream.
+double sum_squares(const float* x, int64_t n, cudaStream_t stream);
+
+// ---- attention over a BlockMask ----
+// The BlockMask lists uploaded to the device (blocking copies).
+struct DeviceBlockMask {
+  int seq_len = 0, block_size = 0, num_blocks = 0;
+  bool causal = false;
+  int window = 0;
+  int64_t nnz = 0;
+  DeviceBuffer<int32_t> q_row_ptr;   // [num_blocks + 1]
+  DeviceBuffer<int32_t> q_col_idx;   // [nnz]
+  DeviceBuffer<uint8_t> q_kind;      // [nnz] BlockMask::EntryKind
+  DeviceBuffer<uint8_t> q_is_full;   // [nnz]
+  DeviceBuffer<int32_t> kv_col_ptr;  // [num_blocks + 1]
+  DeviceBuffer<int32_t> kv_row_idx;  // [nnz]
+  DeviceBuffer<int32_t> kv_entry;    // [nnz]
+};
+DeviceBlockMask upload_block_mask(const BlockMask& mask);
+
+// q, k, v, out, dout [B, N, H, hd] (N = mask.seq_len); lse [B, H, N]; key_valid [B, N] device uint8, nullable.
+// hd <= 128. One block of 256 threads per (batch, head, 64-row slice of a query block); the key blocks of the
+// list are visited in sub-tiles of 64 (or 32) keys in dynamic shared memory; online softmax in fp32.
+// Rows with no allowed key: out = 0, lse = -inf. Memory: O(B*H*N) extra at most (the backward's D).
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const uint8_t* key_valid, const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd,
+                       float scale, cudaStream_t stream);
+// dq, dk, dv += ... (each nullable). D = rowsum(dout * out) first; dk/dv by one block per (b, h, 64-key slice)
+// over the transposed lists, dq by one block per (b, h, 64-row slice) over the forward lists. Deterministic.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, const float* k, const float* v, const uint8_t* key_valid,
+                        const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd, float scale,
+                        cudaStream_t stream);
+
+}  // namespace smt::gpu

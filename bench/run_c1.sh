@@ -8,7 +8,7 @@ threads=("${@:-1 2}")
 [ $# -eq 0 ] && threads=(1 2)
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
 for t in "${threads[@]}"; do
-  smt_json=$(OMP_NUM_THREADS=$t ./build/cpu/smt bench step --config configs/bench-c1.ini --train.threads="$t" --warmup 1 --repeat 5)
+  smt_json=$(OMP_NUM_THREADS=$t ${SMT:-./build/cpu/smt} bench step --config configs/bench-c1.ini --train.threads="$t" --warmup 1 --repeat 5)
   torch_json=$(OMP_NUM_THREADS=$t python3 bench/torch_cpu_step.py --threads "$t" --warmup 1 --steps 5)
   python3 - "$smt_json" "$torch_json" <<'PY'
 import json, sys

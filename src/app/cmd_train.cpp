@@ -1,6 +1,7 @@
 // `smt train`: load data, build the model, run the optimizer loop, log metrics.jsonl, then
 // evaluate on the held-out split and append the {"event":"final"} record.
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -63,6 +64,13 @@ JsonObject eval_json(const EvalSummary& s) {
 int cmd_train(int argc, char** argv) {
   RunConfig cfg;
   if (!parse_run_config(argc, argv, "train", "--config FILE [--section.key=value ...]", cfg)) return 0;
+  // Until expert/data parallelism lands, several ranks would each train the whole model alone
+  // and write the same run folder: refuse instead.
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
+    const char* v = std::getenv(var);
+    SMT_USAGE_CHECK(v == nullptr || std::atoi(v) <= 1, "smt train runs on one rank for now (", var, " = ", v,
+                    "); multi-rank training is not implemented yet");
+  }
   set_num_threads(cfg.train.threads);
   DataSplits data = load_data(cfg.data, cfg.seed);
   SMT_USAGE_CHECK(!data.train.examples.empty(), "the training set is empty");

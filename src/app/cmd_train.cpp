@@ -64,6 +64,8 @@ JsonObject eval_json(const EvalSummary& s) {
 int cmd_train(int argc, char** argv) {
   RunConfig cfg;
   if (!parse_run_config(argc, argv, "train", "--config FILE [--section.key=value ...]", cfg)) return 0;
+  SMT_USAGE_CHECK(cfg.device == "cpu", "device = ", cfg.device,
+                  ": training on the GPU is not implemented yet (the CUDA ops exist; the model does not use them)");
   // Until expert/data parallelism lands, several ranks would each train the whole model alone
   // and write the same run folder: refuse instead.
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {

@@ -51,6 +51,25 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
   return true;
 }
 
+bool parse_command_options(int argc, char** argv, const po::options_description& desc,
+                           const po::positional_options_description* positional) {
+  po::variables_map vm;
+  try {
+    po::command_line_parser parser(argc, argv);
+    parser.options(desc);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  if (vm.count("help")) {
+    std::cout << desc << "\n";
+    return false;
+  }
+  return true;
+}
+
 Progress::Progress(int64_t total) : total_(total), tty_(isatty(fileno(stdout)) != 0) {}
 
 void Progress::update(int64_t done, const std::string& info, bool force_line) {

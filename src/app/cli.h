@@ -7,6 +7,7 @@
 
 namespace boost::program_options {
 class options_description;
+class positional_options_description;
 }
 
 namespace smt {
@@ -16,6 +17,11 @@ namespace smt {
 // `extra` (nullable) adds command-specific options.
 bool parse_run_config(int argc, char** argv, const std::string& command, const std::string& usage,
                       RunConfig& config, const boost::program_options::options_description* extra = nullptr);
+
+// Parses argv against `desc` (and `positional`, nullable) into the bound variables; Boost
+// errors become UsageError. Returns false (after printing `desc`) when --help was given.
+bool parse_command_options(int argc, char** argv, const boost::program_options::options_description& desc,
+                           const boost::program_options::positional_options_description* positional = nullptr);
 
 // One-line progress: a bar on a terminal (rewritten in place), plain lines otherwise.
 class Progress {

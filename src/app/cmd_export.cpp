@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "app/commands_io.h"
+#include "app/cli.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
@@ -134,17 +135,7 @@ int cmd_export(int argc, char** argv) {
       "out", po::value(&out), "output file")("file", po::value(&file), "checkpoint file (positional)");
   po::positional_options_description pos;
   pos.add("file", 1);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    return 0;
-  }
+  if (!parse_command_options(argc, argv, desc, &pos)) return 0;
   SMT_USAGE_CHECK(!file.empty(), "smt export needs a checkpoint file: smt export FILE --format safetensors --out OUT");
   SMT_USAGE_CHECK(format == "safetensors", "--format must be safetensors, got '", format, "'");
   SMT_USAGE_CHECK(!out.empty(), "smt export needs --out OUT.safetensors");

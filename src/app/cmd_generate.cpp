@@ -23,17 +23,7 @@ int cmd_generate(int argc, char** argv) {
        "fraction of long-context items")
       ("long_context_chars", po::value(&sc.long_context_chars)->default_value(sc.long_context_chars),
        "bytes between evidence and claim in long-context items");
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    return 0;
-  }
+  if (!parse_command_options(argc, argv, desc)) return 0;
   SMT_USAGE_CHECK(!out.empty(), "smt generate needs --out FILE.jsonl");
   SMT_USAGE_CHECK(split == "train" || split == "heldout", "--split must be train or heldout, got '", split, "'");
   SMT_USAGE_CHECK(sc.num_train > 0, "--count must be positive");

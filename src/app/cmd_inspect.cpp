@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "app/commands_io.h"
+#include "app/cli.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
@@ -117,17 +118,7 @@ int cmd_inspect(int argc, char** argv) {
       "file", po::value(&file), "checkpoint file (positional)");
   po::positional_options_description pos;
   pos.add("file", 1);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(e.what());
-  }
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    return 0;
-  }
+  if (!parse_command_options(argc, argv, desc, &pos)) return 0;
   SMT_USAGE_CHECK(!file.empty(), "smt inspect needs a checkpoint file: smt inspect FILE [--json]");
   const CheckpointInfo info = read_checkpoint_info(file);
   if (json) std::printf("%s\n", inspect_json(file, info).c_str());

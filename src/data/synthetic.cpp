@@ -1,14 +1,18 @@
-// Synthetic claims generator: a hidden knowledge base (invented countries, capitals, leaders,
-// rivers, one boolean fact each) drawn from the seed, and eight claim families built on it. Invariants:
-// the same config gives byte-identical items; item i has family i % 8 and truth (i / 8) % 2 == 0;
-// held-out items come from their own Philox streams and never repeat a train (evidence, claim).
-// Designed to be learnable by a small byte-level model: few entities, short texts, and truth that
-// rests on a memorised KB fact, a copied-or-changed value, a one-digit comparison or a negation.
+// Synthetic claims generator: a hidden knowledge base drawn from the seed (12 invented countries,
+// their capitals, half of them old cities, 6 rivers and 6 mountains) and eight claim families.
+// Invariants: the same config gives byte-identical items; item i has family i % 8 and truth
+// (i / 8) % 2 == 0; held-out items come from their own Philox streams and from surface
+// combinations that train never uses, so no (evidence, claim) is in both splits.
+// Learnability (a 2-layer byte-level model with a mean-pooled head, a few hundred steps): short
+// texts, and truth carried by few distinctive bytes/words: memorised names (factual, entity),
+// one-digit comparisons (opinion, temporal, numerical), an upper-case notice or a copied letter
+// (context), "lucky" superstitions vs known causes (causal), "isn't" (contradiction).
 #include "data/synthetic.h"
 
 #include <algorithm>
 #include <fstream>
 #include <set>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -20,9 +24,8 @@ namespace {
 constexpr int kNumCountries = 12;
 constexpr int kNumRivers = 6;
 constexpr int kNumFamilies = 8;
-constexpr int kMaxRedraws = 256;
 
-// Philox streams: the KB, then one stream per (split, redraw attempt, item).
+// Philox streams: the KB, then one stream per (split, item).
 constexpr uint64_t kKbStream = 0x4b42000000000000ull;
 constexpr uint64_t kSplitTag[2] = {0x1ull << 60, 0x2ull << 60};
 
@@ -52,16 +55,14 @@ std::string invent_name(Rng& rng) {
 }
 
 // ---- word lists ------------------------------------------------------------------------------
-// Each family decides truth with its own words (digits, number words, months, quantifiers, ...),
-// so what a token means for the label does not change from one family to another.
+// Each family decides truth with its own words, and where words are shared (digits) they point the
+// same way: a larger digit in the evidence makes opinion, temporal and numerical claims truer.
 
 // Sentence openers that multiply the surface forms of memorised facts (so that held-out items
 // can be new sentences about known facts). Templates start in lower case; the result is capitalised.
 const std::vector<std::string> kOpeners = {"", "indeed, ", "yes, ", "in fact, ", "we know ", "so, ", "also, ", "note: "};
 const std::vector<std::string> kOldCityTemplates = {"{Y} is an old city.", "{Y} was built long ago.",
                                                     "{Y} is an ancient city.", "the city of {Y} is old."};
-const std::vector<std::string> kElectedTemplates = {"{Z} was elected.", "{Z} won an election.", "{Z} won the vote.",
-                                                    "voters chose {Z}."};
 const std::vector<std::string> kRiverTemplates = {"{N} is a river.", "the river {N} flows to the sea.",
                                                   "boats sail down the {N}.", "{N} is the name of a river."};
 
@@ -102,10 +103,10 @@ const std::vector<CauseEffect> kCauseEffects = {{"heavy rain", "floods"},       
                                                 {"a rail strike", "empty stations"}, {"a big festival", "full hotels"},
                                                 {"a forest fire", "smoky skies"},    {"a storm at sea", "cancelled ferries"}};
 // Superstitions: never the cause of anything.
-const std::vector<std::string> kNonCauses = {"a full moon", "a black cat", "a lucky coin",
-                                             "a new song",  "a red hat",   "a bad dream"};
-const std::vector<std::string> kCausalTemplates = {"in {X}, {C} caused {E}.", "in {X}, {E} came from {C}.",
-                                                   "in {X}, {C} led to {E}.", "in {X}, {C} brought {E}."};
+const std::vector<std::string> kNonCauses = {"a lucky charm", "a lucky coin", "a lucky song",
+                                             "a lucky hat",   "a lucky stone", "a lucky number"};
+const std::vector<std::string> kCausalTemplates = {"{C} caused {E}.", "{E} came from {C}.", "{C} led to {E}.",
+                                                   "{C} brought {E}."};
 
 const std::vector<std::string> kPlaces = {"bridge", "harbour", "road",   "market",  "school", "museum",
                                           "park",   "library", "station", "castle", "garden", "square"};
@@ -137,15 +138,21 @@ struct Draft {
   int country = -1;  // main country of the item (kept out of the filler)
 };
 
-// Families without evidence have few surface forms, so the splits use different combinations of
-// two surface choices (a, b): held-out items exactly those with (a + b) % 4 == 3. Every choice
-// still occurs in both splits; only the combinations are new.
-std::pair<int, int> pick_frame(Rng& rng, int num_a, int num_b, bool heldout) {
+// Train and held-out items differ by construction: every family draws a triple of surface choices
+// that the label does not depend on (e.g. country, topic, template) and an item belongs to the
+// held-out split iff (a + b + c) % 4 == 3. Every single choice and every pair of them occurs in
+// both splits; only the triples are new. Both splits keep the same label rules and balance.
+bool heldout_triple(int a, int b, int c) { return (a + b + c) % 4 == 3; }
+struct Triple {
+  int a, b, c;
+};
+Triple pick_triple(Rng& rng, int num_a, int num_b, int num_c, bool heldout) {
   while (true) {
-    const int a = pick_int(rng, num_a), b = pick_int(rng, num_b);
-    if (((a + b) % 4 == 3) == heldout) return {a, b};
+    const Triple t{pick_int(rng, num_a), pick_int(rng, num_b), pick_int(rng, num_c)};
+    if (heldout_triple(t.a, t.b, t.c) == heldout) return t;
   }
 }
+int size_of(const auto& v) { return static_cast<int>(v.size()); }
 
 // Index of a member of the subset {i : bits[i] == want} of [0, bits.size()), uniformly.
 int pick_with_bit(Rng& rng, const std::vector<uint8_t>& bits, bool want) {
@@ -158,46 +165,49 @@ int pick_with_bit(Rng& rng, const std::vector<uint8_t>& bits, bool want) {
 // ---- families --------------------------------------------------------------------------------
 // Each draws from rng and builds an item whose truth is `truth`.
 
-// Memorised KB facts, no evidence. Every template states one boolean fact about one entity, and
-// each entity carries exactly one such fact: coastline (countries), old (capitals), elected (leaders).
+// Memorised KB facts, no evidence: "<capital> is an old city" in several phrasings, true iff the
+// KB marks that capital as old.
 Draft gen_factual(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  const bool city = coin(rng);
-  const auto& templates = city ? kOldCityTemplates : kElectedTemplates;
-  const auto [opener, templ] = pick_frame(rng, static_cast<int>(kOpeners.size()), static_cast<int>(templates.size()), heldout);
-  d.country = pick_with_bit(rng, city ? kb.old_city : kb.elected, truth);
-  std::string sentence = templates[static_cast<size_t>(templ)];
-  const auto c = static_cast<size_t>(d.country);
-  sentence = replace_all(sentence, "{X}", kb.countries[c]);
-  sentence = replace_all(sentence, "{Y}", kb.capitals[c]);
-  sentence = replace_all(sentence, "{Z}", kb.leaders[c]);
+  int opener = 0, templ = 0;
+  do {
+    d.country = pick_with_bit(rng, kb.old_city, truth);
+    opener = pick_int(rng, static_cast<int>(kOpeners.size()));
+    templ = pick_int(rng, static_cast<int>(kOldCityTemplates.size()));
+  } while (heldout_triple(d.country, opener, templ) != heldout);
+  const std::string sentence =
+      replace_all(kOldCityTemplates[static_cast<size_t>(templ)], "{Y}", kb.capitals[static_cast<size_t>(d.country)]);
   d.claim = capitalise(kOpeners[static_cast<size_t>(opener)] + sentence);
   return d;
 }
 
 // Public opinion: a poll as evidence; "most people like T" is true iff more than 5 in 10 said so.
-Draft gen_opinion(const SyntheticKb& kb, Rng& rng, bool truth) {
+Draft gen_opinion(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  d.country = pick_int(rng, kNumCountries);
+  const Triple t = pick_triple(rng, kNumCountries, size_of(kPollTopics), size_of(kPollEvidence), heldout);
+  d.country = t.a;
   const std::string& C = kb.countries[static_cast<size_t>(d.country)];
-  const std::string& topic = pick(rng, kPollTopics);
+  const std::string& topic = kPollTopics[static_cast<size_t>(t.b)];
   const int n = truth ? 6 + pick_int(rng, 4) : 1 + pick_int(rng, 4);  // 6..9 of 10, or 1..4 of 10
-  d.evidence = replace_all(replace_all(replace_all(pick(rng, kPollEvidence), "{X}", C), "{T}", topic), "{N}",
-                           std::to_string(n));
+  d.evidence = replace_all(replace_all(replace_all(kPollEvidence[static_cast<size_t>(t.c)], "{X}", C), "{T}", topic),
+                           "{N}", std::to_string(n));
   d.claim = capitalise(replace_all(replace_all(pick(rng, kPollClaims), "{X}", C), "{T}", topic));
   return d;
 }
 
 // Context: half the items copy a one-letter detail of the evidence (true) or change it (false);
 // the other half make the same claim, whose truth depends on the notice in the evidence.
-Draft gen_context(const SyntheticKb& kb, Rng& rng, bool truth) {
+Draft gen_context(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  d.country = pick_int(rng, kNumCountries);
+  const bool copy = coin(rng);
+  const Triple t =
+      pick_triple(rng, kNumCountries, size_of(kVehicles), copy ? size_of(kStops) : size_of(kNoticeEvidence), heldout);
+  d.country = t.a;
   const std::string& C = kb.countries[static_cast<size_t>(d.country)];
-  const std::string& vehicle = pick(rng, kVehicles);
-  auto fill = [&](std::string t) { return capitalise(replace_all(replace_all(t, "{X}", C), "{V}", vehicle)); };
-  if (coin(rng)) {
-    const std::string& stop = pick(rng, kStops);
+  const std::string& vehicle = kVehicles[static_cast<size_t>(t.b)];
+  auto fill = [&](std::string s) { return capitalise(replace_all(replace_all(s, "{X}", C), "{V}", vehicle)); };
+  if (copy) {
+    const std::string& stop = kStops[static_cast<size_t>(t.c)];
     const int n = static_cast<int>(kContextValues.size());
     const int v = pick_int(rng, n);
     const int claimed = truth ? v : pick_other(rng, n, v);
@@ -207,18 +217,19 @@ Draft gen_context(const SyntheticKb& kb, Rng& rng, bool truth) {
                           kContextValues.substr(static_cast<size_t>(claimed), 1));
   } else {
     const std::string& status = truth ? pick(rng, kRunning) : pick(rng, kNotRunning);
-    d.evidence = replace_all(fill(pick(rng, kNoticeEvidence)), "{W}", status);
+    d.evidence = replace_all(fill(kNoticeEvidence[static_cast<size_t>(t.c)]), "{W}", status);
     d.claim = fill(pick(rng, kNoticeClaims));
   }
   return d;
 }
 
 // Temporal: "began after the <ordinal> day" is true iff the evidence day (a digit) is later.
-Draft gen_temporal(const SyntheticKb& kb, Rng& rng, bool truth) {
+Draft gen_temporal(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  d.country = pick_int(rng, kNumCountries);
+  const Triple t = pick_triple(rng, kNumCountries, size_of(kEvents), size_of(kAfter), heldout);
+  d.country = t.a;
   const std::string& C = kb.countries[static_cast<size_t>(d.country)];
-  const std::string& event = pick(rng, kEvents);
+  const std::string& event = kEvents[static_cast<size_t>(t.b)];
   int day = 0, bound = 0;
   do {  // uniform over pairs (day 1..9, bound 2..8, different) with the wanted truth
     day = 1 + pick_int(rng, 9);
@@ -226,23 +237,24 @@ Draft gen_temporal(const SyntheticKb& kb, Rng& rng, bool truth) {
   } while (day == bound || (day > bound) != truth);
   d.evidence = "The " + event + " in " + C + " began on day " + std::to_string(day) + ".";
   d.claim = "The " + event + " in " + C + " began " +
-            replace_all(pick(rng, kAfter), "{B}", kOrdinals[static_cast<size_t>(bound - 1)]) + ".";
+            replace_all(kAfter[static_cast<size_t>(t.c)], "{B}", kOrdinals[static_cast<size_t>(bound - 1)]) + ".";
   return d;
 }
 
 // Numerical: "more than <word>" is true iff the evidence count (a digit) exceeds it.
-Draft gen_numerical(const SyntheticKb& kb, Rng& rng, bool truth) {
+Draft gen_numerical(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  d.country = pick_int(rng, kNumCountries);
+  const Triple t = pick_triple(rng, kNumCountries, size_of(kThings), size_of(kMoreThan), heldout);
+  d.country = t.a;
   const std::string& C = kb.countries[static_cast<size_t>(d.country)];
-  const std::string& thing = pick(rng, kThings);
+  const std::string& thing = kThings[static_cast<size_t>(t.b)];
   int count = 0, bound = 0;
   do {  // uniform over pairs (count 1..9, bound 2..8, different) with the wanted truth
     count = 1 + pick_int(rng, 9);
     bound = 2 + pick_int(rng, 7);
   } while (count == bound || (count > bound) != truth);
   d.evidence = C + " has " + std::to_string(count) + " " + thing + ".";
-  d.claim = replace_all(replace_all(replace_all(pick(rng, kMoreThan), "{X}", C), "{B}",
+  d.claim = replace_all(replace_all(replace_all(kMoreThan[static_cast<size_t>(t.c)], "{X}", C), "{B}",
                                     kNumberWords[static_cast<size_t>(bound - 1)]),
                         "{T}", thing);
   return d;
@@ -251,23 +263,20 @@ Draft gen_numerical(const SyntheticKb& kb, Rng& rng, bool truth) {
 // Entity typing: "N is a river" is true iff N is one of the KB's rivers (false items name a mountain).
 Draft gen_entity(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  const auto [opener, templ] =
-      pick_frame(rng, static_cast<int>(kOpeners.size()), static_cast<int>(kRiverTemplates.size()), heldout);
-  const std::string& name = truth ? pick(rng, kb.rivers) : pick(rng, kb.mountains);
-  d.claim = capitalise(kOpeners[static_cast<size_t>(opener)] +
-                       replace_all(kRiverTemplates[static_cast<size_t>(templ)], "{N}", name));
+  const Triple t = pick_triple(rng, kNumRivers, size_of(kOpeners), size_of(kRiverTemplates), heldout);
+  const std::string& name = (truth ? kb.rivers : kb.mountains)[static_cast<size_t>(t.a)];
+  d.claim = capitalise(kOpeners[static_cast<size_t>(t.b)] +
+                       replace_all(kRiverTemplates[static_cast<size_t>(t.c)], "{N}", name));
   return d;
 }
 
 // Causal: true claims name the real cause of an effect; false ones a superstition (three quarters)
 // or the cause of a different effect (one quarter).
-Draft gen_causal(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
+Draft gen_causal(const SyntheticKb& /*kb*/, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  const auto [templ, country] =
-      pick_frame(rng, static_cast<int>(kCausalTemplates.size()), kNumCountries, heldout);
-  d.country = country;
-  const int n = static_cast<int>(kCauseEffects.size());
-  const int e = pick_int(rng, n);
+  const int n = size_of(kCauseEffects);
+  const Triple t = pick_triple(rng, size_of(kOpeners), size_of(kCausalTemplates), n, heldout);
+  const int opener = t.a, templ = t.b, e = t.c;
   std::string cause;
   if (truth) {
     cause = kCauseEffects[static_cast<size_t>(e)].cause;
@@ -277,39 +286,39 @@ Draft gen_causal(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
     cause = kCauseEffects[static_cast<size_t>(pick_other(rng, n, e))].cause;
   }
   std::string sentence = kCausalTemplates[static_cast<size_t>(templ)];
-  sentence = replace_all(sentence, "{X}", kb.countries[static_cast<size_t>(d.country)]);
   sentence = replace_all(sentence, "{C}", cause);
   sentence = replace_all(sentence, "{E}", kCauseEffects[static_cast<size_t>(e)].effect);
-  d.claim = capitalise(sentence);
+  d.claim = capitalise(kOpeners[static_cast<size_t>(opener)] + sentence);
   return d;
 }
 
-// Contradiction: the claim restates the evidence (true) or negates it with "isn't" (false). A
-// quarter of the evidence sentences are themselves negative, so a negation in the claim alone
+// Contradiction: the claim restates the evidence (true) or negates it with "isn't" (false). An
+// eighth of the evidence sentences are themselves negative, so a negation in the claim alone
 // does not decide.
-Draft gen_contradiction(const SyntheticKb& kb, Rng& rng, bool truth) {
+Draft gen_contradiction(const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   Draft d;
-  d.country = pick_int(rng, kNumCountries);
+  const Triple t = pick_triple(rng, kNumCountries, size_of(kPlaces), size_of(kStates), heldout);
+  d.country = t.a;
   const std::string& C = kb.countries[static_cast<size_t>(d.country)];
-  const std::string& place = pick(rng, kPlaces);
-  const std::string& state = pick(rng, kStates);
-  const bool neg_evidence = pick_int(rng, 4) == 0;
+  const std::string& place = kPlaces[static_cast<size_t>(t.b)];
+  const std::string& state = kStates[static_cast<size_t>(t.c)];
+  const bool neg_evidence = pick_int(rng, 8) == 0;
   const bool neg_claim = truth ? neg_evidence : !neg_evidence;
   d.evidence = "The " + place + " in " + C + (neg_evidence ? " isn't " : " is ") + state + ".";
-  d.claim = "The " + place + " in " + C + (neg_claim ? " isn't " : " is ") + state + ".";
+  d.claim = "The " + place + (neg_claim ? " isn't " : " is ") + state + ".";
   return d;
 }
 
 Draft gen_family(int family, const SyntheticKb& kb, Rng& rng, bool truth, bool heldout) {
   switch (family) {
     case kFactual: return gen_factual(kb, rng, truth, heldout);
-    case kOpinion: return gen_opinion(kb, rng, truth);
-    case kContext: return gen_context(kb, rng, truth);
-    case kTemporal: return gen_temporal(kb, rng, truth);
-    case kNumerical: return gen_numerical(kb, rng, truth);
+    case kOpinion: return gen_opinion(kb, rng, truth, heldout);
+    case kContext: return gen_context(kb, rng, truth, heldout);
+    case kTemporal: return gen_temporal(kb, rng, truth, heldout);
+    case kNumerical: return gen_numerical(kb, rng, truth, heldout);
     case kEntity: return gen_entity(kb, rng, truth, heldout);
     case kCausal: return gen_causal(kb, rng, truth, heldout);
-    default: return gen_contradiction(kb, rng, truth);
+    default: return gen_contradiction(kb, rng, truth, heldout);
   }
 }
 
@@ -328,10 +337,8 @@ std::string make_filler(const SyntheticKb& kb, Rng& rng, int avoid, int64_t char
   return out;
 }
 
-SyntheticItem make_item(const SyntheticConfig& config, const SyntheticKb& kb, SyntheticSplit split, int64_t slot,
-                        uint64_t attempt) {
-  const uint64_t stream = kSplitTag[split == SyntheticSplit::kTrain ? 0 : 1] | (attempt << 40) |
-                          static_cast<uint64_t>(slot);
+SyntheticItem make_item(const SyntheticConfig& config, const SyntheticKb& kb, SyntheticSplit split, int64_t slot) {
+  const uint64_t stream = kSplitTag[split == SyntheticSplit::kTrain ? 0 : 1] | static_cast<uint64_t>(slot);
   Rng rng(config.seed, stream);
   SyntheticItem item;
   item.family = static_cast<int>(slot % kNumFamilies);
@@ -355,19 +362,10 @@ SyntheticItem make_item(const SyntheticConfig& config, const SyntheticKb& kb, Sy
 std::string item_key(const SyntheticItem& item) { return item.evidence + '\x1f' + item.claim; }
 
 std::vector<SyntheticItem> generate_split(const SyntheticConfig& config, const SyntheticKb& kb, SyntheticSplit split,
-                                          int64_t count, const std::set<std::string>* exclude) {
+                                          int64_t count) {
   std::vector<SyntheticItem> items;
   items.reserve(static_cast<size_t>(count));
-  for (int64_t slot = 0; slot < count; ++slot) {
-    uint64_t attempt = 0;
-    SyntheticItem item = make_item(config, kb, split, slot, attempt);
-    while (exclude != nullptr && exclude->count(item_key(item)) > 0) {
-      SMT_CHECK(++attempt < kMaxRedraws, "synthetic: could not draw a held-out item (slot ", slot,
-                ") that differs from every train item after ", kMaxRedraws, " tries");
-      item = make_item(config, kb, split, slot, attempt);
-    }
-    items.push_back(std::move(item));
-  }
+  for (int64_t slot = 0; slot < count; ++slot) items.push_back(make_item(config, kb, split, slot));
   return items;
 }
 
@@ -416,29 +414,33 @@ SyntheticKb make_synthetic_kb(uint64_t seed) {
   SyntheticKb kb;
   for (int i = 0; i < kNumCountries; ++i) kb.countries.push_back(fresh());
   for (int i = 0; i < kNumCountries; ++i) kb.capitals.push_back(fresh());
-  for (int i = 0; i < kNumCountries; ++i) kb.leaders.push_back(fresh());
   for (int i = 0; i < kNumRivers; ++i) kb.rivers.push_back(fresh());
   for (int i = 0; i < kNumRivers; ++i) kb.mountains.push_back(fresh());
   kb.old_city = half_bits(kNumCountries);
-  kb.elected = half_bits(kNumCountries);
   return kb;
 }
 
 std::vector<SyntheticItem> generate_synthetic(const SyntheticConfig& config, SyntheticSplit split) {
   SMT_USAGE_CHECK(config.num_train >= 0 && config.num_heldout >= 0, "synthetic: negative item count (train ",
                   config.num_train, ", held-out ", config.num_heldout, ")");
-  SMT_USAGE_CHECK(config.num_train < (int64_t{1} << 40) && config.num_heldout < (int64_t{1} << 40),
+  SMT_USAGE_CHECK(config.num_train < (int64_t{1} << 56) && config.num_heldout < (int64_t{1} << 56),
                   "synthetic: item count too large");
   SMT_USAGE_CHECK(config.long_context_fraction >= 0 && config.long_context_fraction <= 1,
                   "synthetic: long_context_fraction must be in [0, 1], got ", config.long_context_fraction);
   SMT_USAGE_CHECK(config.long_context_chars >= 0, "synthetic: long_context_chars must be >= 0, got ",
                   config.long_context_chars);
   const SyntheticKb kb = make_synthetic_kb(config.seed);
-  if (split == SyntheticSplit::kTrain) return generate_split(config, kb, split, config.num_train, nullptr);
-  const auto train = generate_split(config, kb, SyntheticSplit::kTrain, config.num_train, nullptr);
-  std::set<std::string> seen;
-  for (const auto& item : train) seen.insert(item_key(item));
-  return generate_split(config, kb, split, config.num_heldout, &seen);
+  if (split == SyntheticSplit::kTrain) return generate_split(config, kb, split, config.num_train);
+  auto heldout = generate_split(config, kb, split, config.num_heldout);
+  // The splits are disjoint by construction (heldout_triple); check it, since a template edit
+  // that makes two triples print the same text would silently break that.
+  std::unordered_set<std::string> train_keys;
+  for (const auto& item : generate_split(config, kb, SyntheticSplit::kTrain, config.num_train))
+    train_keys.insert(item_key(item));
+  for (size_t i = 0; i < heldout.size(); ++i)
+    SMT_CHECK(train_keys.count(item_key(heldout[i])) == 0, "synthetic: held-out item ", i,
+              " repeats a train item (internal error): ", heldout[i].claim);
+  return heldout;
 }
 
 Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const std::string& name) {

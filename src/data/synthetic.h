@@ -37,10 +37,11 @@ struct SyntheticItem {
 
 enum class SyntheticSplit { kTrain, kHeldout };
 
-// Items of one split. The held-out split is drawn from its own Philox streams and every held-out
-// item whose (evidence, claim) also occurs in the train split of the same config is redrawn, so
-// the held-out items depend on (seed, num_train, long-context settings) as well.
+// Items of one split; item i depends only on (seed, split, i, long-context settings).
 // Item i has family i % 8 and truth ((i / 8) % 2 == 0), so every family is balanced.
+// The splits come from separate Philox streams and use disjoint combinations of surface choices
+// (e.g. country x topic x template), so no (evidence, claim) occurs in both; generating the
+// held-out split checks that against the train split of the same config (throws smt::Error).
 std::vector<SyntheticItem> generate_synthetic(const SyntheticConfig& config, SyntheticSplit split);
 // Tokens = encode_fields({evidence, claim}); label 1 = true; group = family
 // (group_names = families, plus "long_context" as group 8 when long_context).
@@ -51,17 +52,15 @@ Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const st
 void write_synthetic_jsonl(const std::string& path, const std::vector<SyntheticItem>& items);
 
 // The hidden knowledge base of a seed, exposed for tests and reports (the model never sees it).
-// Every invented name is distinct. Capitals and leaders carry one boolean fact each that factual
-// claims state (a capital is an old city, a leader was elected; half of each set); entity claims
-// say "N is a river", true for the rivers and false for the mountains.
+// Every invented name is distinct. Factual claims say "<capital> is an old city" (true for the
+// half of the capitals marked old); entity claims say "N is a river", true for the rivers and
+// false for the mountains.
 struct SyntheticKb {
   std::vector<std::string> countries;  // [num_countries]
   std::vector<std::string> capitals;   // [num_countries] capital city of each country
-  std::vector<std::string> leaders;    // [num_countries] leader of each country
   std::vector<std::string> rivers;     // [num_rivers]
   std::vector<std::string> mountains;  // [num_rivers] (entity claims: "N is a river" is false for these)
   std::vector<uint8_t> old_city;       // [num_countries] 1 = its capital is an old city
-  std::vector<uint8_t> elected;        // [num_countries] 1 = its leader was elected
 };
 SyntheticKb make_synthetic_kb(uint64_t seed);
 

@@ -2,11 +2,15 @@
 // evaluate on the held-out split and append the {"event":"final"} record.
 #include <cmath>
 #include <cstdlib>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "app/cli.h"
+#include "app/numeric_guard.h"
+#include "app/signals.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/threads.h"
@@ -16,21 +20,23 @@
 #include "eval/evaluator.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
+#include "io/metrics_log.h"
 #include "model/model.h"
 
 namespace smt {
 
 namespace {
 
-void prepare_run_dir(const std::string& dir) {
+void prepare_run_dir(const std::string& dir, const char* what = "run folder") {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
-  SMT_USAGE_CHECK(!ec && fs::is_directory(dir), "cannot create run folder ", dir, ": ", ec.message());
+  SMT_USAGE_CHECK(!ec && fs::is_directory(dir), "cannot create ", what, " ", dir, ": ",
+                  ec ? ec.message() : "a file of that name exists");
   const fs::path probe = fs::path(dir) / ".smt-write-test";
   {
     std::ofstream f(probe);
-    SMT_USAGE_CHECK(f.good(), "run folder ", dir, " is not writable");
+    SMT_USAGE_CHECK(f.good(), what, " ", dir, " is not writable: ", std::strerror(errno));
   }
   fs::remove(probe, ec);
 }
@@ -88,6 +94,7 @@ int cmd_train(int argc, char** argv) {
     SMT_USAGE_CHECK(std::filesystem::is_regular_file(resume_file), "--resume: no checkpoint file ", resume_file);
   }
   prepare_run_dir(cfg.run_dir);
+  prepare_run_dir(cfg.checkpoint_dir(), "checkpoint folder");  // refused before any training, not at the first save
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
 
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
@@ -105,6 +112,9 @@ int cmd_train(int argc, char** argv) {
     loader.set_cursor(state.cursor);
     log_info("resuming from " + resume_file + " at step " + std::to_string(state.step));
     for (const auto& c : changed) log_info("  setting changed on resume: " + c);
+    if (const int64_t cut = truncate_metrics_after(metrics_path, state.step); cut > 0)
+      log_info("  metrics.jsonl cut back to step " + std::to_string(state.step) + " (" + std::to_string(cut) +
+               " later records dropped)");
     SMT_USAGE_CHECK(state.step < cfg.train.steps, "checkpoint ", resume_file, " is at step ", state.step,
                     ", train.steps = ", cfg.train.steps, ": nothing left to train");
   } else {
@@ -117,26 +127,40 @@ int cmd_train(int argc, char** argv) {
            ", " + std::to_string(num_threads()) + " threads");
 
   const std::string checkpoint_dir = cfg.checkpoint_dir();
+  int64_t saved_step = resuming ? state.step : -1;  // the newest checkpoint this run can resume from
+  std::string saved_path = resume_file, last_record;
   auto write_checkpoint = [&](int64_t step, const std::string& last_record) {
     state.step = step;
     state.cursor = loader.cursor();
     state.last_metrics_json = last_record;
     save_checkpoint(checkpoint_dir + "/" + checkpoint_file_name(step), model, cfg, state);
     prune_checkpoints(checkpoint_dir, cfg.checkpoint.keep);
+    saved_step = step;
+    saved_path = checkpoint_dir + "/" + checkpoint_file_name(step);
   };
+  // SIGTERM / SIGINT: checkpoint the last completed step and exit 128 + signal (app/signals.h).
+  install_stop_signal_handlers();
+  auto stop_for_signal = [&](int sig, int64_t done) {
+    if (done > 0 && saved_step != done) write_checkpoint(done, last_record);
+    log_info(std::string(signal_name(sig)) + ": stopped after step " + std::to_string(done) + "; checkpoint: " +
+             (saved_path.empty() ? "none (no step completed)" : saved_path + " (continue with --resume)"));
+    return 128 + sig;
+  };
+  NumericGuard numeric_guard(cfg.train.max_bad_steps, checkpoint_dir, metrics_path);
   Progress progress(cfg.train.steps);
   Timer total_timer;
   double window_tokens = 0, window_seconds = 0;
   const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
-  std::string last_record;
   const int64_t first_step = state.step + 1;
   for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
+    if (const int sig = stop_signal()) return stop_for_signal(sig, step - 1);
     Timer step_timer;
     const Batch batch = loader.next();
     model.zero_grads();
-    const LossParts loss = model.forward(batch);
-    SMT_CHECK(std::isfinite(loss.total), "non-finite loss at step ", step);
-    model.backward();
+    LossParts loss = model.forward(batch);
+    loss.total = numeric_guard.hook_loss(step, loss.total);
+    if (std::isfinite(loss.total)) model.backward();
+    if (numeric_guard.skip_step(step, loss.total, model)) continue;  // no update, no checkpoint at a bad step
     const double grad_norm = optimizer_step(model, cfg.train, step);
     const double dt = step_timer.seconds();
     state.tokens_seen += tokens_per_step;
@@ -171,6 +195,7 @@ int cmd_train(int argc, char** argv) {
     progress.update(step, info, log_now);
   }
   progress.finish();
+  if (const int sig = stop_signal()) return stop_for_signal(sig, cfg.train.steps);
   const double train_seconds = total_timer.seconds();
 
   EvalSummary summary;

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -497,6 +499,17 @@ std::string checkpoint_file_name(int64_t step) {
 // ------------------------------------------------------------------------------------------------
 namespace {
 
+// Test hook (tests/reliability/kill_resume.py): SMT_TEST_SLOW_CHECKPOINT_MS=n sleeps n ms in the
+// middle of writing the temp file and again between the rename and the `latest` update, so that
+// kills land inside a checkpoint write. Unset (always, outside tests): no effect.
+void test_hook_slow_checkpoint() {
+  static const long ms = [] {
+    const char* v = std::getenv("SMT_TEST_SLOW_CHECKPOINT_MS");
+    return v ? std::strtol(v, nullptr, 10) : 0L;
+  }();
+  if (ms > 0) ::usleep(static_cast<useconds_t>(ms) * 1000);
+}
+
 // Writes all of `size` bytes to fd; returns errno (0 = ok).
 int write_all(int fd, const unsigned char* data, size_t size) {
   while (size > 0) {
@@ -597,6 +610,7 @@ void write_checkpoint_image(int fd, const std::string& tmp, const std::string& p
   const uint32_t sum = lookup3(superblock, 44, 0);
   for (int i = 0; i < 4; ++i) superblock[44 + i] = static_cast<unsigned char>(sum >> (8 * i));
   int e = write_all(fd, superblock, kSuperblockSize);
+  test_hook_slow_checkpoint();  // a kill here leaves a partial PATH.tmp-<pid>
   if (e == 0) e = write_all(fd, data + kSuperblockSize, static_cast<size_t>(size) - kSuperblockSize);
   if (e != 0) throw Error(detail::concat(ctx, ": writing ", tmp, " failed: ", errno_text(e)));
   file.reset();  // in memory only: nothing to flush
@@ -634,6 +648,7 @@ void save_checkpoint(const std::string& path, const Model& model, const RunConfi
     throw Error(detail::concat("cannot write checkpoint ", path, ": rename from ", tmp, " failed: ", errno_text(e)));
   }
   fsync_path(dir, true, "checkpoint folder");
+  test_hook_slow_checkpoint();  // a kill here leaves PATH complete but `latest` naming the previous one
   write_text_atomic(dir + "/latest", fs::path(path).filename().string() + "\n");
 }
 
@@ -1002,13 +1017,36 @@ std::string find_latest_checkpoint(const std::string& dir, bool verify_data) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return "";
   const std::string pointed = read_latest_pointer(dir);
-  if (!pointed.empty() && checkpoint_structure_problem(pointed, verify_data).empty()) return pointed;
-  for (const auto& [step, file] : step_files(dir))
+  const bool pointed_ok = !pointed.empty() && checkpoint_structure_problem(pointed, verify_data).empty();
+  // A step file newer than the one `latest` names is complete too (renamed into place only after
+  // it was fully written and fsynced): a run stopped between that rename and the `latest` update.
+  const auto pointed_step = pointed_ok ? step_of_file_name(fs::path(pointed).filename().string()) : std::nullopt;
+  for (const auto& [step, file] : step_files(dir)) {
+    if (pointed_ok && (!pointed_step || step <= *pointed_step)) break;
     if (checkpoint_structure_problem(file, verify_data).empty()) return file;
-  return "";
+  }
+  return pointed_ok ? pointed : "";
+}
+
+int remove_stale_temp_files(const std::string& dir) {
+  static const std::regex tmp_re(R"(^.+\.tmp-([0-9]+)$)");
+  int removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::smatch m;
+    if (!std::regex_match(name, m, tmp_re)) continue;
+    const long pid = std::strtol(m[1].str().c_str(), nullptr, 10);
+    if (pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // its writer may still run
+    std::error_code rec;
+    if (fs::remove(it->path(), rec)) ++removed;
+  }
+  return removed;
 }
 
 void prune_checkpoints(const std::string& dir, int keep) {
+  remove_stale_temp_files(dir);
   const std::string pointed = read_latest_pointer(dir);
   const auto files = step_files(dir);
   for (size_t i = std::max(0, keep); i < files.size(); ++i) {

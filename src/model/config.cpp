@@ -75,7 +75,9 @@ po::options_description run_config_options(RunConfig& c) {
       ("train.log_every", po::value(&T.log_every)->default_value(T.log_every), "metrics record every n steps")
       ("train.eval_batch_size", po::value(&T.eval_batch_size)->default_value(T.eval_batch_size),
        "sequences per evaluation batch")
-      ("train.threads", po::value(&T.threads)->default_value(T.threads), "CPU threads (0 = all cores)");
+      ("train.threads", po::value(&T.threads)->default_value(T.threads), "CPU threads (0 = all cores)")
+      ("train.max_bad_steps", po::value(&T.max_bad_steps)->default_value(T.max_bad_steps),
+       "a step with a non-finite loss or gradient is skipped; stop after this many in a row");
   po::options_description dd("data");
   auto& D = c.data;
   dd.add_options()
@@ -134,6 +136,7 @@ void RunConfig::validate() const {
                     ")");
   SMT_USAGE_CHECK(T.lr > 0 && T.warmup >= 0 && T.clip >= 0 && T.weight_decay >= 0, "train.lr must be > 0 and train.warmup, train.clip, train.weight_decay >= 0");
   SMT_USAGE_CHECK(T.beta1 >= 0 && T.beta1 < 1 && T.beta2 >= 0 && T.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)");
+  SMT_USAGE_CHECK(T.max_bad_steps >= 1, "train.max_bad_steps must be >= 1, got ", T.max_bad_steps);
   SMT_USAGE_CHECK(T.log_every > 0 && T.eval_batch_size > 0, "train.log_every and train.eval_batch_size must be positive");
   SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",
                   data.source, "'");

@@ -56,6 +56,7 @@ struct TrainConfig {
   int64_t log_every = 10;
   int64_t eval_batch_size = 64;
   int threads = 0;  // 0 = all cores
+  int64_t max_bad_steps = 10;  // stop after this many non-finite (skipped) steps in a row
 };
 
 struct DataConfig {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "model/memory_estimate.h"
 
 namespace po = boost::program_options;
 
@@ -142,10 +143,17 @@ void RunConfig::validate() const {
                   data.source, "'");
   SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
   SMT_USAGE_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, "checkpoint.every must be >= 0 and checkpoint.keep >= 1");
+  SMT_USAGE_CHECK(T.threads >= 0, "train.threads must be >= 0 (0 = all cores), got ", T.threads);
+  SMT_USAGE_CHECK(data.synthetic_train > 0 && data.synthetic_heldout > 0,
+                  "data.synthetic_train and data.synthetic_heldout must be positive");
+  SMT_USAGE_CHECK(data.long_context_fraction >= 0 && data.long_context_fraction <= 1,
+                  "data.long_context_fraction must be in [0, 1], got ", data.long_context_fraction);
+  SMT_USAGE_CHECK(data.long_context_chars >= 0, "data.long_context_chars must be >= 0");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");
 #endif
+  check_memory_fits(*this);  // absurd sizes (seq_len 1e9, 1e6 experts, ...) stop here, with the estimate
 }
 
 std::string RunConfig::to_ini() const {

@@ -5,6 +5,7 @@
 
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -35,6 +36,8 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
     }
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
+      std::error_code ec;  // a folder, FIFO or device (/dev/zero) is not a config file
+      SMT_USAGE_CHECK(std::filesystem::is_regular_file(path, ec), "config file ", path, " is not a regular file");
       std::ifstream f(path);
       SMT_USAGE_CHECK(f.good(), "cannot read config file ", path);
       try {

@@ -7,9 +7,22 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# For the fuzz targets only (scripts/fuzz.sh): clang with libFuzzer and its OpenMP runtime.
+fuzz_pkgs=(clang libclang-rt-dev libomp-dev)
+fuzz_missing=()
+for p in "${fuzz_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || fuzz_missing+=("$p")
+done
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+if [ ${#missing[@]} -gt 0 ] || [ ${#fuzz_missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq || [ ${#missing[@]} -eq 0 ]  # only the optional fuzz packages: go on
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "installing: ${missing[*]}"
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ${#fuzz_missing[@]} -gt 0 ]; then
+  echo "installing (fuzzing): ${fuzz_missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${fuzz_missing[@]}" >/dev/null ||
+    echo "install-deps: could not install ${fuzz_missing[*]}: scripts/fuzz.sh will not build"
 fi

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -28,6 +29,7 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
   if (extra) all.add(*extra);
   all.add(keys);
   po::variables_map vm;
+  for (int i = 1; i < argc; ++i) refuse_boost_placeholders(argv[i], "command-line argument '" + std::string(argv[i]) + "'");
   try {
     po::store(po::command_line_parser(argc, argv).options(all).run(), vm);
     if (vm.count("help")) {
@@ -38,8 +40,12 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
       const std::string path = vm["config"].as<std::string>();
       std::error_code ec;  // a folder, FIFO or device (/dev/zero) is not a config file
       SMT_USAGE_CHECK(std::filesystem::is_regular_file(path, ec), "config file ", path, " is not a regular file");
-      std::ifstream f(path);
-      SMT_USAGE_CHECK(f.good(), "cannot read config file ", path);
+      std::ifstream file(path);
+      SMT_USAGE_CHECK(file.good(), "cannot read config file ", path);
+      std::stringstream text;
+      text << file.rdbuf();
+      refuse_boost_placeholders(text.str(), "config file " + path);
+      std::istringstream f(text.str());
       try {
         po::store(po::parse_config_file(f, keys, false), vm);
       } catch (const po::error& e) {
@@ -57,6 +63,7 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
 bool parse_command_options(int argc, char** argv, const po::options_description& desc,
                            const po::positional_options_description* positional) {
   po::variables_map vm;
+  for (int i = 1; i < argc; ++i) refuse_boost_placeholders(argv[i], "command-line argument '" + std::string(argv[i]) + "'");
   try {
     po::command_line_parser parser(argc, argv);
     parser.options(desc);

@@ -190,7 +190,14 @@ std::string RunConfig::to_ini() const {
   return top.str() + os.str();
 }
 
+void refuse_boost_placeholders(const std::string& text, const std::string& where) {
+  for (const char* p : {"%option%", "%value%", "%canonical_option%", "%prefix%", "%original_token%"})
+    SMT_USAGE_CHECK(text.find(p) == std::string::npos, where, " contains '", p,
+                    "', which smt cannot accept (its option parser would hang formatting an error message)");
+}
+
 RunConfig load_run_config_text(const std::string& ini_text, bool validate) {
+  refuse_boost_placeholders(ini_text, "config");
   RunConfig c;
   po::options_description desc = run_config_options(c);
   po::variables_map vm;

@@ -33,12 +33,12 @@ MemoryEstimate estimate_memory(const RunConfig& c) {
   const double d = M.d_model, f = M.expert_hidden, L = M.layers, E = M.experts, k = M.top_k;
   const double moe_layers = M.moe_every <= 1 ? L : std::floor(L / std::max(1, M.moe_every));
   const double dense_layers = L - moe_layers;
-  const double classes = std::max(M.num_classes, 6);  // 0 = from the data: at most LIAR's six
+  const double classes = M.num_classes > 0 ? M.num_classes : 6;  // 0 = from the data: at most LIAR's six
   MemoryEstimate e;
   const double per_layer_common = 4 * d * d + 2 * d;
   const double expert = 2 * d * f + f + d;
   e.params = kVocab * d + moe_layers * (per_layer_common + d * E + E * expert) +
-             dense_layers * (per_layer_common + expert) + d + (M.head == "classifier" ? d * classes + classes : 0);
+             dense_layers * (per_layer_common + expert) + d + d * classes + classes;  // the layout always has the classifier
   e.param_bytes = 4 * e.params;
   e.optimizer_bytes = 3 * e.param_bytes;
   e.checkpoint_bytes = 3 * e.param_bytes;

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -501,7 +502,10 @@ TEST(CheckpointBadInput, Hdf5FileThatIsNotACheckpoint) {
   GoodDir g;
   const std::string other = g.dir / checkpoint_file_name(30);
   {
-    const hid_t f = H5Fcreate(other.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    const hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);  // the format smt reads
+    const hid_t f = H5Fcreate(other.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
     const hsize_t n = 4;
     const hid_t sp = H5Screate_simple(1, &n, nullptr);
     const hid_t d = H5Dcreate2(f, "data", H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -516,6 +520,54 @@ TEST(CheckpointBadInput, Hdf5FileThatIsNotACheckpoint) {
   fs::remove(g.dir / "latest");  // the scan must skip the foreign step-00000030.h5
   EXPECT_EQ(find_latest_checkpoint(g.dir.path()), g.good);
   std::ofstream(g.dir / "latest") << checkpoint_file_name(10) << "\n";
+  g.expect_good_intact();
+}
+
+// Found by fuzzing (with a hand-made file whose metadata checksums are valid): a string attribute
+// holding an array of strings made the reader write past its one-string buffer. Now an error.
+TEST(CheckpointBadInput, StringAttributeArrayIsRejected) {
+  GoodDir g;
+  for (bool vlen : {false, true}) {
+    const std::string bad = g.dir / checkpoint_file_name(vlen ? 41 : 40);
+    fs::copy_file(g.good, bad, fs::copy_options::overwrite_existing);
+    {
+      const hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+      ASSERT_GE(f, 0);
+      ASSERT_GE(H5Adelete(f, "created_by"), 0);
+      const hid_t type = H5Tcopy(H5T_C_S1);
+      H5Tset_size(type, vlen ? H5T_VARIABLE : 8);
+      const hsize_t n = 50;
+      const hid_t sp = H5Screate_simple(1, &n, nullptr);
+      const hid_t a = H5Acreate2(f, "created_by", type, sp, H5P_DEFAULT, H5P_DEFAULT);
+      std::vector<char> fixed(8 * n, 'x');
+      std::vector<const char*> ptrs(n, "y");
+      ASSERT_GE(H5Awrite(a, type, vlen ? static_cast<const void*>(ptrs.data()) : fixed.data()), 0);
+      H5Aclose(a);
+      H5Sclose(sp);
+      H5Tclose(type);
+      H5Fclose(f);
+    }
+    const std::string err = error_of([&] { read_checkpoint_info(bad); });
+    expect_contains(err, "attribute created_by is not a single string (50 elements)");
+  }
+  fs::remove(g.dir / "latest");
+  std::ofstream(g.dir / "latest") << checkpoint_file_name(10) << "\n";
+  g.expect_good_intact();
+}
+
+// HDF5 files of the older, unchecksummed format (superblock version 0/1) are refused before HDF5
+// parses them: fuzzing found damaged ones that crash HDF5 1.10 itself.
+TEST(CheckpointBadInput, UnchecksummedHdf5FormatIsRefused) {
+  GoodDir g;
+  const std::string old_format = g.dir / checkpoint_file_name(50);
+  {
+    const hid_t f = H5Fcreate(old_format.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);  // default: v0
+    H5Fclose(f);
+  }
+  EXPECT_EQ(error_of([&] { read_checkpoint_info(old_format); }),
+            "checkpoint " + old_format +
+                " uses HDF5 superblock version 0 (no metadata checksums); smt checkpoints use version 2 or later "
+                "(HDF5 1.8 format)");
   g.expect_good_intact();
 }
 
@@ -766,6 +818,41 @@ TEST(CheckpointCrc, MatchesZlib) {
   EXPECT_EQ(crc32(s, 9), 0xCBF43926u);
   EXPECT_EQ(crc32(s + 4, 5, crc32(s, 4)), 0xCBF43926u);
   EXPECT_EQ(crc32(s, 0), 0u);
+}
+
+// Killed between a checkpoint's rename and the `latest` update: the renamed file is complete and
+// newer, so --resume takes it (the last complete checkpoint), not the one `latest` still names.
+TEST(CheckpointKill, NewerCompleteStepFileWinsOverStaleLatest) {
+  GoodDir g;  // step 10, named by latest
+  const std::string newer = g.dir / checkpoint_file_name(20);
+  save_checkpoint(newer, g.model, g.cfg, g.state);
+  std::ofstream(g.dir / "latest") << checkpoint_file_name(10) << "\n";  // as if killed before the update
+  EXPECT_EQ(find_latest_checkpoint(g.dir.path()), newer);
+  // A damaged newer file is passed over for what `latest` names.
+  std::ofstream(newer, std::ios::trunc) << "partial";
+  EXPECT_EQ(find_latest_checkpoint(g.dir.path()), g.good);
+}
+
+// Temp files of killed writers are removed by the next successful save (prune); a temp file of a
+// live process and the checkpoints themselves are not.
+TEST(CheckpointKill, StaleTempFilesOfDeadWritersAreRemoved) {
+  GoodDir g;
+  // A pid that surely does not run: a child that has exited and been reaped.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(dead, &status, 0), dead);
+  const std::string stale = g.dir / (checkpoint_file_name(12) + ".tmp-" + std::to_string(dead));
+  const std::string live = g.dir / (checkpoint_file_name(13) + ".tmp-" + std::to_string(getppid()));
+  std::ofstream(stale) << "half a checkpoint";
+  std::ofstream(live) << "being written";
+  save_checkpoint(g.dir / checkpoint_file_name(14), g.model, g.cfg, g.state);
+  prune_checkpoints(g.dir.path(), 3);
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(g.good));
+  EXPECT_EQ(find_latest_checkpoint(g.dir.path()), g.dir / checkpoint_file_name(14));
 }
 
 }  // namespace

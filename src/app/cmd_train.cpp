@@ -115,8 +115,10 @@ int cmd_train(int argc, char** argv) {
     if (const int64_t cut = truncate_metrics_after(metrics_path, state.step); cut > 0)
       log_info("  metrics.jsonl cut back to step " + std::to_string(state.step) + " (" + std::to_string(cut) +
                " later records dropped)");
-    SMT_USAGE_CHECK(state.step < cfg.train.steps, "checkpoint ", resume_file, " is at step ", state.step,
+    SMT_USAGE_CHECK(state.step <= cfg.train.steps, "checkpoint ", resume_file, " is at step ", state.step,
                     ", train.steps = ", cfg.train.steps, ": nothing left to train");
+    if (state.step == cfg.train.steps)  // killed after the last checkpoint, e.g. in the evaluation
+      log_info("  training was complete at step " + std::to_string(state.step) + ": evaluating only");
   } else {
     std::ofstream truncate(metrics_path);  // a fresh run starts a fresh metrics file
   }

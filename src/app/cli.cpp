@@ -39,7 +39,8 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
       std::error_code ec;  // a folder, FIFO or device (/dev/zero) is not a config file
-      SMT_USAGE_CHECK(std::filesystem::is_regular_file(path, ec), "config file ", path, " is not a regular file");
+      SMT_USAGE_CHECK(!std::filesystem::exists(path, ec) || std::filesystem::is_regular_file(path, ec), "config file ",
+                      path, " is not a regular file");
       std::ifstream file(path);
       SMT_USAGE_CHECK(file.good(), "cannot read config file ", path);
       std::stringstream text;

@@ -686,8 +686,9 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
     if (probe.gcount() < 9 || std::memcmp(head, kSignature, 8) != 0)
       throw Error(detail::concat("checkpoint ", path, " is not an HDF5 file (no HDF5 signature)"));
     if (head[8] < 2)
-      throw Error(detail::concat("checkpoint ", path, " uses HDF5 superblock version ", int(head[8]),
-                                 " (no metadata checksums); smt checkpoints use version 2 or later (HDF5 1.8 format)"));
+      throw Error(detail::concat("checkpoint ", path, " is damaged or truncated, or not in the HDF5 format smt writes (",
+                                 "superblock version ", int(head[8]), ": no metadata checksums; smt checkpoints use ",
+                                 "version 2 or later)"));
   }
   const htri_t is_h5 = H5Fis_hdf5(path.c_str());
   if (is_h5 == 0) {
@@ -1046,7 +1047,8 @@ std::string find_latest_checkpoint(const std::string& dir, bool verify_data) {
   const auto pointed_step = pointed_ok ? step_of_file_name(fs::path(pointed).filename().string()) : std::nullopt;
   for (const auto& [step, file] : step_files(dir)) {
     if (pointed_ok && (!pointed_step || step <= *pointed_step)) break;
-    if (checkpoint_structure_problem(file, verify_data).empty()) return file;
+    // Overriding `latest` takes a fully verified file (every tensor's crc32), not just a complete one.
+    if (checkpoint_structure_problem(file, verify_data || pointed_ok).empty()) return file;
   }
   return pointed_ok ? pointed : "";
 }

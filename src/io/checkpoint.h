@@ -85,9 +85,10 @@ CheckpointInfo read_checkpoint_info(const std::string& path);
 // crc32 (reads the whole file). Returns "" if fine, else the reason.
 std::string checkpoint_structure_problem(const std::string& path, bool verify_data = false);
 
-// The checkpoint to resume from in `dir`: the newest step-*.h5 (by step number) that passes the check
-// above and is newer than the file DIR/latest names, else that file if it passes, else the newest
-// step-*.h5 that passes; "" if none. Returns a path (dir + "/" + name).
+// The checkpoint to resume from in `dir`: the newest step-*.h5 (by step number) newer than the file
+// DIR/latest names that passes the check above with verify_data (a run killed between a checkpoint's
+// rename and the `latest` update), else that file if it passes, else the newest step-*.h5 that
+// passes; "" if none. Returns a path (dir + "/" + name).
 std::string find_latest_checkpoint(const std::string& dir, bool verify_data = false);
 
 // Deletes the temp files (NAME.tmp-<pid>) in DIR that a killed writer left: those whose pid is

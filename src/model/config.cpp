@@ -4,6 +4,7 @@
 #include <boost/program_options.hpp>
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "core/error.h"
 #include "model/memory_estimate.h"
@@ -153,6 +154,18 @@ void RunConfig::validate() const {
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");
 #endif
+  // String values must survive config.ini (and the copy in every checkpoint): the INI reader cuts a
+  // line at '#', trims blanks and cannot continue a value on the next line (found by fuzzing).
+  const std::pair<const char*, const std::string*> strings[] = {
+      {"model.head", &M.head}, {"model.attention", &M.attention}, {"model.init_from", &M.init_from},
+      {"data.source", &data.source}, {"data.path", &data.path}, {"data.fields", &data.fields},
+      {"checkpoint.dir", &checkpoint.dir}, {"run.dir", &run_dir}, {"device", &device}};
+  for (const auto& [key, value] : strings) {
+    const std::string& v = *value;
+    SMT_USAGE_CHECK(v.find_first_of("#\n\r") == std::string::npos &&
+                        (v.empty() || (v.front() != ' ' && v.front() != '\t' && v.back() != ' ' && v.back() != '\t')),
+                    key, " = '", v, "': '#', line breaks and leading or trailing blanks cannot be stored in config.ini");
+  }
   check_memory_fits(*this);  // absurd sizes (seq_len 1e9, 1e6 experts, ...) stop here, with the estimate
 }
 

@@ -160,6 +160,21 @@ TEST(Limits, NegativeSizesAreRefused) {
   refused([](RunConfig& c) { c.data.long_context_chars = -1; }, "data.long_context_chars");
 }
 
+// Found by fuzzing: a value the INI reader cannot give back (config.ini and every checkpoint store
+// the resolved configuration as INI) is refused instead of silently changing on the way back.
+TEST(ConfigParser, ValuesThatCannotRoundTripAreRefused) {
+  for (const std::string bad : {"/data#1", "a\nb", " lead", "trail\t"}) {
+    RunConfig c;
+    c.data.path = bad;
+    EXPECT_NE(usage_error_of(c).find("cannot be stored in config.ini"), std::string::npos) << bad;
+  }
+  RunConfig ok;
+  ok.data.path = "/data/with spaces/and;semicolons";
+  ok.model.init_from = "runs/pre train/checkpoints/step-00000010.h5";
+  EXPECT_EQ(usage_error_of(ok), "");
+  EXPECT_EQ(load_run_config_text(ok.to_ini(), false).to_ini(), ok.to_ini());
+}
+
 TEST(Limits, ShippedConfigsFit) {
   for (const auto& entry : fs::directory_iterator(fs::path(SMT_SOURCE_DIR) / "configs")) {
     if (entry.path().extension() != ".ini") continue;

@@ -2,6 +2,7 @@
 #include "model/config.h"
 
 #include <boost/program_options.hpp>
+#include <cctype>
 #include <cmath>
 #include <sstream>
 #include <utility>
@@ -204,9 +205,15 @@ std::string RunConfig::to_ini() const {
 }
 
 void refuse_boost_placeholders(const std::string& text, const std::string& where) {
-  for (const char* p : {"%option%", "%value%", "%canonical_option%", "%prefix%", "%original_token%"})
-    SMT_USAGE_CHECK(text.find(p) == std::string::npos, where, " contains '", p,
+  // Any %name% (letters, digits, '_'): Boost substitutes %option%, %value%, %canonical_option%,
+  // %prefix%, %original_token%, %invalid_line%, ... and loops forever when a value contains its own.
+  for (size_t open = text.find('%'); open != std::string::npos; open = text.find('%', open + 1)) {
+    size_t end = open + 1;
+    while (end < text.size() && (std::isalnum(static_cast<unsigned char>(text[end])) || text[end] == '_')) ++end;
+    SMT_USAGE_CHECK(end == open + 1 || end >= text.size() || text[end] != '%', where, " contains '",
+                    text.substr(open, end + 1 - open),
                     "', which smt cannot accept (its option parser would hang formatting an error message)");
+  }
 }
 
 RunConfig load_run_config_text(const std::string& ini_text, bool validate) {

@@ -98,9 +98,9 @@ struct RunConfig {
 // (whose current values become the printed defaults). Sections: model, train, data, run.
 boost::program_options::options_description run_config_options(RunConfig& config);
 
-// UsageError if `text` (a command-line argument or config file text, named by `where`) contains one
-// of Boost.Program_options' message placeholders (%option%, %value%, %canonical_option%, %prefix%,
-// %original_token%): Boost's error message formatting loops forever on them (found by fuzzing).
+// UsageError if `text` (a command-line argument or config file text, named by `where`) contains a
+// %name% sequence, the form of Boost.Program_options' message placeholders (%option%, %value%,
+// %invalid_line%, ...): Boost's error message formatting loops forever on them (found by fuzzing).
 void refuse_boost_placeholders(const std::string& text, const std::string& where);
 
 // Parse an INI text (unknown keys, wrong types -> UsageError) on top of defaults; validate().

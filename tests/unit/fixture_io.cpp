@@ -38,7 +38,7 @@ class Cursor {
 
   void read(void* dst, size_t n, const char* what) {
     if (n > left()) fail(std::string("truncated ") + what);
-    std::memcpy(dst, bytes_.data() + pos_, n);
+    if (n > 0) std::memcpy(dst, bytes_.data() + pos_, n);  // memcpy with a null dst is UB even for 0 bytes
     pos_ += n;
   }
   uint32_t u32(const char* what) {

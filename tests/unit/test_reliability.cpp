@@ -78,7 +78,8 @@ TEST(FiniteCheck, NamesTheFirstNonFiniteTensorInLayoutOrder) {
 
 double layout_numel(const ModelConfig& m) {
   double n = 0;
-  for (const auto& t : ParamLayout(m).tensors()) n += static_cast<double>(t.numel);
+  const ParamLayout layout(m);  // not a temporary in the range-for: it would die before the loop
+  for (const auto& t : layout.tensors()) n += static_cast<double>(t.numel);
   return n;
 }
 
@@ -207,6 +208,9 @@ TEST(ConfigParser, BoostPlaceholdersAreRefusedNotHung) {
     }
   }
   EXPECT_THROW(load_run_config_text("[train]\nsteps = %value%\n"), UsageError);
+  EXPECT_THROW(load_run_config_text("[model]\nexper%invalid_line% 2\n"), UsageError);
+  // A lone or spaced percent sign is fine.
+  EXPECT_NO_THROW(load_run_config_text("[data]\npath = /data/100% real/ and 5 % more\n", false));
 }
 
 }  // namespace

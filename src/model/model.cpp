@@ -386,7 +386,7 @@ bool Model::expert_parallel_layer(bool moe) const {
 }
 
 void Model::route(LayerActs& A, int64_t T, int64_t E, int64_t k, bool moe) {
-  if (!(moe && parallel_ && parallel_->distributed())) {
+  if (!(parallel_ && parallel_->distributed())) {
     const int64_t capacity = moe ? cpu::expert_capacity(config_.capacity_factor, T, E, k) : 0;
     A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity);
     A.num_routed_global = A.plan.num_routed_per_expert;
@@ -414,7 +414,7 @@ void Model::route(LayerActs& A, int64_t T, int64_t E, int64_t k, bool moe) {
     }
     A.num_tokens_global += all[r * (E + 1) + E];
   }
-  const int64_t capacity = cpu::expert_capacity(config_.capacity_factor, A.num_tokens_global, E, k);
+  const int64_t capacity = moe ? cpu::expert_capacity(config_.capacity_factor, A.num_tokens_global, E, k) : 0;
   A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity, before.data());
 }
 

@@ -39,5 +39,6 @@ class Progress {
 int cmd_train(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_bench_exchange(int argc, char** argv);  // smt bench exchange (src/app/cmd_bench_exchange.cpp)
 
 }  // namespace smt

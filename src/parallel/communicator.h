@@ -9,6 +9,13 @@
 
 namespace smt {
 
+// A run of floats exchanged with one peer: `count` floats at `offset` of a send or receive buffer.
+struct Segment {
+  int peer = 0;
+  int64_t offset = 0;
+  int64_t count = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -29,6 +36,11 @@ class Communicator {
   // arrive from rank r (contiguous in rank order in recv). Exchange counts first with all_to_all.
   virtual void all_to_all_v(const float* send, const int64_t* send_counts, float* recv,
                             const int64_t* recv_counts) = 0;
+  // Point-to-point exchange of many segments at once (all-to-all-v with scattered placement): the
+  // i-th segment this rank sends to peer p lands in the i-th segment peer p receives from this rank
+  // (same count). Lets a receiver place rows where they are used without a reordering copy.
+  virtual void exchange_segments(const float* send, const std::vector<Segment>& sends, float* recv,
+                                 const std::vector<Segment>& recvs) = 0;
   // recv[r] = what rank r put in send[rank()]: one int64 per rank each way.
   virtual void all_to_all(const int64_t* send, int64_t* recv) = 0;
   // Sub-communicator of the ranks with the same color, ordered by key.

@@ -29,6 +29,17 @@ class SelfCommunicator final : public Communicator {
               recv_counts[0]);
     if (send != recv) std::memmove(recv, send, static_cast<size_t>(send_counts[0]) * sizeof(float));
   }
+  void exchange_segments(const float* send, const std::vector<Segment>& sends, float* recv,
+                         const std::vector<Segment>& recvs) override {
+    SMT_CHECK(sends.size() == recvs.size(), "exchange_segments with self: ", sends.size(), " sends but ", recvs.size(),
+              " receives");
+    for (size_t i = 0; i < sends.size(); ++i) {
+      SMT_CHECK(sends[i].count == recvs[i].count, "exchange_segments with self: segment ", i, " sends ",
+                sends[i].count, " floats but receives ", recvs[i].count);
+      if (sends[i].count > 0)
+        std::memmove(recv + recvs[i].offset, send + sends[i].offset, static_cast<size_t>(sends[i].count) * sizeof(float));
+    }
+  }
   void all_to_all(const int64_t* send, int64_t* recv) override { recv[0] = send[0]; }
   std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SelfCommunicator>(); }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }

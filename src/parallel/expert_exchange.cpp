@@ -31,6 +31,20 @@ ExpertExchange::ExpertExchange(Communicator& group, const std::vector<int64_t>& 
   }
   for (int q = 0; q < P; ++q) num_plan_rows_ += send_rows_[q];
   num_expert_rows_ = local_expert_row_offset_[El];
+  int64_t plan_pos = 0;  // the plan's rows are grouped by global expert: q's experts are q*El ... (q+1)*El-1
+  for (int q = 0; q < P; ++q)
+    for (int64_t e = 0; e < El; ++e) {
+      const int64_t n = rows_[me_ * E + q * El + e];
+      plan_segments_.push_back(Segment{q, plan_pos, n});
+      plan_pos += n;
+    }
+  std::vector<int64_t> expert_fill(local_expert_row_offset_.begin(), local_expert_row_offset_.end() - 1);
+  for (int s = 0; s < P; ++s)
+    for (int64_t e = 0; e < El; ++e) {
+      const int64_t n = rows_[s * E + me_ * El + e];
+      expert_segments_.push_back(Segment{s, expert_fill[e], n});
+      expert_fill[e] += n;
+    }
 }
 
 int64_t ExpertExchange::rows_sent_to_others() const {
@@ -47,53 +61,24 @@ int64_t ExpertExchange::rows_received_from_others() const {
   return n;
 }
 
-void ExpertExchange::reorder(float* dst, const float* src, int64_t d, bool to_expert_major) const {
-  const int P = num_members_;
-  const int64_t E = num_experts_, El = num_local_experts_;
-  // Source-major: member s's block starts at source_start; within it, local expert e's rows follow
-  // those of local experts < e. Expert-major: local expert e's rows start at local_expert_row_offset_[e],
-  // sources in order.
-  std::vector<int64_t> expert_fill(local_expert_row_offset_.begin(), local_expert_row_offset_.end() - 1);
-  int64_t source_pos = 0;
-  for (int s = 0; s < P; ++s)
-    for (int64_t e = 0; e < El; ++e) {
-      const int64_t n = rows_[s * E + me_ * El + e];
-      const int64_t expert_pos = expert_fill[e];
-      expert_fill[e] += n;
-      const size_t bytes = static_cast<size_t>(n * d) * sizeof(float);
-      if (bytes == 0) continue;
-      if (to_expert_major) std::memcpy(dst + expert_pos * d, src + source_pos * d, bytes);
-      else std::memcpy(dst + source_pos * d, src + expert_pos * d, bytes);
-      source_pos += n;
-    }
+void ExpertExchange::move(const float* src, const std::vector<Segment>& src_rows, float* dst,
+                          const std::vector<Segment>& dst_rows, int64_t d) {
+  SMT_CHECK(group_ != nullptr, "expert exchange used before construction");
+  auto scale = [d](const std::vector<Segment>& rows, std::vector<Segment>& floats) {
+    floats.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) floats[i] = Segment{rows[i].peer, rows[i].offset * d, rows[i].count * d};
+  };
+  scale(src_rows, sends_);
+  scale(dst_rows, recvs_);
+  group_->exchange_segments(src, sends_, dst, recvs_);
 }
 
 void ExpertExchange::to_experts(const float* plan_rows, float* expert_rows, int64_t d) {
-  SMT_CHECK(group_ != nullptr, "expert exchange used before construction");
-  const int P = num_members_;
-  send_counts_.assign(P, 0);
-  recv_counts_.assign(P, 0);
-  for (int q = 0; q < P; ++q) {
-    send_counts_[q] = send_rows_[q] * d;
-    recv_counts_[q] = recv_rows_[q] * d;
-  }
-  source_major_.resize(static_cast<size_t>(num_expert_rows_ * d));
-  group_->all_to_all_v(plan_rows, send_counts_.data(), source_major_.data(), recv_counts_.data());
-  reorder(expert_rows, source_major_.data(), d, /*to_expert_major=*/true);
+  move(plan_rows, plan_segments_, expert_rows, expert_segments_, d);
 }
 
 void ExpertExchange::from_experts(const float* expert_rows, float* plan_rows, int64_t d) {
-  SMT_CHECK(group_ != nullptr, "expert exchange used before construction");
-  const int P = num_members_;
-  send_counts_.assign(P, 0);
-  recv_counts_.assign(P, 0);
-  for (int q = 0; q < P; ++q) {
-    send_counts_[q] = recv_rows_[q] * d;
-    recv_counts_[q] = send_rows_[q] * d;
-  }
-  source_major_.resize(static_cast<size_t>(num_expert_rows_ * d));
-  reorder(source_major_.data(), expert_rows, d, /*to_expert_major=*/false);
-  group_->all_to_all_v(source_major_.data(), send_counts_.data(), plan_rows, recv_counts_.data());
+  move(expert_rows, expert_segments_, plan_rows, plan_segments_, d);
 }
 
 }  // namespace smt

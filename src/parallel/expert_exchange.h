@@ -3,10 +3,10 @@
 // Source side: a rank's routing plan holds its kept assignments as rows grouped by global expert
 // (all of expert 0's rows first). The rows for group member q's experts [q*El, (q+1)*El) are one
 // contiguous range of the plan, so they go out as one block of one all-to-all-v.
-// Owner side: rows arrive source-major (member 0's block first, each block grouped by expert) and
-// are reordered expert-major (local expert 0's rows from every source, then local expert 1's ...)
-// for the expert FFN. Within one expert the order is (source member, source row), which is the
-// global (token, slot) order, as in one process.
+// Owner side: rows are received straight into expert-major order (local expert 0's rows from every
+// source, then local expert 1's ...), one segment per (source, expert), so the expert FFN reads them
+// without a reordering copy. Within one expert the order is (source member, source row), which is
+// the global (token, slot) order, as in one process.
 // Backward: to_experts() carries d(rows_out) to the owners and from_experts() brings d(rows) back,
 // the same two moves as the forward.
 #pragma once
@@ -43,11 +43,13 @@ class ExpertExchange {
   std::vector<int64_t> send_rows_, recv_rows_;    // [P] rows to / from each member
   std::vector<int64_t> local_expert_row_offset_;  // [El+1]
   int64_t num_plan_rows_ = 0, num_expert_rows_ = 0;
-  std::vector<float> source_major_;               // [num_expert_rows, d] receive buffer
-  std::vector<int64_t> send_counts_, recv_counts_;  // [P] floats
+  // In rows: plan side, one segment per (owner q, q's local expert e), in that order;
+  // expert side, one segment per (source s, local expert e), in that order.
+  std::vector<Segment> plan_segments_, expert_segments_;
+  std::vector<Segment> sends_, recvs_;  // scaled by d for one call
 
-  // Copies between the source-major receive layout and the expert-major layout.
-  void reorder(float* dst, const float* src, int64_t d, bool to_expert_major) const;
+  void move(const float* src, const std::vector<Segment>& src_rows, float* dst, const std::vector<Segment>& dst_rows,
+            int64_t d);
 };
 
 }  // namespace smt

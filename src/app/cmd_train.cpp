@@ -147,6 +147,7 @@ int cmd_train(int argc, char** argv) {
   const int64_t first_step = state.step + 1;
   for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
     Timer step_timer;
+    inject_test_fault(par.world_rank(), step);
     const Batch global_batch = loader.next();  // every rank draws the global batch, trains on its rows
     const auto [first_row, last_row] = par.batch_shard(global_batch.batch_size);
     const Batch batch = par.distributed() ? slice_rows(global_batch, first_row, last_row) : global_batch;

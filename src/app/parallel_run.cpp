@@ -2,6 +2,9 @@
 #include "app/parallel_run.h"
 
 #include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <cstdio>
 #include <vector>
 
 #include "core/error.h"
@@ -94,6 +97,18 @@ JsonObject parallel_step_record(const ParallelContext& ctx, const ExchangeStats&
   o.add("world_size", W).add("expert_parallel", ctx.expert_parallel).add("rows_sent", sent)
       .add("rows_received", received).add("expert_rows", load).add("step_s_max", slowest).add("step_s_min", fastest);
   return o;
+}
+
+void inject_test_fault(int world_rank, int64_t step) {
+  static const char* spec = std::getenv("SMT_TEST_FAULT");
+  if (spec == nullptr) return;
+  int rank = -1;
+  long long at_step = -1;
+  char mode[16] = {0};
+  if (std::sscanf(spec, "%d:%lld:%15s", &rank, &at_step, mode) != 3) return;
+  if (rank != world_rank || at_step != step) return;
+  if (std::string(mode) == "kill") std::raise(SIGKILL);
+  throw Error("injected test fault (SMT_TEST_FAULT) at step " + std::to_string(step));
 }
 
 }  // namespace smt

@@ -27,4 +27,8 @@ Predictions predict_on_all_ranks(Model& model, const Dataset& data, int64_t seq_
 //  "step_s_max", "step_s_min"}: this step's exchange and the slowest rank's time. Collective.
 JsonObject parallel_step_record(const ParallelContext& ctx, const ExchangeStats& stats, double step_seconds);
 
+// Test hook for the fault tests: SMT_TEST_FAULT="RANK:STEP:throw|kill" makes world rank RANK throw
+// an error (or SIGKILL itself) at the start of STEP. Unset: nothing.
+void inject_test_fault(int world_rank, int64_t step);
+
 }  // namespace smt

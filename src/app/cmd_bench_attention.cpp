@@ -181,7 +181,7 @@ Timing time_cuda(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int wa
 }  // namespace
 
 int cmd_bench_attention(int argc, char** argv) {
-  std::string device = "cpu", seqs, head_dims = "64", patterns, json_path;
+  std::string device = "cpu", seqs, head_dims = "64", patterns, json_path, masks_path;
   int64_t heads = 0, batch = 0, block = 0;
   int warmup = 1, repeat = 3, threads = 0;
   bool causal = false;
@@ -200,7 +200,9 @@ int cmd_bench_attention(int argc, char** argv) {
       "repeat", po::value(&repeat)->default_value(repeat), "timed repetitions (median)")(
       "threads", po::value(&threads)->default_value(0), "CPU threads (0 = all cores)")(
       "seed", po::value(&seed)->default_value(seed), "random blocks and inputs")(
-      "json", po::value(&json_path), "also write one JSON object per row to this file");
+      "json", po::value(&json_path), "also write one JSON object per row to this file")(
+      "dump-masks", po::value(&masks_path),
+      "write every case's block lists as JSONL (bench/torch_attention.py builds FlexAttention masks from them)");
   if (!parse_command_options(argc, argv, desc)) return 0;
   const bool gpu = device == "cuda";
   SMT_USAGE_CHECK(gpu || device == "cpu", "--device must be cpu or cuda, got '", device, "'");
@@ -226,10 +228,14 @@ int cmd_bench_attention(int argc, char** argv) {
   if (heads == 0) heads = gpu ? 16 : 4;
   if (block == 0) block = gpu ? 128 : 64;
   set_num_threads(threads);
-  std::ofstream json;
+  std::ofstream json, masks;
   if (!json_path.empty()) {
     json.open(json_path);
     SMT_USAGE_CHECK(json.good(), "--json: cannot write ", json_path);
+  }
+  if (!masks_path.empty()) {
+    masks.open(masks_path);
+    SMT_USAGE_CHECK(masks.good(), "--dump-masks: cannot write ", masks_path);
   }
   std::printf("smt bench attention, device %s%s, %lld heads, block %lld, median of %d (after %d warm-up)\n",
               device.c_str(), gpu ? "" : (" (" + std::to_string(num_threads()) + " threads)").c_str(),
@@ -242,6 +248,15 @@ int cmd_bench_attention(int argc, char** argv) {
       double dense_total = 0;
       for (const Case& c : b3_cases(static_cast<int>(N), static_cast<int>(block), causal, seed, only)) {
         const BlockMask mask = build_block_mask(c.pattern, static_cast<int>(N), 0);
+        if (masks.is_open()) {
+          auto ints = [](const auto& v) { return std::vector<int64_t>(v.begin(), v.end()); };
+          JsonObject m;
+          m.add("pattern", c.label).add("seq_len", N).add("batch", B).add("heads", heads).add("head_dim", hd)
+              .add("block", block).add("causal", c.pattern.causal).add("window", static_cast<int64_t>(c.pattern.window))
+              .add("element_density", mask.element_density()).add("q_row_ptr", ints(mask.q_row_ptr))
+              .add("q_col_idx", ints(mask.q_col_idx)).add("q_kind", ints(mask.q_kind));
+          masks << m.str() << "\n";
+        }
         Timing t;
 #ifdef SMT_CUDA
         if (gpu) t = time_cuda(mask, B, heads, hd, warmup, repeat, seed);

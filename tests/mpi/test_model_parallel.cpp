@@ -3,6 +3,7 @@
 // gradient norm and parameters after AdamW steps agree up to floating-point reassociation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -54,13 +55,15 @@ struct Case {
   double capacity;
   int moe_every;
   const char* head;
+  bool one_expert = false;  // zero router weights + top-1: every token of every rank goes to expert 0
 };
 
 class ModelParallelTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ModelParallelTest, MatchesOneProcess) {
   const Case cs = GetParam();
-  const smt::ModelConfig cfg = tiny_config(cs.capacity, cs.moe_every, cs.head);
+  smt::ModelConfig cfg = tiny_config(cs.capacity, cs.moe_every, cs.head);
+  if (cs.one_expert) cfg.top_k = 1;
   smt::TrainConfig train;
   train.steps = 3;
   train.lr = 3e-3f;
@@ -73,6 +76,12 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
   ref.init_params(9);
   par.init_params(9);
   par.set_parallel(&ctx);
+  if (cs.one_expert)  // equal router logits: ties go to the lowest expert index
+    for (smt::Model* m : {&ref, &par})
+      for (int l = 0; l < cfg.layers; ++l) {
+        const auto& t = m->layout().at("layers." + std::to_string(l) + ".router");
+        std::fill(m->params() + t.offset, m->params() + t.offset + t.numel, 0.0f);
+      }
   for (int64_t step = 1; step <= train.steps; ++step) {
     const smt::Batch batch = random_batch(B, N, 100 + step);
     const smt::Batch shard = smt::slice_rows(batch, first, last);
@@ -87,6 +96,8 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
       EXPECT_EQ(par.routing()[l].tokens_per_expert, ref.routing()[l].tokens_per_expert) << "layer " << l;
       EXPECT_EQ(par.routing()[l].dropped, ref.routing()[l].dropped) << "layer " << l;
     }
+    if (cs.one_expert && step == 1)
+      EXPECT_EQ(ref.routing()[0].tokens_per_expert[0], B * N) << "every token should pick expert 0";
     ref.backward();
     par.backward();
     const double nr = smt::optimizer_step(ref, train, step), np = smt::optimizer_step(par, train, step);
@@ -110,11 +121,12 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, ModelParallelTest,
                          ::testing::Values(Case{0.0, 1, "classifier"}, Case{1.0, 1, "classifier"},
-                                           Case{0.0, 2, "classifier"}, Case{1.25, 1, "lm"}),
+                                           Case{0.0, 2, "classifier"}, Case{1.25, 1, "lm"},
+                                           Case{0.0, 1, "classifier", true}),
                          [](const auto& info) {
                            const Case c = info.param;
                            return std::string(c.head) + (c.capacity > 0 ? "_capacity" : "_dropless") +
-                                  (c.moe_every > 1 ? "_dense_layer" : "");
+                                  (c.moe_every > 1 ? "_dense_layer" : "") + (c.one_expert ? "_all_to_expert0" : "");
                          });
 
 }  // namespace

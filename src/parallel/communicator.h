@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+struct CUstream_st;  // cudaStream_t without including the CUDA headers
+
 namespace smt {
 
 // A run of floats exchanged with one peer: `count` floats at `offset` of a send or receive buffer.
@@ -64,6 +66,22 @@ std::unique_ptr<Communicator> make_world_communicator();
 // This process's rank in the job from the launcher's environment (0 when not launched by one);
 // usable before MPI is initialised (error messages, "only rank 0 prints").
 int launcher_rank();
+
+#ifdef SMT_CUDA
+// ---- CUDA builds: communicators over device buffers ----
+// NCCL over the ranks of `bootstrap` (a host communicator, e.g. MPI: its rank 0 creates the
+// ncclUniqueId and broadcasts it), on CUDA device `device`. Every buffer argument is device memory.
+// Collectives run on the communicator's own stream, after the work queued so far on
+// `compute_stream` (an event), and `compute_stream` waits for them (another event): callers order
+// everything on their compute stream and synchronise it before reading results on the host.
+// NCCL refuses two ranks on one GPU: several ranks on one GPU use the staged MPI backend below.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device, CUstream_st* compute_stream);
+
+// A host communicator (MPI) made to accept device buffers: every collective copies its device
+// inputs to pinned host memory, runs the host collective and copies the results back, ordered on
+// `compute_stream` (synchronised around the host collective).
+std::unique_ptr<Communicator> make_staged_communicator(std::unique_ptr<Communicator> host, CUstream_st* compute_stream);
+#endif
 
 // If MPI is initialised and the job has more than one rank: MPI_Abort the whole job with
 // exit_code (so no rank is left waiting in a collective). Otherwise returns.

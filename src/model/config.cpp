@@ -11,18 +11,20 @@ namespace po = boost::program_options;
 
 namespace smt {
 
-AttnPatternConfig RunConfig::attention_pattern() const {
+AttnPatternConfig ModelConfig::attention_pattern(uint64_t seed) const {
   AttnPatternConfig pc;
-  pc.kind = parse_attn_pattern(model.attention);
-  pc.causal = model.causal;
-  pc.block_size = model.block_size;
-  pc.window = model.window;
-  pc.num_random_blocks = model.random_blocks;
-  pc.stride_blocks = model.stride_blocks;
-  pc.num_global_blocks = model.global_blocks;
+  pc.kind = parse_attn_pattern(attention);
+  pc.causal = causal;
+  pc.block_size = block_size;
+  pc.window = window;
+  pc.num_random_blocks = random_blocks;
+  pc.stride_blocks = stride_blocks;
+  pc.num_global_blocks = global_blocks;
   pc.seed = seed;
   return pc;
 }
+
+AttnPatternConfig RunConfig::attention_pattern() const { return model.attention_pattern(seed); }
 
 po::options_description run_config_options(RunConfig& c) {
   po::options_description all("Configuration (INI sections [model] [train] [data] [run]; command line --section.key=value wins)");

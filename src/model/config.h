@@ -38,6 +38,8 @@ struct ModelConfig {
   std::string init_from;
 
   int head_dim() const { return d_model / heads; }
+  // The attention pattern of these settings; `seed` draws the random blocks.
+  AttnPatternConfig attention_pattern(uint64_t seed) const;
 };
 
 struct TrainConfig {

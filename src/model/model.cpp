@@ -92,15 +92,7 @@ Model::LayerPtrs Model::layer_ptrs(float* base, int l) const {
 const BlockMask& Model::block_mask(int layer, int seq_len) {
   if (mask_seq_len_ != seq_len) {
     masks_.clear();
-    AttnPatternConfig pc;
-    pc.kind = parse_attn_pattern(config_.attention);
-    pc.causal = config_.causal;
-    pc.block_size = config_.block_size;
-    pc.window = config_.window;
-    pc.num_random_blocks = config_.random_blocks;
-    pc.stride_blocks = config_.stride_blocks;
-    pc.num_global_blocks = config_.global_blocks;
-    pc.seed = attention_seed_;
+    const AttnPatternConfig pc = config_.attention_pattern(attention_seed_);
     for (int l = 0; l < config_.layers; ++l) masks_.push_back(build_block_mask(pc, seq_len, l));
     mask_seq_len_ = seq_len;
   }

@@ -11,29 +11,13 @@
 
 #include "core/cuda_check.h"
 #include "core/rng.h"
+#include "support/random_batch.h"
 #include "gpu_test_env.h"
 #include "model/gpu_model.h"
 #include "model/model.h"
 
 namespace {
 
-smt::Batch random_batch(int64_t B, int64_t N, int num_classes, uint64_t seed) {
-  smt::Batch b;
-  b.batch_size = B;
-  b.seq_len = N;
-  smt::Rng rng(seed, 5);
-  for (int64_t i = 0; i < B; ++i) {
-    const int64_t len = N / 2 + static_cast<int64_t>(rng.below(N / 2 + 1));
-    for (int64_t j = 0; j < N; ++j) {
-      b.tokens.push_back(j < len ? static_cast<int32_t>(rng.below(256)) : 0);
-      b.valid.push_back(j < len ? 1 : 0);
-    }
-    for (int64_t j = 0; j < N; ++j) b.lm_targets.push_back(j + 1 < len ? b.tokens[i * N + j + 1] : -1);
-    b.labels.push_back(static_cast<int32_t>(rng.below(num_classes)));
-    b.groups.push_back(0);
-  }
-  return b;
-}
 
 double norm_rel(const float* a, const float* b, int64_t n) {
   double diff = 0, ref = 0;
@@ -84,7 +68,7 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
   gpu.upload_from(cpu);
   const int64_t n = cpu.layout().total();
   for (int64_t step = 1; step <= train.steps; ++step) {
-    const smt::Batch batch = random_batch(4, 64, 3, 100 + step);
+    const smt::Batch batch = smt::testing_support::random_padded_batch(4, 64, 3, 100 + step);
     cpu.zero_grads();
     gpu.zero_grads();
     const smt::LossParts lc = cpu.forward(batch), lg = gpu.forward(batch);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "support/random_batch.h"
 #include "data/batch.h"
 #include "model/model.h"
 #include "parallel/parallel_context.h"
@@ -32,24 +33,6 @@ smt::ModelConfig tiny_config(double capacity_factor, int moe_every, const std::s
   return c;
 }
 
-smt::Batch random_batch(int64_t B, int64_t N, uint64_t seed) {
-  smt::Batch b;
-  b.batch_size = B;
-  b.seq_len = N;
-  smt::Rng rng(seed, 5);
-  for (int64_t i = 0; i < B; ++i) {
-    const int64_t len = N / 2 + static_cast<int64_t>(rng.below(N / 2 + 1));  // padded rows
-    for (int64_t j = 0; j < N; ++j) {
-      b.tokens.push_back(j < len ? static_cast<int32_t>(rng.below(256)) : 0);
-      b.valid.push_back(j < len ? 1 : 0);
-    }
-    for (int64_t j = 0; j < N; ++j) b.lm_targets.push_back(j + 1 < len ? b.tokens[i * N + j + 1] : -1);
-    b.labels.push_back(static_cast<int32_t>(rng.below(3)));
-    b.groups.push_back(0);
-    b.example_idx.push_back(i);
-  }
-  return b;
-}
 
 struct Case {
   double capacity;
@@ -83,7 +66,7 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
         std::fill(m->params() + t.offset, m->params() + t.offset + t.numel, 0.0f);
       }
   for (int64_t step = 1; step <= train.steps; ++step) {
-    const smt::Batch batch = random_batch(B, N, 100 + step);
+    const smt::Batch batch = smt::testing_support::random_padded_batch(B, N, 3, 100 + step);
     const smt::Batch shard = smt::slice_rows(batch, first, last);
     ref.zero_grads();
     par.zero_grads();

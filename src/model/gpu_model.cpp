@@ -311,12 +311,8 @@ double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
   double sq = 0;
   for (const auto& t : model.layout().tensors()) sq += gpu::sum_squares(model.grads() + t.offset, t.numel, s);
   const double norm = std::sqrt(sq);
-  float grad_scale = 1.0f;
-  if (train.clip > 0) grad_scale = static_cast<float>(std::min(1.0, train.clip / (norm + 1e-6)));
-  cpu::AdamWParams hp;
-  hp.lr = learning_rate_at(train, step);
-  hp.beta1 = train.beta1;
-  hp.beta2 = train.beta2;
+  const float grad_scale = clip_scale(train, norm);
+  cpu::AdamWParams hp = adamw_params_at(train, step);
   for (const auto& t : model.layout().tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
     gpu::adamw_update(model.params() + t.offset, model.grads() + t.offset, model.adam_m() + t.offset,

@@ -466,6 +466,18 @@ void all_reduce_grads(Model& model) {
 
 }  // namespace
 
+cpu::AdamWParams adamw_params_at(const TrainConfig& train, int64_t step) {
+  cpu::AdamWParams hp;
+  hp.lr = learning_rate_at(train, step);
+  hp.beta1 = train.beta1;
+  hp.beta2 = train.beta2;
+  return hp;
+}
+
+float clip_scale(const TrainConfig& train, double grad_norm) {
+  return train.clip > 0 ? static_cast<float>(std::min(1.0, train.clip / (grad_norm + 1e-6))) : 1.0f;
+}
+
 double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
   const ParamLayout& layout = model.layout();
   const ParallelContext* par = model.parallel();
@@ -486,12 +498,8 @@ double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
     sq += sq_experts;
   }
   const double norm = std::sqrt(sq);
-  float grad_scale = 1.0f;
-  if (train.clip > 0) grad_scale = static_cast<float>(std::min(1.0, train.clip / (norm + 1e-6)));
-  cpu::AdamWParams hp;
-  hp.lr = learning_rate_at(train, step);
-  hp.beta1 = train.beta1;
-  hp.beta2 = train.beta2;
+  const float grad_scale = clip_scale(train, norm);
+  cpu::AdamWParams hp = adamw_params_at(train, step);
   for (const auto& t : layout.tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
     const HeldRange h = held_range(model, t);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "kernels/adamw.h"
 #include "kernels/attention_pattern.h"
 #include "kernels/moe.h"
 #include "model/config.h"
@@ -139,6 +140,12 @@ class Model {
 
 // Learning rate at a 1-based step: linear warm-up then cosine to min_lr_ratio * lr at `steps`.
 float learning_rate_at(const TrainConfig& train, int64_t step);
+
+// The AdamW hyper-parameters of a step (weight decay set per tensor by the caller) and the
+// gradient scale that clips the global norm to train.clip (1 when clip = 0): shared by the CPU
+// and GPU optimizer steps.
+cpu::AdamWParams adamw_params_at(const TrainConfig& train, int64_t step);
+float clip_scale(const TrainConfig& train, double grad_norm);
 
 // Global-norm clipping + AdamW over all parameters (decay only where the layout says).
 // Returns the gradient norm before clipping. With model.parallel() set, first sums the gradients

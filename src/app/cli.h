@@ -39,5 +39,6 @@ class Progress {
 int cmd_train(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
 
 }  // namespace smt

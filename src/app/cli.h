@@ -40,5 +40,6 @@ int cmd_train(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
+int cmd_bench_compare(int argc, char** argv);  // smt bench compare (cmd_bench_compare.cpp)
 
 }  // namespace smt

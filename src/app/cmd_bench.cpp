@@ -21,8 +21,10 @@ namespace po = boost::program_options;
 namespace smt {
 
 int cmd_bench(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "compare") == 0) return cmd_bench_compare(argc - 1, argv + 1);
   SMT_USAGE_CHECK(argc >= 2 && std::strcmp(argv[1], "step") == 0,
-                  "usage: smt bench step --config FILE [--warmup N] [--repeat N] [--section.key=value ...]");
+                  "usage: smt bench step --config FILE [--warmup N] [--repeat N] [--section.key=value ...]"
+                  " | smt bench compare --config FILE [--steps N]");
   int warmup = 2, repeat = 5;
   po::options_description extra("Benchmark");
   extra.add_options()("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")(

@@ -140,12 +140,6 @@ int cmd_eval(int argc, char** argv) {
                     "-way head but LIAR has 6 classes (or 2 in its binary view)");
   }
   if (out_dir.empty()) out_dir = default_out_dir(checkpoint, spec.tag);
-  {
-    std::error_code ec;
-    fs::create_directories(out_dir, ec);
-    SMT_USAGE_CHECK(!ec && fs::is_directory(out_dir), "cannot create output folder ", out_dir,
-                    ec ? ": " + ec.message() : "");
-  }
 
   // Data: the evaluated set and the training split the baselines learn from.
   Dataset data, train;
@@ -187,6 +181,12 @@ int cmd_eval(int argc, char** argv) {
   Model model(mc, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   load_parameters_only(checkpoint, model);
   const int64_t step = CheckpointReader(checkpoint).state().step;
+  {  // created only once the inputs are known to be good
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    SMT_USAGE_CHECK(!ec && fs::is_directory(out_dir), "cannot create output folder ", out_dir,
+                    ec ? ": " + ec.message() : "");
+  }
   log_info("smt eval: " + checkpoint + " (step " + std::to_string(step) + ", " + std::to_string(mc.num_classes) +
            "-way head) on " + data.name + ", " + std::to_string(data.examples.size()) + " examples, " +
            std::to_string(num_threads()) + " threads");

@@ -90,7 +90,7 @@ std::string SvgCanvas::str() const {
 void draw_axes(SvgCanvas& svg, const PlotArea& a, const std::string& x_label, const std::string& y_label,
                const std::string& title, int num_x_ticks, int num_y_ticks) {
   svg.rect(a.left, a.top, a.width, a.height, "none", "#444");
-  for (int i = 0; i <= num_x_ticks; ++i) {
+  for (int i = 0; num_x_ticks > 0 && i <= num_x_ticks; ++i) {
     const double v = a.x_min + (a.x_max - a.x_min) * i / num_x_ticks;
     const double x = a.px(v);
     svg.line(x, a.top + a.height, x, a.top + a.height + 5, "#444");
@@ -138,7 +138,7 @@ std::string plot_roc(const std::vector<RocSeries>& series, const std::string& ti
 
 std::string plot_reliability(const std::vector<ReliabilityPanel>& panels) {
   const double panel_w = 420, panel_h = 400;
-  SvgCanvas svg(panel_w * std::max<size_t>(1, panels.size()), panel_h);
+  SvgCanvas svg(panel_w * static_cast<double>(std::max<size_t>(1, panels.size())), panel_h);
   for (size_t p = 0; p < panels.size(); ++p) {
     const auto& rp = panels[p];
     const PlotArea a{p * panel_w + 70, 50, 320, 280};
@@ -155,14 +155,15 @@ std::string plot_reliability(const std::vector<ReliabilityPanel>& panels) {
       svg.rect(a.px(x0) + 1, a.py(rp.accuracy[b]), a.px(x1) - a.px(x0) - 2, a.py(0) - a.py(rp.accuracy[b]),
                series_color(0), "#114", tip);
       svg.circle(a.px(rp.confidence[b]), a.py(rp.confidence[b]), 3, "#d62728");
-      // share of examples in the bin, as a thin bar under the axis
       const double share = total > 0 ? static_cast<double>(rp.count[b]) / static_cast<double>(total) : 0;
-      svg.rect(a.px(x0) + 1, a.top + a.height + 45, a.px(x1) - a.px(x0) - 2, 20 * share, "#888");
+      char pct[16];
+      std::snprintf(pct, sizeof pct, "%.0f%%", 100 * share);
+      svg.text((a.px(x0) + a.px(x1)) / 2, a.py(rp.accuracy[b]) - 4, pct, 9, "middle", 0, "#555");
     }
     char title[160];
     std::snprintf(title, sizeof title, "%s: reliability (ECE %.3f)", rp.name.c_str(), rp.ece);
     draw_axes(svg, a, "top-class confidence", "accuracy", title);
-    svg.text(a.left, a.top + a.height + 80, "bars: accuracy per bin; red dots: mean confidence; grey: share of examples",
+    svg.text(a.left, a.top + a.height + 58, "bars: accuracy per bin (label: share of examples); red dots: mean confidence",
              10, "start", 0, "#555");
   }
   return svg.str();
@@ -230,8 +231,16 @@ std::string plot_expert_load(const std::vector<std::string>& layer_names,
   const double group_w = std::max(120.0, 22.0 * static_cast<double>(E) + 30);
   SvgCanvas svg(140 + group_w * static_cast<double>(L) + 40, 440);
   PlotArea a{90, 50, group_w * static_cast<double>(L), 300};
-  a.y_max = static_cast<double>(max_count) * 1.1;
-  draw_axes(svg, a, "", "tokens (non-PAD assignments)", title, 1, 5);
+  // y range: the next "nice" number (1, 2, 2.5, 5 x 10^k) above the largest count
+  double nice = 1;
+  while (nice * 10 <= static_cast<double>(max_count)) nice *= 10;
+  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+    if (m * nice >= static_cast<double>(max_count)) {
+      nice *= m;
+      break;
+    }
+  a.y_max = nice;
+  draw_axes(svg, a, "", "tokens (non-PAD assignments)", title, 0, 5);
   for (size_t l = 0; l < layer_names.size(); ++l) {
     const auto& counts = tokens_per_expert[l];
     const double bar_w = (group_w - 30) / static_cast<double>(std::max<size_t>(1, counts.size()));

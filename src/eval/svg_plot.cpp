@@ -163,8 +163,10 @@ std::string plot_reliability(const std::vector<ReliabilityPanel>& panels) {
     char title[160];
     std::snprintf(title, sizeof title, "%s: reliability (ECE %.3f)", rp.name.c_str(), rp.ece);
     draw_axes(svg, a, "top-class confidence", "accuracy", title);
-    svg.text(a.left, a.top + a.height + 58, "bars: accuracy per bin (label: share of examples); red dots: mean confidence",
-             10, "start", 0, "#555");
+    svg.text(a.left - 40, a.top + a.height + 56, "bars: accuracy per bin, labelled with its share of examples", 10,
+             "start", 0, "#555");
+    svg.text(a.left - 40, a.top + a.height + 69, "red dots: mean confidence; dashed: perfect calibration", 10, "start",
+             0, "#555");
   }
   return svg.str();
 }

@@ -100,12 +100,16 @@ po::options_description run_config_options(RunConfig& c) {
       ("checkpoint.keep", po::value(&K.keep)->default_value(K.keep), "newest checkpoints to keep")
       ("resume", po::value(&K.resume)->default_value(K.resume)->implicit_value("latest"),
        "continue from a checkpoint: --resume (newest complete one in checkpoint.dir) or --resume=FILE");
+  po::options_description pp("parallel");
+  pp.add_options()
+      ("parallel.expert_parallel", po::value(&c.parallel.expert_parallel)->default_value(c.parallel.expert_parallel),
+       "expert-parallel group size P under mpirun/srun (0 = min(ranks, experts)); P divides ranks and experts");
   po::options_description r("run");
   r.add_options()
       ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
       ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda");
-  all.add(m).add(t).add(dd).add(ck).add(r);
+  all.add(m).add(t).add(dd).add(ck).add(pp).add(r);
   return all;
 }
 
@@ -139,6 +143,7 @@ void RunConfig::validate() const {
                   data.source, "'");
   SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
   SMT_USAGE_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, "checkpoint.every must be >= 0 and checkpoint.keep >= 1");
+  SMT_USAGE_CHECK(parallel.expert_parallel >= 0, "parallel.expert_parallel must be >= 0 (0 = automatic)");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");

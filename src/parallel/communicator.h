@@ -15,6 +15,9 @@ class Communicator {
   virtual std::string backend() const = 0;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Rank and size among the ranks of this node (for one GPU per rank, threads per rank).
+  virtual int local_rank() const = 0;
+  virtual int local_size() const = 0;
   virtual void all_reduce_sum(float* data, int64_t n) = 0;
   virtual void all_reduce_sum(double* data, int64_t n) = 0;
   virtual void all_reduce_max(double* data, int64_t n) = 0;
@@ -45,5 +48,13 @@ bool launched_under_mpi();
 
 // The world communicator: MPI when launched under mpirun/srun, Self otherwise.
 std::unique_ptr<Communicator> make_world_communicator();
+
+// This process's rank in the job from the launcher's environment (0 when not launched by one);
+// usable before MPI is initialised (error messages, "only rank 0 prints").
+int launcher_rank();
+
+// If MPI is initialised and the job has more than one rank: MPI_Abort the whole job with
+// exit_code (so no rank is left waiting in a collective). Otherwise returns.
+void abort_job_if_parallel(int exit_code);
 
 }  // namespace smt

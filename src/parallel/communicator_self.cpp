@@ -14,6 +14,8 @@ class SelfCommunicator final : public Communicator {
   std::string backend() const override { return "self"; }
   int rank() const override { return 0; }
   int size() const override { return 1; }
+  int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
   void all_reduce_sum(float*, int64_t) override {}
   void all_reduce_sum(double*, int64_t) override {}
   void all_reduce_max(double*, int64_t) override {}
@@ -40,6 +42,12 @@ bool launched_under_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
     if (std::getenv(v) != nullptr) return true;
   return false;
+}
+
+int launcher_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* s = std::getenv(v)) return std::atoi(s);
+  return 0;
 }
 
 std::unique_ptr<Communicator> make_world_communicator() {

@@ -4,6 +4,7 @@
 // files, a head that does not fit the data, an empty set) is found before the model runs.
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -118,6 +119,11 @@ int cmd_eval(int argc, char** argv) {
       "batch-size", po::value(&batch_size)->default_value(batch_size),
       "examples per forward (0: the checkpoint's train.eval_batch_size)");
   if (!parse_command_options(argc, argv, desc)) return 0;
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
+    const char* v = std::getenv(var);
+    SMT_USAGE_CHECK(v == nullptr || std::atoi(v) <= 1, "smt eval runs as one process (", var, " = ", v,
+                    "); start it without mpirun/srun");
+  }
   SMT_USAGE_CHECK(!checkpoint.empty(), "--checkpoint FILE is required (smt eval --help)");
   SMT_USAGE_CHECK(!data_spec.empty(), "--data liar:PATH.tsv or --data synthetic is required (smt eval --help)");
   SMT_USAGE_CHECK(batch_size >= 0, "--batch-size must be >= 0, got ", batch_size);

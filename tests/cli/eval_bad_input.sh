@@ -41,6 +41,12 @@ expect 2 "language-model head" -- eval --checkpoint "$tmp/lm/checkpoints/step-00
 expect 1 "is not an HDF5 file" -- eval --checkpoint "$tmp/text.h5" --data synthetic --out "$out"
 expect 2 "batch-size must be >= 0" -- eval --checkpoint "$syn" --data synthetic --batch-size -3 --out "$out"
 expect 2 "unrecognised\|unrecognized" -- eval --checkpoint "$syn" --data synthetic --frobnicate
+# several MPI ranks would all write the same report: refused
+checks=$((checks+1))
+OMPI_COMM_WORLD_SIZE=2 "$smt" eval --checkpoint "$syn" --data synthetic --out "$out" >"$tmp/out" 2>"$tmp/err"; rc=$?
+if [ "$rc" -ne 2 ] || ! grep -q "runs as one process" "$tmp/err"; then
+  echo "FAIL: eval under 2 ranks -> exit $rc:"; cat "$tmp/err"; fails=$((fails+1))
+else echo "ok: eval under 2 ranks -> 2: $(cat "$tmp/err")"; fi
 [ -e "$out" ] && { echo "FAIL: $out was created by a failed eval"; fails=$((fails+1)); }
 ls -d "$tmp"/syn/eval-* "$tmp"/liar6/eval-* 2>/dev/null && { echo "FAIL: a failed eval wrote a folder"; fails=$((fails+1)); }
 # the bench compare command refuses bad configs before training anything

@@ -18,8 +18,10 @@ void print_usage() {
       "usage: smt <command> [options]   (smt <command> --help lists every option)\n\n"
       "commands:\n"
       "  train      train a model: smt train --config FILE [--section.key=value ...]\n"
+      "  eval       score a classifier checkpoint: smt eval --checkpoint FILE --data liar:PATH.tsv|synthetic\n"
       "  generate   write synthetic claims as JSONL: smt generate --out FILE\n"
       "  bench      time training steps: smt bench step --config FILE\n"
+      "             compare attention patterns: smt bench compare --config FILE\n"
       "  inspect    describe a checkpoint: smt inspect FILE [--json]\n"
       "  export     write a checkpoint's parameters: smt export FILE --format safetensors --out OUT\n");
 }
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   try {
     if (cmd == "train") return smt::cmd_train(argc - 1, argv + 1);
+    if (cmd == "eval") return smt::cmd_eval(argc - 1, argv + 1);
     if (cmd == "generate") return smt::cmd_generate(argc - 1, argv + 1);
     if (cmd == "bench") return smt::cmd_bench(argc - 1, argv + 1);
     if (cmd == "inspect") return smt::cmd_inspect(argc - 1, argv + 1);

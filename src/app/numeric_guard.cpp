@@ -11,6 +11,7 @@
 #include "io/json.h"
 #include "model/finite_check.h"
 #include "model/model.h"
+#include "parallel/communicator.h"
 
 namespace smt {
 
@@ -32,12 +33,17 @@ double NumericGuard::hook_loss(int64_t step, double loss) const {
   return hook_active(step) && hook_tensor_ == "loss" ? std::numeric_limits<double>::quiet_NaN() : loss;
 }
 
-bool NumericGuard::skip_step(int64_t step, double loss, Model& model) {
+bool NumericGuard::skip_step(int64_t step, double loss, Model& model, Communicator* world) {
   if (hook_active(step) && hook_tensor_ != "loss") {
     const auto& spec = hook_tensor_.empty() ? model.layout().tensors().front() : model.layout().at(hook_tensor_);
     model.grads()[spec.offset + spec.numel / 2] = std::numeric_limits<float>::quiet_NaN();
   }
-  const std::string bad = !std::isfinite(loss) ? std::string("loss") : first_non_finite_tensor(model.layout(), model.grads());
+  std::string bad = !std::isfinite(loss) ? std::string("loss") : first_non_finite_tensor(model.layout(), model.grads());
+  if (world != nullptr && world->size() > 1) {
+    double any_bad = bad.empty() ? 0.0 : 1.0;
+    world->all_reduce_max(&any_bad, 1);
+    if (any_bad > 0 && bad.empty()) bad = "a tensor on another rank";
+  }
   if (bad.empty()) {
     bad_in_a_row_ = 0;
     return false;
@@ -48,7 +54,7 @@ bool NumericGuard::skip_step(int64_t step, double loss, Model& model) {
                           " in a row, train.max_bad_steps = ", max_bad_steps_, ")"));
   JsonObject rec;
   rec.add("event", "skipped_step").add("step", step).add("non_finite", bad).add("bad_in_a_row", bad_in_a_row_);
-  append_jsonl(metrics_path_, rec);
+  if (!metrics_path_.empty()) append_jsonl(metrics_path_, rec);
   if (bad_in_a_row_ >= max_bad_steps_) {
     const std::string good = find_latest_checkpoint(checkpoint_dir_);
     throw Error(detail::concat("stopping: ", bad_in_a_row_, " steps in a row (", first_bad_step_, "-", step,

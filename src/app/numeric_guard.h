@@ -13,15 +13,19 @@
 
 namespace smt {
 
+class Communicator;
 class Model;
 
 class NumericGuard {
  public:
+  // metrics_path "": no skipped_step records (ranks other than 0).
   NumericGuard(int64_t max_bad_steps, std::string checkpoint_dir, std::string metrics_path);
 
   // Whether step `step` (forward done, loss `loss`; backward done when the loss was finite) must be
-  // skipped. Handles the warning, the metrics record and the stop (throws Error).
-  bool skip_step(int64_t step, double loss, Model& model);
+  // skipped. Handles the warning, the metrics record and the stop (throws Error). With several ranks
+  // in `world` (nullable) the decision is agreed over all of them (collective: every rank skips or
+  // none does, as the update's collectives require).
+  bool skip_step(int64_t step, double loss, Model& model, Communicator* world = nullptr);
   // For the loss: applies the test hook's "loss" injection.
   double hook_loss(int64_t step, double loss) const;
 

@@ -4,6 +4,8 @@
 #include <csignal>
 #include <cstdio>
 
+#include "parallel/communicator.h"
+
 namespace smt {
 
 namespace {
@@ -32,6 +34,13 @@ void install_stop_signal_handlers() {
 }
 
 int stop_signal() { return g_stop_signal; }
+
+int stop_signal_all_ranks(Communicator* world) {
+  if (world == nullptr || world->size() <= 1) return stop_signal();
+  double sig = stop_signal();
+  world->all_reduce_max(&sig, 1);
+  return static_cast<int>(sig);
+}
 
 const char* signal_name(int sig) {
   if (sig == SIGTERM) return "SIGTERM";

@@ -38,6 +38,8 @@ struct ModelConfig {
   std::string init_from;
 
   int head_dim() const { return d_model / heads; }
+  // The attention pattern of these settings; `seed` draws the random blocks.
+  AttnPatternConfig attention_pattern(uint64_t seed) const;
 };
 
 struct TrainConfig {
@@ -77,11 +79,18 @@ struct CheckpointConfig {
   std::string resume;       // "" = fresh run, "latest" = newest complete checkpoint in dir, else a file
 };
 
+struct ParallelConfig {
+  // Expert-parallel group size P (each rank holds experts / P experts); 0 = min(world size, experts).
+  // P must divide both the world size and model.experts.
+  int expert_parallel = 0;
+};
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
   CheckpointConfig checkpoint;
+  ParallelConfig parallel;
   std::string run_dir = "runs/default";
   uint64_t seed = 1234;
   std::string device = "cpu";  // cpu | cuda
@@ -95,7 +104,7 @@ struct RunConfig {
 };
 
 // Every config key as a Boost.Program_options description bound to the fields of `config`
-// (whose current values become the printed defaults). Sections: model, train, data, run.
+// (whose current values become the printed defaults). Sections: model, train, data, checkpoint, parallel, run.
 boost::program_options::options_description run_config_options(RunConfig& config);
 
 // UsageError if `text` (a command-line argument or config file text, named by `where`) contains a

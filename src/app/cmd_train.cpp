@@ -93,16 +93,22 @@ int cmd_train(int argc, char** argv) {
   SMT_USAGE_CHECK(cfg.model.num_classes == data.train.num_classes() || cfg.model.head == "lm",
                   "model.num_classes = ", cfg.model.num_classes, " but the data has ", data.train.num_classes(),
                   " classes");
-  const bool resuming = !cfg.checkpoint.resume.empty();
+  bool resuming = !cfg.checkpoint.resume.empty();
   std::string resume_file;
   if (resuming) {
     if (is_root) {
       resume_file =
           cfg.checkpoint.resume == "latest" ? find_latest_checkpoint(cfg.checkpoint_dir()) : cfg.checkpoint.resume;
-      SMT_USAGE_CHECK(!resume_file.empty(), "--resume: no complete checkpoint in ", cfg.checkpoint_dir());
-      SMT_USAGE_CHECK(std::filesystem::is_regular_file(resume_file), "--resume: no checkpoint file ", resume_file);
+      if (resume_file.empty() && cfg.checkpoint.resume == "latest" && stopped_before_first_checkpoint(cfg.checkpoint_dir()))
+        log_info("--resume: " + cfg.checkpoint_dir() + " holds no checkpoint yet (the run stopped before its first): "
+                 "starting from step 0");
+      else
+        SMT_USAGE_CHECK(!resume_file.empty(), "--resume: no complete checkpoint in ", cfg.checkpoint_dir());
+      SMT_USAGE_CHECK(resume_file.empty() || std::filesystem::is_regular_file(resume_file), "--resume: no checkpoint file ",
+                      resume_file);
     }
     resume_file = broadcast_string(*par.world, resume_file);  // every rank loads rank 0's choice
+    resuming = !resume_file.empty();
   }
   if (is_root) prepare_run_dir(cfg.run_dir);
   if (is_root) prepare_run_dir(cfg.checkpoint_dir(), "checkpoint folder");  // refused before training, not at the first save

@@ -1053,6 +1053,11 @@ std::string find_latest_checkpoint(const std::string& dir, bool verify_data) {
   return pointed_ok ? pointed : "";
 }
 
+bool stopped_before_first_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_directory(dir, ec) && step_files(dir).empty();
+}
+
 int remove_stale_temp_files(const std::string& dir) {
   static const std::regex tmp_re(R"(^.+\.tmp-([0-9]+)$)");
   int removed = 0;

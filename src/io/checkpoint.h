@@ -91,6 +91,11 @@ std::string checkpoint_structure_problem(const std::string& path, bool verify_da
 // passes; "" if none. Returns a path (dir + "/" + name).
 std::string find_latest_checkpoint(const std::string& dir, bool verify_data = false);
 
+// Whether DIR is the checkpoint folder of a run stopped before its first checkpoint: the folder
+// exists (smt train creates it at start-up) and holds no step-*.h5 file at all (temp files of an
+// interrupted first write do not count). `--resume` then starts from step 0 instead of refusing.
+bool stopped_before_first_checkpoint(const std::string& dir);
+
 // Deletes the temp files (NAME.tmp-<pid>) in DIR that a killed writer left: those whose pid is
 // not a running process. Returns how many were removed. prune_checkpoints calls it.
 int remove_stale_temp_files(const std::string& dir);

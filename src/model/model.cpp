@@ -32,7 +32,7 @@ void ensure_size(std::vector<T>& v, size_t n) {
 }
 void zero(std::vector<float>& v, size_t n) {
   if (v.size() != n) v.resize(n);
-  std::memset(v.data(), 0, n * sizeof(float));
+  if (n > 0) std::memset(v.data(), 0, n * sizeof(float));  // memset of a null pointer is UB even for 0 bytes
 }
 }  // namespace
 

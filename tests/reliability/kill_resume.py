@@ -170,7 +170,10 @@ def kill_trial(smt, root, steps, ref, work, rng, t_ref, max_kills, env, stats):
                     p.send_signal(signal.SIGKILL)
             rc = p.wait(timeout=600)
         text = open(log_path).read()
-        if resume:
+        decided = "resuming from" in text or "holds no checkpoint yet" in text
+        if resume and rc == -signal.SIGKILL and not decided:
+            stats["killed_in_startup"] += 1  # before the resume decision was printed: nothing to check yet
+        elif resume:
             if expected == 0:  # killed before the first checkpoint: --resume starts from step 0
                 check("holds no checkpoint yet" in text and "starting from step 0" in text,
                       f"--resume without a checkpoint: rc {rc}: {text[-300:]}")
@@ -237,8 +240,8 @@ def main():
     if a.slow_ms > 0:
         env["SMT_TEST_SLOW_CHECKPOINT_MS"] = str(a.slow_ms)
     base = tempfile.mkdtemp(prefix="smt-kill-resume-")
-    stats = {"kills": 0, "resumed_from_newest": 0, "fresh_starts": 0, "finished_before_kill": 0, "graceful": 0,
-             "where": {}}
+    stats = {"kills": 0, "resumed_from_newest": 0, "fresh_starts": 0, "killed_in_startup": 0,
+             "finished_before_kill": 0, "graceful": 0, "where": {}}
     failures = []
     try:
         ref = os.path.join(base, "ref")
@@ -272,7 +275,8 @@ def main():
     where = ", ".join(f"{n} {w}" for w, n in sorted(stats["where"].items(), key=lambda x: -x[1]))
     print(f"{a.trials} kill trials: {stats['kills']} SIGKILLs ({where}); "
           f"{stats['resumed_from_newest']} resumes from the newest complete checkpoint, "
-          f"{stats['fresh_starts']} from step 0 (killed before the first checkpoint); "
+          f"{stats['fresh_starts']} from step 0 (killed before the first checkpoint), "
+          f"{stats['killed_in_startup']} resumed runs killed again before deciding; "
           f"{stats['graceful']} graceful SIGTERM/SIGINT stops; "
           f"{stats['finished_before_kill']} runs finished before their signal; "
           f"{len(failures)} failures (seed {seed})")

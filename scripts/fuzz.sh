@@ -24,6 +24,6 @@ for t in "${targets[@]}"; do
   rc=0
   build/fuzz/fuzz_"$t" "$work" "tests/fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 \
     -rss_limit_mb=2048 -max_len=$max_len -artifact_prefix="$art" -print_final_stats=1 >"$log" 2>&1 || rc=$?
-  grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log" || true
+  grep -E "^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log" || true
   [ $rc = 0 ] || { tail -60 "$log"; echo "fuzz_$t FAILED (exit $rc; reproducer under $art, log $log)"; exit 1; }
 done

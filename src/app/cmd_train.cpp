@@ -13,6 +13,7 @@
 #include "core/timer.h"
 #include "data/batch.h"
 #include "data/source.h"
+#include "data/tokenizer.h"
 #include "eval/evaluator.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
@@ -74,7 +75,7 @@ int cmd_train(int argc, char** argv) {
                     "); multi-rank training is not implemented yet");
   }
   set_num_threads(cfg.train.threads);
-  DataSplits data = load_data(cfg.data, cfg.seed);
+  DataSplits data = load_data(cfg.data, cfg.seed, make_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size));
   SMT_USAGE_CHECK(!data.train.examples.empty(), "the training set is empty");
   if (cfg.model.num_classes == 0) cfg.model.num_classes = data.train.num_classes();
   SMT_USAGE_CHECK(cfg.model.num_classes == data.train.num_classes() || cfg.model.head == "lm",

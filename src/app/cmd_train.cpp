@@ -5,8 +5,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "app/cli.h"
+#include "app/parallel_run.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/threads.h"
@@ -18,6 +20,7 @@
 #include "io/checkpoint.h"
 #include "io/json.h"
 #include "model/model.h"
+#include "parallel/parallel_context.h"
 
 namespace smt {
 
@@ -67,14 +70,18 @@ int cmd_train(int argc, char** argv) {
   if (!parse_run_config(argc, argv, "train", "--config FILE [--section.key=value ...]", cfg)) return 0;
   SMT_USAGE_CHECK(cfg.device == "cpu", "device = ", cfg.device,
                   ": training on the GPU is not implemented yet (the CUDA ops exist; the model does not use them)");
-  // Until expert/data parallelism lands, several ranks would each train the whole model alone
-  // and write the same run folder: refuse instead.
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
-    const char* v = std::getenv(var);
-    SMT_USAGE_CHECK(v == nullptr || std::atoi(v) <= 1, "smt train runs on one rank for now (", var, " = ", v,
-                    "); multi-rank training is not implemented yet");
-  }
-  set_num_threads(cfg.train.threads);
+  // One process, or one rank of an mpirun/srun job: the ranks split the experts and the global batch.
+  std::unique_ptr<Communicator> world = make_world_communicator();
+  const bool is_root = world->rank() == 0;
+  set_log_rank(world->rank());
+  check_same_config_on_all_ranks(*world, cfg.to_ini());
+  const ParallelContext par =
+      make_parallel_context(std::move(world), cfg.parallel.expert_parallel, cfg.model.experts, cfg.train.batch_size);
+  // Threads: all cores for one process; under several ranks per node, the node's cores shared.
+  int threads = cfg.train.threads;
+  if (threads == 0 && par.world->local_size() > 1)
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / par.world->local_size());
+  set_num_threads(threads);
   DataSplits data = load_data(cfg.data, cfg.seed, make_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size));
   SMT_USAGE_CHECK(!data.train.examples.empty(), "the training set is empty");
   if (cfg.model.num_classes == 0) cfg.model.num_classes = data.train.num_classes();
@@ -84,15 +91,20 @@ int cmd_train(int argc, char** argv) {
   const bool resuming = !cfg.checkpoint.resume.empty();
   std::string resume_file;
   if (resuming) {
-    resume_file = cfg.checkpoint.resume == "latest" ? find_latest_checkpoint(cfg.checkpoint_dir()) : cfg.checkpoint.resume;
-    SMT_USAGE_CHECK(!resume_file.empty(), "--resume: no complete checkpoint in ", cfg.checkpoint_dir());
-    SMT_USAGE_CHECK(std::filesystem::is_regular_file(resume_file), "--resume: no checkpoint file ", resume_file);
+    if (is_root) {
+      resume_file =
+          cfg.checkpoint.resume == "latest" ? find_latest_checkpoint(cfg.checkpoint_dir()) : cfg.checkpoint.resume;
+      SMT_USAGE_CHECK(!resume_file.empty(), "--resume: no complete checkpoint in ", cfg.checkpoint_dir());
+      SMT_USAGE_CHECK(std::filesystem::is_regular_file(resume_file), "--resume: no checkpoint file ", resume_file);
+    }
+    resume_file = broadcast_string(*par.world, resume_file);  // every rank loads rank 0's choice
   }
-  prepare_run_dir(cfg.run_dir);
+  if (is_root) prepare_run_dir(cfg.run_dir);
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
 
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   model.init_params(cfg.seed);
+  if (par.distributed()) model.set_parallel(&par);
   if (!cfg.model.init_from.empty() && !resuming) {
     load_parameters_only(cfg.model.init_from, model);
     log_info("parameters initialised from " + cfg.model.init_from);
@@ -108,24 +120,27 @@ int cmd_train(int argc, char** argv) {
     for (const auto& c : changed) log_info("  setting changed on resume: " + c);
     SMT_USAGE_CHECK(state.step < cfg.train.steps, "checkpoint ", resume_file, " is at step ", state.step,
                     ", train.steps = ", cfg.train.steps, ": nothing left to train");
-  } else {
+  } else if (is_root) {
     std::ofstream truncate(metrics_path);  // a fresh run starts a fresh metrics file
   }
-  std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
+  if (is_root) std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
   log_info("smt train: " + std::to_string(model.num_params()) + " parameters, " + data.train.name + " " +
            std::to_string(data.train.examples.size()) + " examples, " + data.heldout.name + " " +
            std::to_string(data.heldout.examples.size()) + " examples, attention " + cfg.model.attention +
-           ", " + std::to_string(num_threads()) + " threads");
+           ", " + std::to_string(num_threads()) + " threads" +
+           (par.distributed() ? " per rank, " + par.describe() : ""));
 
   const std::string checkpoint_dir = cfg.checkpoint_dir();
   auto write_checkpoint = [&](int64_t step, const std::string& last_record) {
     state.step = step;
     state.cursor = loader.cursor();
     state.last_metrics_json = last_record;
+    gather_experts(model);  // collective: rank 0 writes the whole model in its global shapes
+    if (!is_root) return;
     save_checkpoint(checkpoint_dir + "/" + checkpoint_file_name(step), model, cfg, state);
     prune_checkpoints(checkpoint_dir, cfg.checkpoint.keep);
   };
-  Progress progress(cfg.train.steps);
+  Progress progress(is_root ? cfg.train.steps : 0);
   Timer total_timer;
   double window_tokens = 0, window_seconds = 0;
   const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
@@ -133,7 +148,10 @@ int cmd_train(int argc, char** argv) {
   const int64_t first_step = state.step + 1;
   for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
     Timer step_timer;
-    const Batch batch = loader.next();
+    inject_test_fault(par.world_rank(), step);
+    const Batch global_batch = loader.next();  // every rank draws the global batch, trains on its rows
+    const auto [first_row, last_row] = par.batch_shard(global_batch.batch_size);
+    const Batch batch = par.distributed() ? slice_rows(global_batch, first_row, last_row) : global_batch;
     model.zero_grads();
     const LossParts loss = model.forward(batch);
     SMT_CHECK(std::isfinite(loss.total), "non-finite loss at step ", step);
@@ -158,7 +176,8 @@ int cmd_train(int argc, char** argv) {
         per_layer.push_back(lr.str());
       }
       rec.add_raw("moe_layers", json_array(per_layer));
-      append_jsonl(metrics_path, rec);
+      if (par.distributed()) rec.add("parallel", parallel_step_record(par, model.exchange_stats(), dt));
+      if (is_root) append_jsonl(metrics_path, rec);
       last_record = rec.str();
       window_tokens = window_seconds = 0;
     }
@@ -169,14 +188,17 @@ int cmd_train(int argc, char** argv) {
     char info[200];
     std::snprintf(info, sizeof info, "step %lld/%lld  loss %.4f  %.0f tok/s  ETA %.0fs", static_cast<long long>(step),
                   static_cast<long long>(cfg.train.steps), loss.total, tokens_per_s, eta);
-    progress.update(step, info, log_now);
+    if (is_root) progress.update(step, info, log_now);
   }
-  progress.finish();
+  if (is_root) progress.finish();
   const double train_seconds = total_timer.seconds();
 
   EvalSummary summary;
   if (cfg.model.head == "classifier") {
-    const Predictions pred = predict(model, data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size);
+    gather_experts(model);  // every rank holds the full model and evaluates a share of the set
+    model.set_parallel(nullptr);
+    const Predictions pred =
+        predict_on_all_ranks(model, data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size, *par.world);
     summary = summarize(pred, data.heldout);
     log_info(format_summary(summary, "held-out evaluation (" + data.heldout.name + ")"));
   }
@@ -185,7 +207,8 @@ int cmd_train(int argc, char** argv) {
       .add("train_seconds", train_seconds)
       .add("tokens_per_s", (cfg.train.steps - first_step + 1) * static_cast<double>(tokens_per_step) / train_seconds);
   if (cfg.model.head == "classifier") rec.merge(eval_json(summary));
-  append_jsonl(metrics_path, rec);
+  if (par.distributed()) rec.add("world_size", par.world_size()).add("expert_parallel", par.expert_parallel);
+  if (is_root) append_jsonl(metrics_path, rec);
   log_info("run folder: " + cfg.run_dir);
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "app/commands_io.h"
 #include "core/cpu_setup.h"
 #include "core/error.h"
+#include "parallel/communicator.h"
 
 namespace {
 
@@ -21,6 +22,21 @@ void print_usage() {
       "  bench      time training steps: smt bench step --config FILE\n"
       "  inspect    describe a checkpoint: smt inspect FILE [--json]\n"
       "  export     write a checkpoint's parameters: smt export FILE --format safetensors --out OUT\n");
+}
+
+// One line on stderr, then the exit code. Under mpirun/srun a usage error (the same on every rank)
+// is printed by rank 0 only, any other error by the rank that hit it, named; then the whole job is
+// aborted so that no rank waits forever in a collective.
+int fail(const std::string& cmd, const char* what, int exit_code) {
+  const int rank = smt::launcher_rank();
+  const bool multi_rank = smt::launched_under_mpi();
+  if (rank == 0 || exit_code != 2) {
+    if (multi_rank) std::fprintf(stderr, "smt %s: error on rank %d: %s\n", cmd.c_str(), rank, what);
+    else std::fprintf(stderr, "smt %s: error: %s\n", cmd.c_str(), what);
+    std::fflush(stderr);
+  }
+  smt::abort_job_if_parallel(exit_code);
+  return exit_code;
 }
 
 }  // namespace
@@ -41,10 +57,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "smt: error: unknown command '%s' (try smt --help)\n", cmd.c_str());
     return 2;
   } catch (const smt::Error& e) {
-    std::fprintf(stderr, "smt %s: error: %s\n", cmd.c_str(), e.what());
-    return e.exit_code();
+    return fail(cmd, e.what(), e.exit_code());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "smt %s: error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return fail(cmd, e.what(), 1);
   }
 }

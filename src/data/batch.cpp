@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -86,6 +87,27 @@ void DataLoader::set_cursor(LoaderCursor c) {
   const bool reshuffle = c.epoch != cursor_.epoch;
   cursor_ = c;
   if (reshuffle) shuffle_epoch();
+}
+
+Batch slice_rows(const Batch& batch, int64_t first, int64_t last) {
+  SMT_CHECK(0 <= first && first <= last && last <= batch.batch_size, "slice_rows: rows [", first, ", ", last,
+            ") outside a batch of ", batch.batch_size);
+  const int64_t N = batch.seq_len;
+  Batch s;
+  s.batch_size = last - first;
+  s.seq_len = N;
+  auto rows = [&](const auto& v, int64_t width) {
+    using V = std::decay_t<decltype(v)>;
+    if (v.empty()) return V{};
+    return V(v.begin() + first * width, v.begin() + last * width);
+  };
+  s.tokens = rows(batch.tokens, N);
+  s.valid = rows(batch.valid, N);
+  s.labels = rows(batch.labels, 1);
+  s.groups = rows(batch.groups, 1);
+  s.lm_targets = rows(batch.lm_targets, N);
+  s.example_idx = rows(batch.example_idx, 1);
+  return s;
 }
 
 }  // namespace smt

@@ -22,6 +22,9 @@ struct Batch {
 // Rows for the given example indices.
 Batch make_batch(const Dataset& data, const std::vector<int64_t>& example_indices, int64_t seq_len);
 
+// Rows [first, last) of a batch (a data-parallel rank's shard of the global batch).
+Batch slice_rows(const Batch& batch, int64_t first, int64_t last);
+
 struct LoaderCursor {
   uint64_t epoch = 0;
   uint64_t position = 0;  // examples consumed in this epoch

@@ -47,7 +47,12 @@ struct RoutingPlan {
 // when c > 0, so a positive factor never means dropless. Throws smt::Error for c < 0.
 int64_t expert_capacity(double capacity_factor, int64_t T, int64_t E, int64_t k);
 // Throws smt::Error if an index is outside [0, E).
-RoutingPlan build_routing_plan(const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, int64_t capacity);
+// num_routed_before [E] (nullable = zeros): assignments to each expert that come before these T
+// tokens in the global (token, slot) order, on lower data-parallel ranks; with capacity > 0 an
+// expert then keeps only its first capacity - num_routed_before[e] assignments here, so capacity
+// is counted per expert over the whole global batch exactly as in one process.
+RoutingPlan build_routing_plan(const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, int64_t capacity,
+                               const int64_t* num_routed_before = nullptr);
 
 // rows [R, d]: rows[r] = x[token_of_row[r]]
 template <typename Real>

@@ -12,18 +12,20 @@ namespace po = boost::program_options;
 
 namespace smt {
 
-AttnPatternConfig RunConfig::attention_pattern() const {
+AttnPatternConfig ModelConfig::attention_pattern(uint64_t seed) const {
   AttnPatternConfig pc;
-  pc.kind = parse_attn_pattern(model.attention);
-  pc.causal = model.causal;
-  pc.block_size = model.block_size;
-  pc.window = model.window;
-  pc.num_random_blocks = model.random_blocks;
-  pc.stride_blocks = model.stride_blocks;
-  pc.num_global_blocks = model.global_blocks;
+  pc.kind = parse_attn_pattern(attention);
+  pc.causal = causal;
+  pc.block_size = block_size;
+  pc.window = window;
+  pc.num_random_blocks = random_blocks;
+  pc.stride_blocks = stride_blocks;
+  pc.num_global_blocks = global_blocks;
   pc.seed = seed;
   return pc;
 }
+
+AttnPatternConfig RunConfig::attention_pattern() const { return model.attention_pattern(seed); }
 
 po::options_description run_config_options(RunConfig& c) {
   po::options_description all("Configuration (INI sections [model] [train] [data] [run]; command line --section.key=value wins)");
@@ -105,12 +107,16 @@ po::options_description run_config_options(RunConfig& c) {
       ("checkpoint.keep", po::value(&K.keep)->default_value(K.keep), "newest checkpoints to keep")
       ("resume", po::value(&K.resume)->default_value(K.resume)->implicit_value("latest"),
        "continue from a checkpoint: --resume (newest complete one in checkpoint.dir) or --resume=FILE");
+  po::options_description pp("parallel");
+  pp.add_options()
+      ("parallel.expert_parallel", po::value(&c.parallel.expert_parallel)->default_value(c.parallel.expert_parallel),
+       "expert-parallel group size P under mpirun/srun (0 = min(ranks, experts)); P divides ranks and experts");
   po::options_description r("run");
   r.add_options()
       ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
       ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda");
-  all.add(m).add(t).add(dd).add(ck).add(r);
+  all.add(m).add(t).add(dd).add(ck).add(pp).add(r);
   return all;
 }
 
@@ -145,6 +151,7 @@ void RunConfig::validate() const {
   SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
   make_tokenizer(data.tokenizer, M.vocab_size);  // throws UsageError where the two do not fit
   SMT_USAGE_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, "checkpoint.every must be >= 0 and checkpoint.keep >= 1");
+  SMT_USAGE_CHECK(parallel.expert_parallel >= 0, "parallel.expert_parallel must be >= 0 (0 = automatic)");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");

@@ -39,6 +39,8 @@ struct ModelConfig {
   std::string init_from;
 
   int head_dim() const { return d_model / heads; }
+  // The attention pattern of these settings; `seed` draws the random blocks.
+  AttnPatternConfig attention_pattern(uint64_t seed) const;
 };
 
 struct TrainConfig {
@@ -78,11 +80,18 @@ struct CheckpointConfig {
   std::string resume;       // "" = fresh run, "latest" = newest complete checkpoint in dir, else a file
 };
 
+struct ParallelConfig {
+  // Expert-parallel group size P (each rank holds experts / P experts); 0 = min(world size, experts).
+  // P must divide both the world size and model.experts.
+  int expert_parallel = 0;
+};
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
   CheckpointConfig checkpoint;
+  ParallelConfig parallel;
   std::string run_dir = "runs/default";
   uint64_t seed = 1234;
   std::string device = "cpu";  // cpu | cuda
@@ -96,7 +105,7 @@ struct RunConfig {
 };
 
 // Every config key as a Boost.Program_options description bound to the fields of `config`
-// (whose current values become the printed defaults). Sections: model, train, data, run.
+// (whose current values become the printed defaults). Sections: model, train, data, checkpoint, parallel, run.
 boost::program_options::options_description run_config_options(RunConfig& config);
 
 // Parse an INI text (unknown keys, wrong types -> UsageError) on top of defaults; validate().

@@ -17,6 +17,7 @@
 #include "kernels/pool.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "parallel/parallel_context.h"
 
 namespace smt {
 
@@ -91,15 +92,7 @@ Model::LayerPtrs Model::layer_ptrs(float* base, int l) const {
 const BlockMask& Model::block_mask(int layer, int seq_len) {
   if (mask_seq_len_ != seq_len) {
     masks_.clear();
-    AttnPatternConfig pc;
-    pc.kind = parse_attn_pattern(config_.attention);
-    pc.causal = config_.causal;
-    pc.block_size = config_.block_size;
-    pc.window = config_.window;
-    pc.num_random_blocks = config_.random_blocks;
-    pc.stride_blocks = config_.stride_blocks;
-    pc.num_global_blocks = config_.global_blocks;
-    pc.seed = attention_seed_;
+    const AttnPatternConfig pc = config_.attention_pattern(attention_seed_);
     for (int l = 0; l < config_.layers; ++l) masks_.push_back(build_block_mask(pc, seq_len, l));
     mask_seq_len_ = seq_len;
   }
@@ -141,6 +134,7 @@ LossParts Model::forward(const Batch& batch, bool with_loss) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   LossParts loss;
 
+  exchange_stats_ = ExchangeStats{};
   std::vector<float> x(T * d);
   cpu::embedding_forward<float>(x.data(), batch.tokens.data(), params_ + layout_.at("embedding").offset, T, d);
 
@@ -168,45 +162,67 @@ LossParts Model::forward(const Batch& batch, bool with_loss) {
 
     // Feed-forward sub-block (MoE or dense).
     cpu::rmsnorm_forward<float>(A.m.data(), A.rstd2.data(), A.x_mid.data(), P.ffn_norm, T, d, config_.norm_eps);
-    int64_t capacity = 0;
     if (moe) {
       cpu::linear_forward<float>(A.router_logits.data(), A.m.data(), P.router, nullptr, T, d, E);
       cpu::router_topk_forward<float>(A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(),
                                       A.router_lse.data(), A.router_logits.data(), T, E, k);
-      capacity = cpu::expert_capacity(config_.capacity_factor, T, E, k);
     } else {
       std::fill(A.topk_idx.begin(), A.topk_idx.end(), 0);
       std::fill(A.topk_w.begin(), A.topk_w.end(), 1.0f);
     }
-    A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity);
+    route(A, T, E, k, moe);
     const int64_t R = A.plan.num_rows();
     A.rows.resize(R * d);
-    A.hidden_pre.resize(R * f);
-    A.hidden.resize(R * f);
     A.rows_out.resize(R * d);
     cpu::permute_forward<float>(A.rows.data(), A.m.data(), A.plan, d);
-    cpu::experts_forward<float>(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), P.w1, P.b1,
-                                P.w2, P.b2, A.plan.expert_row_offset.data(), E, d, f);
+    if (!expert_parallel_layer(moe)) {
+      A.hidden_pre.resize(R * f);
+      A.hidden.resize(R * f);
+      cpu::experts_forward<float>(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), P.w1, P.b1,
+                                  P.w2, P.b2, A.plan.expert_row_offset.data(), E, d, f);
+    } else {
+      // Dispatch this rank's rows to the experts' owners, run the local experts, combine back.
+      A.exchange = std::make_shared<ExpertExchange>(*parallel_->expert_group, A.plan.num_tokens_per_expert);
+      const int64_t Re = A.exchange->num_expert_rows(), e0 = parallel_->first_local_expert();
+      const int64_t El = parallel_->num_local_experts();
+      A.expert_rows.resize(Re * d);
+      A.expert_hidden_pre.resize(Re * f);
+      A.expert_hidden.resize(Re * f);
+      A.expert_rows_out.resize(Re * d);
+      A.exchange->to_experts(A.rows.data(), A.expert_rows.data(), d);
+      cpu::experts_forward<float>(A.expert_rows_out.data(), A.expert_hidden_pre.data(), A.expert_hidden.data(),
+                                  A.expert_rows.data(), P.w1 + e0 * d * f, P.b1 + e0 * f, P.w2 + e0 * f * d,
+                                  P.b2 + e0 * d, A.exchange->local_expert_row_offset().data(), El, d, f);
+      A.exchange->from_experts(A.expert_rows_out.data(), A.rows_out.data(), d);
+      exchange_stats_.rows_sent += A.exchange->rows_sent_to_others();
+      exchange_stats_.rows_received += A.exchange->rows_received_from_others();
+      exchange_stats_.expert_rows += Re;
+    }
     x = A.x_mid;
     cpu::unpermute_forward<float>(x.data(), A.rows_out.data(), A.topk_w.data(), A.plan, d);
 
     LayerRouting& R_ = routing_[l];
     R_.is_moe = moe;
-    R_.tokens_per_expert = A.plan.num_tokens_per_expert;
-    R_.routed_per_expert = A.plan.num_routed_per_expert;
-    R_.dropped = A.plan.num_dropped();
+    R_.routed_per_expert = A.num_routed_global;
+    R_.tokens_per_expert.assign(E, 0);
+    R_.dropped = 0;
+    for (int64_t e = 0; e < E; ++e) {  // the global batch keeps the first `capacity` of each expert
+      const int64_t routed = A.num_routed_global[e];
+      R_.tokens_per_expert[e] = A.plan.capacity > 0 ? std::min(routed, A.plan.capacity) : routed;
+      R_.dropped += routed - R_.tokens_per_expert[e];
+    }
     if (moe) {
-      // Switch load-balance loss (Megatron normalisation) and router z-loss.
+      // Switch load-balance loss (Megatron normalisation) and router z-loss, over the global batch.
+      std::vector<double> sums(E + 1, 0.0);  // [E] router probability per expert summed over tokens, z
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t t = 0; t < T; ++t) sums[e] += A.router_probs[t * E + e];
+      for (int64_t t = 0; t < T; ++t) sums[E] += static_cast<double>(A.router_lse[t]) * A.router_lse[t];
+      if (parallel_ && parallel_->distributed()) parallel_->world->all_reduce_sum(sums.data(), E + 1);
+      const int64_t Tg = A.num_tokens_global;
       double balance = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        double p_sum = 0;
-        for (int64_t t = 0; t < T; ++t) p_sum += A.router_probs[t * E + e];
-        balance += static_cast<double>(A.plan.num_routed_per_expert[e]) * p_sum;
-      }
-      loss.aux += aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T) * balance;
-      double zsum = 0;
-      for (int64_t t = 0; t < T; ++t) zsum += static_cast<double>(A.router_lse[t]) * A.router_lse[t];
-      loss.z += z_coeff_ * zsum / T;
+      for (int64_t e = 0; e < E; ++e) balance += static_cast<double>(A.num_routed_global[e]) * sums[e];
+      loss.aux += aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * Tg * Tg) * balance;
+      loss.z += z_coeff_ * sums[E] / Tg;
     }
   }
 
@@ -239,6 +255,12 @@ LossParts Model::forward(const Batch& batch, bool with_loss) {
     if (!with_loss) std::fill(targets_.begin(), targets_.end(), -1);
     loss.task = cpu::cross_entropy_forward<float>(head_probs_.data(), logits_.data(), targets_.data(), B, C,
                                                   &num_targets_);
+  }
+  if (parallel_ && parallel_->distributed()) {  // the task loss averages over the global batch
+    double sum_and_count[2] = {loss.task, static_cast<double>(num_targets_)};
+    parallel_->world->all_reduce_sum(sum_and_count, 2);
+    loss.task = sum_and_count[0];
+    num_targets_ = static_cast<int64_t>(sum_and_count[1]);
   }
   if (num_targets_ > 0) loss.task /= static_cast<double>(num_targets_);
   loss.num_targets = num_targets_;
@@ -290,20 +312,35 @@ void Model::backward() {
     cpu::unpermute_backward<float>(d_rows_out_.data(), d_topk_w_.data(), dx_.data(), A.rows_out.data(),
                                    A.topk_w.data(), A.plan, d);
     zero(d_rows_, R * d);
-    ensure_size(d_hidden_, R * f);
-    cpu::experts_backward<float>(d_rows_.data(), G.w1, G.b1, G.w2, G.b2, d_hidden_.data(), d_rows_out_.data(),
-                                 A.rows.data(), A.hidden_pre.data(), A.hidden.data(), P.w1, P.w2,
-                                 A.plan.expert_row_offset.data(), E, d, f);
+    if (!expert_parallel_layer(moe)) {
+      ensure_size(d_hidden_, R * f);
+      cpu::experts_backward<float>(d_rows_.data(), G.w1, G.b1, G.w2, G.b2, d_hidden_.data(), d_rows_out_.data(),
+                                   A.rows.data(), A.hidden_pre.data(), A.hidden.data(), P.w1, P.w2,
+                                   A.plan.expert_row_offset.data(), E, d, f);
+    } else {  // mirror of the forward: d(rows_out) to the owners, d(rows) back
+      const int64_t Re = A.exchange->num_expert_rows(), e0 = parallel_->first_local_expert();
+      const int64_t El = parallel_->num_local_experts();
+      ensure_size(d_expert_rows_out_, Re * d);
+      A.exchange->to_experts(d_rows_out_.data(), d_expert_rows_out_.data(), d);
+      zero(d_expert_rows_, Re * d);
+      ensure_size(d_hidden_, Re * f);
+      cpu::experts_backward<float>(d_expert_rows_.data(), G.w1 + e0 * d * f, G.b1 + e0 * f, G.w2 + e0 * f * d,
+                                   G.b2 + e0 * d, d_hidden_.data(), d_expert_rows_out_.data(), A.expert_rows.data(),
+                                   A.expert_hidden_pre.data(), A.expert_hidden.data(), P.w1 + e0 * d * f,
+                                   P.w2 + e0 * f * d, A.exchange->local_expert_row_offset().data(), El, d, f);
+      A.exchange->from_experts(d_expert_rows_.data(), d_rows_.data(), d);
+    }
     zero(d_m_, T * d);
     cpu::permute_backward<float>(d_m_.data(), d_rows_.data(), A.plan, d);
     if (moe) {
+      const int64_t Tg = A.num_tokens_global;
       zero(d_probs_, T * E);
-      const double aux_scale = aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T);
+      const double aux_scale = aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * Tg * Tg);
       for (int64_t t = 0; t < T; ++t)
         for (int64_t e = 0; e < E; ++e)
-          d_probs_[t * E + e] = static_cast<float>(aux_scale * A.plan.num_routed_per_expert[e]);
+          d_probs_[t * E + e] = static_cast<float>(aux_scale * A.num_routed_global[e]);
       ensure_size(d_lse_, T);
-      for (int64_t t = 0; t < T; ++t) d_lse_[t] = static_cast<float>(z_coeff_ * 2.0 * A.router_lse[t] / T);
+      for (int64_t t = 0; t < T; ++t) d_lse_[t] = static_cast<float>(z_coeff_ * 2.0 * A.router_lse[t] / Tg);
       zero(d_router_logits_, T * E);
       cpu::router_topk_backward<float>(d_router_logits_.data(), d_topk_w_.data(), d_probs_.data(), d_lse_.data(),
                                        A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(), T, E, k);
@@ -336,6 +373,43 @@ void Model::backward() {
   cpu::embedding_backward<float>(g_embedding, dx_.data(), batch.tokens.data(), T, d);
 }
 
+bool Model::expert_parallel_layer(bool moe) const {
+  return moe && parallel_ != nullptr && parallel_->expert_parallel > 1;
+}
+
+void Model::route(LayerActs& A, int64_t T, int64_t E, int64_t k, bool moe) {
+  if (!(parallel_ && parallel_->distributed())) {
+    const int64_t capacity = moe ? cpu::expert_capacity(config_.capacity_factor, T, E, k) : 0;
+    A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity);
+    A.num_routed_global = A.plan.num_routed_per_expert;
+    A.num_tokens_global = T;
+    return;
+  }
+  // Every rank's [assignments per expert (E), tokens]: global counts, the global capacity, and the
+  // assignments on lower ranks (which come first in the global (token, slot) order).
+  const int W = parallel_->world_size(), me = parallel_->world_rank();
+  std::vector<int64_t> mine(E + 1, 0), all(static_cast<size_t>(W * (E + 1)));
+  for (int64_t a = 0; a < T * k; ++a) {
+    const int32_t e = A.topk_idx[a];
+    SMT_CHECK(e >= 0 && e < E, "router chose expert ", e, " outside [0, ", E, ")");
+    ++mine[e];
+  }
+  mine[E] = T;
+  parallel_->world->all_gather(mine.data(), all.data(), (E + 1) * static_cast<int64_t>(sizeof(int64_t)));
+  std::vector<int64_t> before(E, 0);
+  A.num_routed_global.assign(E, 0);
+  A.num_tokens_global = 0;
+  for (int r = 0; r < W; ++r) {
+    for (int64_t e = 0; e < E; ++e) {
+      A.num_routed_global[e] += all[r * (E + 1) + e];
+      if (r < me) before[e] += all[r * (E + 1) + e];
+    }
+    A.num_tokens_global += all[r * (E + 1) + E];
+  }
+  const int64_t capacity = moe ? cpu::expert_capacity(config_.capacity_factor, A.num_tokens_global, E, k) : 0;
+  A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity, before.data());
+}
+
 float learning_rate_at(const TrainConfig& train, int64_t step) {
   const double lr = train.lr, min_lr = train.lr * train.min_lr_ratio;
   if (train.warmup > 0 && step <= train.warmup) return static_cast<float>(lr * step / train.warmup);
@@ -345,23 +419,108 @@ float learning_rate_at(const TrainConfig& train, int64_t step) {
   return static_cast<float>(min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * p)));
 }
 
-double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
-  const ParamLayout& layout = model.layout();
-  double sq = 0;
-  for (const auto& t : layout.tensors()) sq += cpu::sum_squares(model.grads() + t.offset, t.numel);
-  const double norm = std::sqrt(sq);
-  float grad_scale = 1.0f;
-  if (train.clip > 0) grad_scale = static_cast<float>(std::min(1.0, train.clip / (norm + 1e-6)));
+bool is_sharded_expert_tensor(const ModelConfig& config, const TensorSpec& t) {
+  return t.is_expert && !t.shape.empty() && t.shape[0] == config.experts;
+}
+
+namespace {
+
+// The part of tensor t this rank holds and updates: all of it, or its local experts' slice.
+struct HeldRange {
+  int64_t offset, numel;
+};
+HeldRange held_range(const Model& model, const TensorSpec& t) {
+  const ParallelContext* par = model.parallel();
+  if (par == nullptr || par->expert_parallel == 1 || !is_sharded_expert_tensor(model.config(), t))
+    return {t.offset, t.numel};
+  const int64_t per_expert = t.numel / t.shape[0];
+  return {t.offset + par->first_local_expert() * per_expert, par->num_local_experts() * per_expert};
+}
+
+// Sums the gradients over the ranks that hold the same tensors (one packed all-reduce per group).
+void all_reduce_grads(Model& model) {
+  const ParallelContext& par = *model.parallel();
+  std::vector<float> replicated, experts;
+  auto pack = [&](std::vector<float>& buf, bool sharded, bool unpack) {
+    size_t pos = 0;
+    for (const auto& t : model.layout().tensors()) {
+      if (is_sharded_expert_tensor(model.config(), t) != sharded) continue;
+      const HeldRange h = held_range(model, t);
+      float* g = model.grads() + h.offset;
+      if (!unpack) buf.insert(buf.end(), g, g + h.numel);
+      else std::copy(buf.begin() + pos, buf.begin() + pos + h.numel, g);
+      pos += static_cast<size_t>(h.numel);
+    }
+  };
+  pack(replicated, false, false);
+  par.world->all_reduce_sum(replicated.data(), static_cast<int64_t>(replicated.size()));
+  pack(replicated, false, true);
+  // Expert gradients: over the ranks holding the same experts (all ranks when P = 1).
+  Communicator& expert_peers = par.expert_parallel == 1 ? *par.world : *par.expert_data_group;
+  if (expert_peers.size() > 1) {
+    pack(experts, true, false);
+    expert_peers.all_reduce_sum(experts.data(), static_cast<int64_t>(experts.size()));
+    pack(experts, true, true);
+  }
+}
+
+}  // namespace
+
+cpu::AdamWParams adamw_params_at(const TrainConfig& train, int64_t step) {
   cpu::AdamWParams hp;
   hp.lr = learning_rate_at(train, step);
   hp.beta1 = train.beta1;
   hp.beta2 = train.beta2;
+  return hp;
+}
+
+float clip_scale(const TrainConfig& train, double grad_norm) {
+  return train.clip > 0 ? static_cast<float>(std::min(1.0, train.clip / (grad_norm + 1e-6))) : 1.0f;
+}
+
+double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
+  const ParamLayout& layout = model.layout();
+  const ParallelContext* par = model.parallel();
+  double sq = 0;
+  if (par == nullptr || !par->distributed()) {
+    for (const auto& t : layout.tensors()) sq += cpu::sum_squares(model.grads() + t.offset, t.numel);
+  } else {
+    all_reduce_grads(model);
+    // Global norm: replicated tensors once, each expert slice once (summed over the expert group).
+    double sq_experts = 0;
+    for (const auto& t : layout.tensors()) {
+      const HeldRange h = held_range(model, t);
+      const double s = cpu::sum_squares(model.grads() + h.offset, h.numel);
+      if (is_sharded_expert_tensor(model.config(), t)) sq_experts += s;
+      else sq += s;
+    }
+    if (par->expert_parallel > 1) par->expert_group->all_reduce_sum(&sq_experts, 1);
+    sq += sq_experts;
+  }
+  const double norm = std::sqrt(sq);
+  const float grad_scale = clip_scale(train, norm);
+  cpu::AdamWParams hp = adamw_params_at(train, step);
   for (const auto& t : layout.tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
-    cpu::adamw_update(model.params() + t.offset, model.grads() + t.offset, model.adam_m() + t.offset,
-                      model.adam_v() + t.offset, t.numel, hp, step, grad_scale);
+    const HeldRange h = held_range(model, t);
+    cpu::adamw_update(model.params() + h.offset, model.grads() + h.offset, model.adam_m() + h.offset,
+                      model.adam_v() + h.offset, h.numel, hp, step, grad_scale);
   }
   return norm;
+}
+
+void gather_experts(Model& model) {
+  const ParallelContext* par = model.parallel();
+  if (par == nullptr || par->expert_parallel == 1) return;
+  std::vector<float> slice;
+  for (const auto& t : model.layout().tensors()) {
+    if (!is_sharded_expert_tensor(model.config(), t)) continue;
+    const HeldRange h = held_range(model, t);
+    for (float* base : {model.params(), model.adam_m(), model.adam_v()}) {
+      slice.assign(base + h.offset, base + h.offset + h.numel);
+      par->expert_group->all_gather(slice.data(), base + t.offset, h.numel * static_cast<int64_t>(sizeof(float)));
+    }
+  }
 }
 
 }  // namespace smt

@@ -8,12 +8,16 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "kernels/adamw.h"
 #include "kernels/attention_pattern.h"
 #include "kernels/moe.h"
 #include "model/config.h"
 #include "model/param_layout.h"
+#include "parallel/expert_exchange.h"
 
 namespace smt {
+
+struct ParallelContext;
 
 struct LossParts {
   double total = 0;     // task + aux + z
@@ -23,12 +27,20 @@ struct LossParts {
   int64_t num_targets = 0;  // rows (classifier) or tokens (LM) the task loss averages over
 };
 
-// Routing statistics of the last forward, per layer (dense layers have one "expert").
+// Routing statistics of the last forward, per layer (dense layers have one "expert"). Under
+// several ranks the MoE counts are those of the whole global batch.
 struct LayerRouting {
   bool is_moe = false;
   std::vector<int64_t> tokens_per_expert;  // [E] kept assignments
   std::vector<int64_t> routed_per_expert;  // [E] before capacity dropping
   int64_t dropped = 0;
+};
+
+// This rank's share of the expert exchange in the last forward, summed over the MoE layers.
+struct ExchangeStats {
+  int64_t rows_sent = 0;      // plan rows sent to other ranks' experts
+  int64_t rows_received = 0;  // rows received from other ranks for this rank's experts
+  int64_t expert_rows = 0;    // rows this rank's experts processed (its load)
 };
 
 class Model {
@@ -46,6 +58,15 @@ class Model {
   const float* params() const { return params_; }
   float* param(const std::string& name) { return params_ + layout_.at(name).offset; }
   float* grad(const std::string& name) { return grads_ + layout_.at(name).offset; }
+
+  // Train as one rank of a job (nullptr = one process, the default). Each rank then runs forward and
+  // backward on its shard of the global batch: losses and loss normalisations, the load-balance
+  // statistics and capacity are global (collectives over ctx->world), and MoE layers compute only
+  // this rank's E/P experts, exchanging rows within ctx->expert_group. Parameters stay full-size on
+  // every rank; only the local experts' slices are used and updated (see optimizer_step).
+  void set_parallel(const ParallelContext* ctx) { parallel_ = ctx; }
+  const ParallelContext* parallel() const { return parallel_; }
+  const ExchangeStats& exchange_stats() const { return exchange_stats_; }
 
   // N(0, 0.02) matrices (output projections scaled 1/sqrt(2L)), ones for norms, zero biases.
   void init_params(uint64_t seed);
@@ -74,15 +95,26 @@ class Model {
     std::vector<float> topk_w;                                           // [T,k]
     cpu::RoutingPlan plan;
     std::vector<float> rows, hidden_pre, hidden, rows_out;               // [R,d], [R,f], [R,f], [R,d]
+    // Global routing statistics (all ranks' tokens): assignments per expert before dropping, tokens.
+    std::vector<int64_t> num_routed_global;                              // [E]
+    int64_t num_tokens_global = 0;
+    // Expert parallelism: the exchange of this layer's rows and the rows of this rank's experts.
+    std::shared_ptr<ExpertExchange> exchange;
+    std::vector<float> expert_rows, expert_hidden_pre, expert_hidden, expert_rows_out;  // [Re,d], [Re,f], [Re,f], [Re,d]
   };
 
   LayerPtrs layer_ptrs(float* base, int l) const;
+  // The MoE layer's global routing statistics and plan (collectives when parallel).
+  void route(LayerActs& A, int64_t T, int64_t E, int64_t k, bool moe);
+  bool expert_parallel_layer(bool moe) const;
   void ensure_activations(int64_t B, int64_t N);
 
   ModelConfig config_;
   ParamLayout layout_;
   float aux_coeff_, z_coeff_;
   uint64_t attention_seed_;
+  const ParallelContext* parallel_ = nullptr;
+  ExchangeStats exchange_stats_;
   std::vector<float> arena_;  // [4 * layout.total()]: params | grads | adam_m | adam_v
   float *params_, *grads_, *adam_m_, *adam_v_;
 
@@ -101,6 +133,7 @@ class Model {
   std::vector<int32_t> targets_;
   int64_t num_targets_ = 0;
   // Backward scratch.
+  std::vector<float> d_expert_rows_, d_expert_rows_out_;
   std::vector<float> dx_, d_a_, dq_, dk_, dv_, d_o_, d_m_, d_rows_, d_rows_out_, d_hidden_, d_topk_w_, d_probs_,
       d_lse_, d_router_logits_, d_h_, d_pooled_, d_logits_, d_tmp_;
 };
@@ -108,8 +141,23 @@ class Model {
 // Learning rate at a 1-based step: linear warm-up then cosine to min_lr_ratio * lr at `steps`.
 float learning_rate_at(const TrainConfig& train, int64_t step);
 
+// The AdamW hyper-parameters of a step (weight decay set per tensor by the caller) and the
+// gradient scale that clips the global norm to train.clip (1 when clip = 0): shared by the CPU
+// and GPU optimizer steps.
+cpu::AdamWParams adamw_params_at(const TrainConfig& train, int64_t step);
+float clip_scale(const TrainConfig& train, double grad_norm);
+
 // Global-norm clipping + AdamW over all parameters (decay only where the layout says).
-// Returns the gradient norm before clipping.
+// Returns the gradient norm before clipping. With model.parallel() set, first sums the gradients
+// over the ranks (replicated tensors over all ranks, this rank's expert slices over its
+// expert-data-parallel group), clips on the global norm and updates only what this rank holds.
 double optimizer_step(Model& model, const TrainConfig& train, int64_t step);
+
+// True for the expert tensors of MoE layers, which expert parallelism shards by their leading dim.
+bool is_sharded_expert_tensor(const ModelConfig& config, const TensorSpec& t);
+
+// Under expert parallelism: every rank receives the other ranks' experts (parameters and AdamW
+// moments), so each holds the full model (before a checkpoint or evaluation). Collective.
+void gather_experts(Model& model);
 
 }  // namespace smt

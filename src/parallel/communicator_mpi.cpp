@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <cstdlib>
 #include <vector>
 
@@ -41,6 +42,11 @@ class MpiCommunicator final : public Communicator {
   explicit MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+    MPI_Comm node;
+    check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "Comm_split_type");
+    MPI_Comm_rank(node, &local_rank_);
+    MPI_Comm_size(node, &local_size_);
+    MPI_Comm_free(&node);
   }
   ~MpiCommunicator() override {
     int finalised = 0;
@@ -50,6 +56,8 @@ class MpiCommunicator final : public Communicator {
   std::string backend() const override { return "mpi"; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
 
   void all_reduce_sum(float* data, int64_t n) override { reduce(data, n, MPI_FLOAT, MPI_SUM); }
   void all_reduce_sum(double* data, int64_t n) override { reduce(data, n, MPI_DOUBLE, MPI_SUM); }
@@ -87,6 +95,39 @@ class MpiCommunicator final : public Communicator {
     check_mpi(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(), MPI_FLOAT, comm_),
               "Alltoallv");
   }
+  void exchange_segments(const float* send, const std::vector<Segment>& sends, float* recv,
+                         const std::vector<Segment>& recvs) override {
+    // Segments to/from self are copied; the rest are nonblocking messages, matched per peer in
+    // order (MPI keeps messages between two ranks with the same tag in order).
+    std::vector<MPI_Request> requests;
+    requests.reserve(sends.size() + recvs.size());
+    std::vector<const Segment*> self_sends, self_recvs;
+    for (const Segment& r : recvs) {
+      SMT_CHECK(r.count >= 0 && r.count <= INT_MAX, "exchange_segments: receive of ", r.count, " floats");
+      if (r.peer == rank_) { self_recvs.push_back(&r); continue; }
+      if (r.count == 0) continue;
+      requests.emplace_back();
+      check_mpi(MPI_Irecv(recv + r.offset, static_cast<int>(r.count), MPI_FLOAT, r.peer, kSegmentTag, comm_,
+                          &requests.back()), "Irecv");
+    }
+    for (const Segment& sg : sends) {
+      SMT_CHECK(sg.count >= 0 && sg.count <= INT_MAX, "exchange_segments: send of ", sg.count, " floats");
+      if (sg.peer == rank_) { self_sends.push_back(&sg); continue; }
+      if (sg.count == 0) continue;
+      requests.emplace_back();
+      check_mpi(MPI_Isend(send + sg.offset, static_cast<int>(sg.count), MPI_FLOAT, sg.peer, kSegmentTag, comm_,
+                          &requests.back()), "Isend");
+    }
+    SMT_CHECK(self_sends.size() == self_recvs.size(), "exchange_segments: ", self_sends.size(),
+              " segments to self but ", self_recvs.size(), " from self");
+    for (size_t i = 0; i < self_sends.size(); ++i) {
+      SMT_CHECK(self_sends[i]->count == self_recvs[i]->count, "exchange_segments: self segment sizes differ");
+      if (self_sends[i]->count > 0)
+        std::memcpy(recv + self_recvs[i]->offset, send + self_sends[i]->offset,
+                    static_cast<size_t>(self_sends[i]->count) * sizeof(float));
+    }
+    check_mpi(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "Waitall");
+  }
   void all_to_all(const int64_t* send, int64_t* recv) override {
     check_mpi(MPI_Alltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, comm_), "Alltoall");
   }
@@ -111,12 +152,24 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  static constexpr int kSegmentTag = 7301;
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
+  int local_rank_ = 0, local_size_ = 1;
 };
 
 }  // namespace
+
+void abort_job_if_parallel(int exit_code) {
+  int initialised = 0, finalised = 0;
+  MPI_Initialized(&initialised);
+  MPI_Finalized(&finalised);
+  if (!initialised || finalised) return;
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size > 1) MPI_Abort(MPI_COMM_WORLD, exit_code);
+}
 
 std::unique_ptr<Communicator> make_mpi_world_communicator() {
   ensure_mpi_initialised();

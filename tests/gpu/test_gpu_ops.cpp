@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_env.h"
 #include "core/cuda_check.h"
 #include "core/device_buffer.h"
 #include "core/error.h"
@@ -54,27 +55,6 @@ constexpr Tol kElementwise{1e-5, 1e-6};
 constexpr Tol kReduction{1e-4, 1e-4};
 constexpr Tol kAttention{1e-4, 1e-4};
 constexpr double kGemmNormTol = 1e-4;
-
-bool gpu_available(std::string* why) {
-  static int state = -1;  // -1 unknown, 0 no, 1 yes
-  static std::string reason;
-  if (state < 0) {
-    int n = 0;
-    const cudaError_t err = cudaGetDeviceCount(&n);
-    if (err != cudaSuccess) {
-      reason = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
-      (void)cudaGetLastError();
-      state = 0;
-    } else if (n == 0) {
-      reason = "cudaGetDeviceCount returned 0 devices";
-      state = 0;
-    } else {
-      state = 1;
-    }
-  }
-  if (why != nullptr) *why = reason;
-  return state == 1;
-}
 
 class GpuEnvironment : public ::testing::Environment {
  public:

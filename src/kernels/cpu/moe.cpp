@@ -114,7 +114,8 @@ int64_t expert_capacity(double capacity_factor, int64_t T, int64_t E, int64_t k)
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(c)));
 }
 
-RoutingPlan build_routing_plan(const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, int64_t capacity) {
+RoutingPlan build_routing_plan(const int32_t* topk_idx, int64_t T, int64_t E, int64_t k, int64_t capacity,
+                               const int64_t* num_routed_before) {
   SMT_CHECK(T >= 0 && E >= 1 && k >= 1, "build_routing_plan: bad sizes T=", T, " E=", E, " k=", k);
   SMT_CHECK(capacity >= 0, "build_routing_plan: capacity must be >= 0, got ", capacity);
   RoutingPlan plan;
@@ -134,7 +135,10 @@ RoutingPlan build_routing_plan(const int32_t* topk_idx, int64_t T, int64_t E, in
   }
   for (int64_t e = 0; e < E; ++e) {
     const int64_t routed = plan.num_routed_per_expert[e];
-    plan.num_tokens_per_expert[e] = capacity > 0 ? std::min(routed, capacity) : routed;
+    const int64_t before = num_routed_before ? num_routed_before[e] : 0;
+    SMT_CHECK(before >= 0, "build_routing_plan: negative num_routed_before for expert ", e);
+    const int64_t room = std::max<int64_t>(0, capacity - before);
+    plan.num_tokens_per_expert[e] = capacity > 0 ? std::min(routed, room) : routed;
     plan.expert_row_offset[e + 1] = plan.expert_row_offset[e] + plan.num_tokens_per_expert[e];
   }
   const int64_t R = plan.expert_row_offset[E];

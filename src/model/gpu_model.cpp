@@ -1,0 +1,326 @@
+// The model on one CUDA device (see gpu_model.h); each step mirrors model.cpp.
+#ifdef SMT_CUDA
+#include "model/gpu_model.h"
+
+#include <cmath>
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "data/tokenizer.h"
+
+namespace smt {
+
+namespace {
+
+template <typename T>
+void ensure(DeviceBuffer<T>& b, size_t n) {
+  if (b.size() != n) b = DeviceBuffer<T>(n);
+}
+void copy_d2d(float* dst, const float* src, size_t n, cudaStream_t s) {
+  if (n > 0) SMT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, s));
+}
+template <typename T>
+void upload(DeviceBuffer<T>& dst, const std::vector<T>& src, cudaStream_t s) {
+  ensure(dst, src.size());
+  if (!src.empty())
+    SMT_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice, s));
+}
+template <typename T>
+std::vector<T> download(const T* src, size_t n, cudaStream_t s) {
+  std::vector<T> out(n);
+  if (n > 0) SMT_CUDA_CHECK(cudaMemcpyAsync(out.data(), src, n * sizeof(T), cudaMemcpyDeviceToHost, s));
+  SMT_CUDA_CHECK(cudaStreamSynchronize(s));
+  return out;
+}
+void zero(DeviceBuffer<float>& b, size_t n, cudaStream_t s) {
+  ensure(b, n);
+  if (n > 0) SMT_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, n * sizeof(float), s));
+}
+
+}  // namespace
+
+GpuModel::GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss_coeff, uint64_t attention_seed,
+                   cudaStream_t stream)
+    : config_(config),
+      layout_(config),
+      aux_coeff_(aux_loss_coeff),
+      z_coeff_(z_loss_coeff),
+      attention_seed_(attention_seed),
+      stream_(stream),
+      n_(layout_.total()),
+      arena_(static_cast<size_t>(4 * layout_.total())) {
+  arena_.memset_bytes(0);
+  if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) throw Error("cublasCreate failed");
+  cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH);  // fp32, no TF32: the CPU model's arithmetic
+}
+
+GpuModel::~GpuModel() {
+  if (handle_) cublasDestroy(handle_);
+}
+
+void GpuModel::upload_from(const Model& host) {
+  SMT_CHECK(host.layout().total() == n_, "GpuModel::upload_from: layouts differ");
+  auto& h = const_cast<Model&>(host);  // Model exposes its arena through non-const accessors
+  const float* src[3] = {h.params(), h.adam_m(), h.adam_v()};
+  float* dst[3] = {params(), adam_m(), adam_v()};
+  for (int i = 0; i < 3; ++i)
+    SMT_CUDA_CHECK(cudaMemcpyAsync(dst[i], src[i], n_ * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  SMT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void GpuModel::download_to(Model& host) const {
+  SMT_CHECK(host.layout().total() == n_, "GpuModel::download_to: layouts differ");
+  const float* base = arena_.data();
+  float* dst[3] = {host.params(), host.adam_m(), host.adam_v()};
+  const int64_t slot[3] = {0, 2, 3};
+  for (int i = 0; i < 3; ++i)
+    SMT_CUDA_CHECK(
+        cudaMemcpyAsync(dst[i], base + slot[i] * n_, n_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  SMT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+std::vector<float> GpuModel::download_grads() const { return download(arena_.data() + n_, n_, stream_); }
+
+void GpuModel::zero_grads() { SMT_CUDA_CHECK(cudaMemsetAsync(grads(), 0, n_ * sizeof(float), stream_)); }
+
+std::vector<float> GpuModel::probs() const {
+  return download(head_probs_.data(), static_cast<size_t>(head_rows_ * head_cols_), stream_);
+}
+
+const gpu::DeviceBlockMask& GpuModel::mask(int layer, int seq_len) {
+  if (mask_seq_len_ != seq_len) {
+    masks_.clear();
+    const AttnPatternConfig pc = config_.attention_pattern(attention_seed_);  // as Model::block_mask
+    for (int l = 0; l < config_.layers; ++l) masks_.push_back(gpu::upload_block_mask(build_block_mask(pc, seq_len, l)));
+    mask_seq_len_ = seq_len;
+  }
+  return masks_[layer];
+}
+
+LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
+  const int64_t B = batch.batch_size, N = batch.seq_len, T = B * N;
+  const int64_t d = config_.d_model, H = config_.heads, hd = config_.head_dim(), f = config_.expert_hidden;
+  SMT_CHECK(static_cast<int64_t>(batch.tokens.size()) == T, "batch has ", batch.tokens.size(), " tokens, expected ", T);
+  for (int32_t t : batch.tokens) SMT_CHECK(t >= 0 && t < config_.vocab_size, "token id ", t, " outside [0, model.vocab_size = ", config_.vocab_size, ")");
+  cudaStream_t s = stream_;
+  B_ = B;
+  N_ = N;
+  last_with_loss_ = with_loss;
+  acts_.resize(config_.layers);
+  routing_.assign(config_.layers, LayerRouting{});
+  upload(tokens_, batch.tokens, s);
+  upload(valid_, batch.valid, s);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  LossParts loss;
+
+  DeviceBuffer<float> x(T * d), tmp(T * d);
+  gpu::embedding_forward(x.data(), tokens_.data(), p("embedding"), T, d, s);
+  for (int l = 0; l < config_.layers; ++l) {
+    LayerActs& A = acts_[l];
+    const std::string pre = "layers." + std::to_string(l) + ".";
+    const bool moe = ParamLayout::layer_is_moe(config_, l);
+    const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
+    for (auto* b : {&A.x_in, &A.a, &A.q, &A.k, &A.v, &A.o, &A.x_mid, &A.m}) ensure(*b, T * d);
+    ensure(A.rstd1, T);
+    ensure(A.rstd2, T);
+    ensure(A.lse, B * H * N);
+    copy_d2d(A.x_in.data(), x.data(), T * d, s);
+
+    gpu::rmsnorm_forward(A.a.data(), A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s);
+    gpu::linear_forward(tmp.data(), A.a.data(), p(pre + "wq"), nullptr, T, d, d, false, handle_, s);
+    gpu::rope_forward(A.q.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
+    gpu::linear_forward(tmp.data(), A.a.data(), p(pre + "wk"), nullptr, T, d, d, false, handle_, s);
+    gpu::rope_forward(A.k.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
+    gpu::linear_forward(A.v.data(), A.a.data(), p(pre + "wv"), nullptr, T, d, d, false, handle_, s);
+    gpu::attention_forward(A.o.data(), A.lse.data(), A.q.data(), A.k.data(), A.v.data(), valid_.data(),
+                           mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    copy_d2d(A.x_mid.data(), A.x_in.data(), T * d, s);
+    gpu::linear_forward(A.x_mid.data(), A.o.data(), p(pre + "wo"), nullptr, T, d, d, /*accumulate=*/true, handle_, s);
+
+    gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s);
+    ensure(A.topk_idx, T * k);
+    ensure(A.topk_w, T * k);
+    int64_t capacity = 0;
+    if (moe) {
+      ensure(A.router_logits, T * E);
+      ensure(A.router_probs, T * E);
+      ensure(A.router_lse, T);
+      gpu::linear_forward(A.router_logits.data(), A.m.data(), p(pre + "router"), nullptr, T, d, E, false, handle_, s);
+      gpu::router_topk_forward(A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(), A.router_lse.data(),
+                               A.router_logits.data(), T, E, k, s);
+      capacity = cpu::expert_capacity(config_.capacity_factor, T, E, k);
+    } else {
+      SMT_CUDA_CHECK(cudaMemsetAsync(A.topk_idx.data(), 0, T * k * sizeof(int32_t), s));
+      upload(A.topk_w, std::vector<float>(static_cast<size_t>(T * k), 1.0f), s);
+    }
+    const std::vector<int32_t> topk_host = download(A.topk_idx.data(), static_cast<size_t>(T * k), s);
+    A.plan = cpu::build_routing_plan(topk_host.data(), T, E, k, capacity);
+    A.dplan = gpu::upload_routing_plan(A.plan);
+    const int64_t R = A.plan.num_rows();
+    ensure(A.rows, R * d);
+    ensure(A.hidden_pre, R * f);
+    ensure(A.hidden, R * f);
+    ensure(A.rows_out, R * d);
+    gpu::permute_forward(A.rows.data(), A.m.data(), A.dplan, d, s);
+    gpu::experts_forward(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), p(pre + "experts.w1"),
+                         p(pre + "experts.b1"), p(pre + "experts.w2"), p(pre + "experts.b2"),
+                         A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s);
+    copy_d2d(x.data(), A.x_mid.data(), T * d, s);
+    gpu::unpermute_forward(x.data(), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s);
+
+    LayerRouting& Rt = routing_[l];
+    Rt.is_moe = moe;
+    Rt.tokens_per_expert = A.plan.num_tokens_per_expert;
+    Rt.routed_per_expert = A.plan.num_routed_per_expert;
+    Rt.dropped = A.plan.num_dropped();
+    if (moe) {
+      DeviceBuffer<float> psum(E);
+      psum.memset_bytes(0);
+      gpu::add_column_sums(psum.data(), A.router_probs.data(), T, E, s);
+      const std::vector<float> p_sum = download(psum.data(), static_cast<size_t>(E), s);
+      A.router_lse_host = download(A.router_lse.data(), static_cast<size_t>(T), s);
+      double balance = 0, zsum = 0;
+      for (int64_t e = 0; e < E; ++e) balance += static_cast<double>(A.plan.num_routed_per_expert[e]) * p_sum[e];
+      for (int64_t t = 0; t < T; ++t) zsum += static_cast<double>(A.router_lse_host[t]) * A.router_lse_host[t];
+      loss.aux += aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T) * balance;
+      loss.z += z_coeff_ * zsum / T;
+    }
+  }
+
+  ensure(x_final_, T * d);
+  copy_d2d(x_final_.data(), x.data(), T * d, s);
+  ensure(h_final_, T * d);
+  ensure(rstd_final_, T);
+  gpu::rmsnorm_forward(h_final_.data(), rstd_final_.data(), x_final_.data(), p("final_norm"), T, d, config_.norm_eps, s);
+  if (config_.head == "lm") {
+    const int64_t V = config_.vocab_size;
+    head_rows_ = T;
+    head_cols_ = V;
+    ensure(logits_, T * V);
+    ensure(head_probs_, T * V);
+    gpu::matmul_transposed_forward(logits_.data(), h_final_.data(), p("embedding"), T, d, V, handle_, s);
+    upload(targets_, with_loss ? batch.lm_targets : std::vector<int32_t>(static_cast<size_t>(T), -1), s);
+    loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), T, V, &num_targets_, s);
+  } else {
+    const int64_t C = config_.num_classes;
+    head_rows_ = B;
+    head_cols_ = C;
+    ensure(pooled_, B * d);
+    ensure(logits_, B * C);
+    ensure(head_probs_, B * C);
+    gpu::mean_pool_forward(pooled_.data(), h_final_.data(), valid_.data(), B, N, d, s);
+    gpu::linear_forward(logits_.data(), pooled_.data(), p("classifier.w"), p("classifier.b"), B, d, C, false, handle_, s);
+    upload(targets_, with_loss ? batch.labels : std::vector<int32_t>(static_cast<size_t>(B), -1), s);
+    loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), B, C, &num_targets_, s);
+  }
+  if (num_targets_ > 0) loss.task /= static_cast<double>(num_targets_);
+  loss.num_targets = num_targets_;
+  loss.total = loss.task + loss.aux + loss.z;
+  return loss;
+}
+
+void GpuModel::backward() {
+  SMT_CHECK(last_with_loss_ && !acts_.empty(), "backward() needs a forward() with loss first");
+  const int64_t B = B_, N = N_, T = B * N;
+  const int64_t d = config_.d_model, H = config_.heads, hd = config_.head_dim(), f = config_.expert_hidden;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float task_scale = num_targets_ > 0 ? 1.0f / static_cast<float>(num_targets_) : 0.0f;
+  cudaStream_t s = stream_;
+  DeviceBuffer<float> dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w;
+  zero(dx, T * d, s);
+  zero(d_h, T * d, s);
+  zero(d_logits, head_rows_ * head_cols_, s);
+  gpu::cross_entropy_backward(d_logits.data(), head_probs_.data(), targets_.data(), head_rows_, head_cols_, task_scale, s);
+  if (config_.head == "lm") {
+    gpu::matmul_transposed_backward(d_h.data(), g("embedding"), d_logits.data(), h_final_.data(), p("embedding"), T, d,
+                                    config_.vocab_size, handle_, s);
+  } else {
+    const int64_t C = config_.num_classes;
+    DeviceBuffer<float> d_pooled;
+    zero(d_pooled, B * d, s);
+    gpu::linear_backward(d_pooled.data(), g("classifier.w"), g("classifier.b"), d_logits.data(), pooled_.data(),
+                         p("classifier.w"), B, d, C, handle_, s);
+    gpu::mean_pool_backward(d_h.data(), d_pooled.data(), valid_.data(), B, N, d, s);
+  }
+  gpu::rmsnorm_backward(dx.data(), g("final_norm"), d_h.data(), x_final_.data(), p("final_norm"), rstd_final_.data(), T,
+                        d, s);
+
+  for (int l = config_.layers - 1; l >= 0; --l) {
+    LayerActs& A = acts_[l];
+    const std::string pre = "layers." + std::to_string(l) + ".";
+    const bool moe = ParamLayout::layer_is_moe(config_, l);
+    const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
+    const int64_t R = A.plan.num_rows();
+    zero(d_rows_out, R * d, s);
+    zero(d_topk_w, T * k, s);
+    gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(), A.dplan,
+                            d, s);
+    zero(d_rows, R * d, s);
+    ensure(d_hidden, R * f);
+    gpu::experts_backward(d_rows.data(), g(pre + "experts.w1"), g(pre + "experts.b1"), g(pre + "experts.w2"),
+                          g(pre + "experts.b2"), d_hidden.data(), d_rows_out.data(), A.rows.data(), A.hidden_pre.data(),
+                          A.hidden.data(), p(pre + "experts.w1"), p(pre + "experts.w2"),
+                          A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s);
+    zero(d_m, T * d, s);
+    gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
+    if (moe) {
+      // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / T (host-built).
+      const double aux_scale = aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T);
+      std::vector<float> d_probs_host(static_cast<size_t>(T * E)), d_lse_host(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < E; ++e)
+          d_probs_host[t * E + e] = static_cast<float>(aux_scale * A.plan.num_routed_per_expert[e]);
+      for (int64_t t = 0; t < T; ++t) d_lse_host[t] = static_cast<float>(z_coeff_ * 2.0 * A.router_lse_host[t] / T);
+      DeviceBuffer<float> d_probs, d_lse, d_router_logits;
+      upload(d_probs, d_probs_host, s);
+      upload(d_lse, d_lse_host, s);
+      zero(d_router_logits, T * E, s);
+      gpu::router_topk_backward(d_router_logits.data(), d_topk_w.data(), d_probs.data(), d_lse.data(),
+                                A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(), T, E, k, s);
+      gpu::linear_backward(d_m.data(), g(pre + "router"), nullptr, d_router_logits.data(), A.m.data(), p(pre + "router"),
+                           T, d, E, handle_, s);
+      SMT_CUDA_CHECK(cudaStreamSynchronize(s));  // the host vectors above must outlive their uploads
+    }
+    gpu::rmsnorm_backward(dx.data(), g(pre + "ffn_norm"), d_m.data(), A.x_mid.data(), p(pre + "ffn_norm"),
+                          A.rstd2.data(), T, d, s);
+
+    zero(d_o, T * d, s);
+    gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), A.o.data(), p(pre + "wo"), T, d, d, handle_, s);
+    zero(dq, T * d, s);
+    zero(dk, T * d, s);
+    zero(dv, T * d, s);
+    gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
+                            A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    zero(d_a, T * d, s);
+    zero(d_tmp, T * d, s);
+    gpu::rope_backward(d_tmp.data(), dq.data(), B, N, H, hd, config_.rope_theta, s);
+    gpu::linear_backward(d_a.data(), g(pre + "wq"), nullptr, d_tmp.data(), A.a.data(), p(pre + "wq"), T, d, d, handle_, s);
+    zero(d_tmp, T * d, s);
+    gpu::rope_backward(d_tmp.data(), dk.data(), B, N, H, hd, config_.rope_theta, s);
+    gpu::linear_backward(d_a.data(), g(pre + "wk"), nullptr, d_tmp.data(), A.a.data(), p(pre + "wk"), T, d, d, handle_, s);
+    gpu::linear_backward(d_a.data(), g(pre + "wv"), nullptr, dv.data(), A.a.data(), p(pre + "wv"), T, d, d, handle_, s);
+    gpu::rmsnorm_backward(dx.data(), g(pre + "attn_norm"), d_a.data(), A.x_in.data(), p(pre + "attn_norm"),
+                          A.rstd1.data(), T, d, s);
+  }
+  gpu::embedding_backward(g("embedding"), dx.data(), tokens_.data(), T, d, s);
+  SMT_CUDA_CHECK(cudaStreamSynchronize(s));  // the scratch buffers are freed on return
+}
+
+double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
+  cudaStream_t s = model.stream();
+  double sq = 0;
+  for (const auto& t : model.layout().tensors()) sq += gpu::sum_squares(model.grads() + t.offset, t.numel, s);
+  const double norm = std::sqrt(sq);
+  const float grad_scale = clip_scale(train, norm);
+  cpu::AdamWParams hp = adamw_params_at(train, step);
+  for (const auto& t : model.layout().tensors()) {
+    hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
+    gpu::adamw_update(model.params() + t.offset, model.grads() + t.offset, model.adam_m() + t.offset,
+                      model.adam_v() + t.offset, t.numel, hp, step, grad_scale, s);
+  }
+  SMT_CUDA_CHECK(cudaStreamSynchronize(s));
+  return norm;
+}
+
+}  // namespace smt
+#endif  // SMT_CUDA

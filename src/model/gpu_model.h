@@ -1,0 +1,89 @@
+// The model on one CUDA device (CUDA builds only), fp32, correctness first: the same forward and
+// backward as smt::Model (model.h, README.md in this folder) step by step with the smt::gpu ops,
+// parameters | grads | adam_m | adam_v in one device arena with the same ParamLayout, so a host
+// Model uploads into it and downloads from it (initialisation, checkpoints). The routing plan is
+// built on the host from the downloaded top-k choices (as on the CPU), so capacity and dropping
+// are identical. Activations stay on the device between forward and backward.
+#pragma once
+#ifdef SMT_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/device_buffer.h"
+#include "data/batch.h"
+#include "kernels/gpu_ops.h"
+#include "model/model.h"
+
+namespace smt {
+
+class GpuModel {
+ public:
+  GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss_coeff, uint64_t attention_seed,
+           cudaStream_t stream);
+  ~GpuModel();
+  GpuModel(const GpuModel&) = delete;
+  GpuModel& operator=(const GpuModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Parameters and both AdamW moments from / to a host model of the same config (blocking).
+  void upload_from(const Model& host);
+  void download_to(Model& host) const;
+  std::vector<float> download_grads() const;  // [layout.total()]
+
+  float* params() { return arena_.data(); }
+  float* grads() { return arena_.data() + n_; }
+  float* adam_m() { return arena_.data() + 2 * n_; }
+  float* adam_v() { return arena_.data() + 3 * n_; }
+
+  void zero_grads();
+  LossParts forward(const Batch& batch, bool with_loss = true);
+  void backward();
+  const std::vector<LayerRouting>& routing() const { return routing_; }
+  std::vector<float> probs() const;  // head probabilities of the last forward (host copy)
+
+ private:
+  struct LayerActs {
+    DeviceBuffer<float> x_in, a, rstd1, q, k, v, o, lse, x_mid, m, rstd2;  // [T,d] / [T] / [B,H,N]
+    DeviceBuffer<float> router_logits, router_probs, router_lse, topk_w;   // [T,E] [T,E] [T] [T,k]
+    DeviceBuffer<int32_t> topk_idx;                                         // [T,k]
+    std::vector<float> router_lse_host;                                     // [T]
+    cpu::RoutingPlan plan;
+    gpu::DeviceRoutingPlan dplan;
+    DeviceBuffer<float> rows, hidden_pre, hidden, rows_out;                 // [R,d] [R,f] [R,f] [R,d]
+  };
+  float* p(const std::string& name) { return params() + layout_.at(name).offset; }
+  float* g(const std::string& name) { return grads() + layout_.at(name).offset; }
+  const gpu::DeviceBlockMask& mask(int layer, int seq_len);
+
+  ModelConfig config_;
+  ParamLayout layout_;
+  float aux_coeff_, z_coeff_;
+  uint64_t attention_seed_;
+  cudaStream_t stream_;
+  cublasHandle_t handle_ = nullptr;
+  int64_t n_ = 0;
+  DeviceBuffer<float> arena_;  // [4 n]
+  std::vector<gpu::DeviceBlockMask> masks_;
+  int mask_seq_len_ = -1;
+
+  int64_t B_ = 0, N_ = 0;
+  bool last_with_loss_ = false;
+  DeviceBuffer<int32_t> tokens_, targets_;
+  DeviceBuffer<uint8_t> valid_;
+  std::vector<LayerActs> acts_;
+  std::vector<LayerRouting> routing_;
+  DeviceBuffer<float> x_final_, h_final_, rstd_final_, pooled_, logits_, head_probs_;
+  int64_t num_targets_ = 0, head_rows_ = 0, head_cols_ = 0;
+};
+
+// Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor).
+double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step);
+
+}  // namespace smt
+#endif  // SMT_CUDA

@@ -39,6 +39,8 @@ class Progress {
 int cmd_train(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_bench_compare(int argc, char** argv);  // smt bench compare (cmd_bench_compare.cpp)
 int cmd_bench_exchange(int argc, char** argv);   // smt bench exchange (src/app/cmd_bench_exchange.cpp)
 int cmd_bench_attention(int argc, char** argv);  // smt bench attention (src/app/cmd_bench_attention.cpp)
 

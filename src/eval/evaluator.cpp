@@ -12,12 +12,19 @@
 namespace smt {
 
 Predictions predict(Model& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
-                    void (*progress)(int64_t, int64_t)) {
+                    const std::function<void(int64_t, int64_t)>& progress) {
   SMT_CHECK(model.config().head == "classifier", "evaluation needs a classifier head");
   Predictions p;
   p.num_classes = model.config().num_classes;
   const int64_t n = static_cast<int64_t>(data.examples.size());
   p.probs.reserve(n * p.num_classes);
+  const ModelConfig& mc = model.config();
+  for (int l = 0; l < mc.layers; ++l) {
+    const bool moe = ParamLayout::layer_is_moe(mc, l);
+    p.experts_per_layer.push_back(moe ? mc.experts : 1);
+    p.expert_counts.emplace_back(static_cast<size_t>(n) * (moe ? mc.experts : 1), 0);
+  }
+  p.dropped.assign(static_cast<size_t>(mc.layers), 0);
   for (int64_t start = 0; start < n; start += batch_size) {
     const int64_t count = std::min(batch_size, n - start);
     std::vector<int64_t> idx(count);
@@ -36,6 +43,21 @@ Predictions predict(Model& model, const Dataset& data, int64_t seq_len, int64_t 
       auto& acc = p.tokens_per_expert[l];
       if (acc.empty()) acc.assign(routing[l].tokens_per_expert.size(), 0);
       for (size_t e = 0; e < acc.size(); ++e) acc[e] += routing[l].tokens_per_expert[e];
+      p.dropped[l] += routing[l].dropped;
+    }
+    for (int l = 0; l < mc.layers; ++l) {
+      const auto& topk = model.topk_idx(l);
+      const auto E = static_cast<size_t>(p.experts_per_layer[l]);
+      const size_t k = ParamLayout::layer_is_moe(mc, l) ? static_cast<size_t>(mc.top_k) : 1;
+      SMT_CHECK(topk.size() >= static_cast<size_t>(count * seq_len) * k, "predict: layer ", l, " has ", topk.size(),
+                " expert choices for ", count * seq_len, " positions");
+      auto& counts = p.expert_counts[l];
+      for (int64_t b = 0; b < count; ++b)
+        for (int64_t t = 0; t < seq_len; ++t) {
+          if (!batch.valid[b * seq_len + t]) continue;
+          const int32_t* choice = topk.data() + static_cast<size_t>(b * seq_len + t) * k;
+          for (size_t j = 0; j < k; ++j) counts[static_cast<size_t>(start + b) * E + static_cast<size_t>(choice[j])] += 1;
+        }
     }
     if (progress) progress(start + count, n);
   }

@@ -2,6 +2,7 @@
 // routing counts summed over the set, and the metrics of src/eval/metrics.h.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,11 +18,16 @@ struct Predictions {
   std::vector<int32_t> labels;  // [n]
   std::vector<int32_t> groups;  // [n]
   std::vector<std::vector<int64_t>> tokens_per_expert;  // [layers][E], summed over the set (all positions, padding included)
+  // Per layer, the top-k expert choices of each example's non-PAD tokens: [layers][n * E_l]
+  // (E_l = 1 for a dense-FFN layer), and the capacity drops summed over the set.
+  std::vector<std::vector<int64_t>> expert_counts;
+  std::vector<int> experts_per_layer;  // [layers] E_l
+  std::vector<int64_t> dropped;        // [layers]
 };
 
-// progress: called with (done, total) after each batch (nullable).
+// progress: called with (done, total) after each batch (may be empty).
 Predictions predict(Model& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
-                    void (*progress)(int64_t, int64_t) = nullptr);
+                    const std::function<void(int64_t, int64_t)>& progress = {});
 
 struct EvalSummary {
   ClassificationMetrics overall;

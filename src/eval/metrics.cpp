@@ -42,7 +42,76 @@ double roc_auc(const std::vector<double>& scores, const std::vector<int32_t>& la
   return (rank_sum_pos - p * (p + 1) / 2) / (p * q);
 }
 
+int calibration_bin(double confidence, int num_bins) {
+  // numpy.searchsorted(edges[1:-1], confidence, side='left'): the number of interior edges below it.
+  const double step = 1.0 / static_cast<double>(num_bins);
+  int b = 0;
+  while (b < num_bins - 1 && static_cast<double>(b + 1) * step < confidence) ++b;
+  return b;
+}
+
+ReliabilityBins reliability_bins(const std::vector<double>& probs, const std::vector<int32_t>& labels,
+                                 int num_classes, int num_bins) {
+  SMT_CHECK(num_classes > 0 && num_bins > 0, "reliability_bins: bad num_classes/num_bins");
+  const auto C = static_cast<size_t>(num_classes);
+  SMT_CHECK(probs.size() == labels.size() * C, "reliability_bins: probs has ", probs.size(), " values, expected ",
+            labels.size(), " x ", C);
+  ReliabilityBins r;
+  r.count.assign(static_cast<size_t>(num_bins), 0);
+  r.confidence.assign(static_cast<size_t>(num_bins), 0.0);
+  r.accuracy.assign(static_cast<size_t>(num_bins), 0.0);
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const double* p = probs.data() + i * C;
+    size_t pred = 0;
+    for (size_t c = 1; c < C; ++c)
+      if (p[c] > p[pred]) pred = c;
+    const auto b = static_cast<size_t>(calibration_bin(p[pred], num_bins));
+    r.count[b] += 1;
+    r.confidence[b] += p[pred];
+    r.accuracy[b] += pred == static_cast<size_t>(labels[i]) ? 1.0 : 0.0;
+  }
+  for (size_t b = 0; b < r.count.size(); ++b)
+    if (r.count[b] > 0) {
+      r.confidence[b] /= static_cast<double>(r.count[b]);
+      r.accuracy[b] /= static_cast<double>(r.count[b]);
+    }
+  return r;
+}
+
+RocCurve roc_curve(const std::vector<double>& scores, const std::vector<int32_t>& labels) {
+  SMT_CHECK(scores.size() == labels.size(), "roc_curve: ", scores.size(), " scores but ", labels.size(), " labels");
+  const size_t n = scores.size();
+  int64_t num_pos = 0;
+  for (int32_t y : labels) {
+    SMT_CHECK(y == 0 || y == 1, "roc_curve: label ", y, " is neither 0 nor 1");
+    num_pos += y;
+  }
+  const int64_t num_neg = static_cast<int64_t>(n) - num_pos;
+  RocCurve c;
+  if (num_pos == 0 || num_neg == 0) return c;
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+  c.fpr.push_back(0);
+  c.tpr.push_back(0);
+  int64_t tp = 0, fp = 0;
+  for (size_t i = 0; i < n; ++i) {
+    (labels[order[i]] == 1 ? tp : fp) += 1;
+    if (i + 1 < n && scores[order[i + 1]] == scores[order[i]]) continue;  // one point per threshold
+    c.fpr.push_back(static_cast<double>(fp) / static_cast<double>(num_neg));
+    c.tpr.push_back(static_cast<double>(tp) / static_cast<double>(num_pos));
+  }
+  return c;
+}
+
 ClassificationMetrics compute_classification_metrics(const std::vector<float>& probs,
+                                                     const std::vector<int32_t>& labels, int num_classes,
+                                                     int num_bins) {
+  return compute_classification_metrics(std::vector<double>(probs.begin(), probs.end()), labels, num_classes,
+                                        num_bins);
+}
+
+ClassificationMetrics compute_classification_metrics(const std::vector<double>& probs,
                                                      const std::vector<int32_t>& labels, int num_classes,
                                                      int num_bins) {
   SMT_CHECK(num_classes > 0, "metrics: num_classes must be positive, got ", num_classes);
@@ -62,21 +131,20 @@ ClassificationMetrics compute_classification_metrics(const std::vector<float>& p
   for (size_t i = 0; i < n; ++i) {
     const int32_t y = labels[i];
     SMT_CHECK(y >= 0 && y < num_classes, "metrics: label ", y, " of row ", i, " outside [0, ", num_classes, ")");
-    const float* p = probs.data() + i * C;
+    const double* p = probs.data() + i * C;
     size_t pred = 0;
     for (size_t c = 1; c < C; ++c)
       if (p[c] > p[pred]) pred = c;
     ++m.confusion[static_cast<size_t>(y)][pred];
     const bool hit = pred == static_cast<size_t>(y);
     correct += hit ? 1 : 0;
-    nll += -std::log(std::max(static_cast<double>(p[y]), 1e-12));
+    nll += -std::log(std::max(p[y], 1e-12));
     for (size_t c = 0; c < C; ++c) {
-      const double d = static_cast<double>(p[c]) - (c == static_cast<size_t>(y) ? 1.0 : 0.0);
+      const double d = p[c] - (c == static_cast<size_t>(y) ? 1.0 : 0.0);
       brier += d * d;
     }
     const double conf = p[pred];
-    auto b = static_cast<int64_t>(std::floor(conf * num_bins));
-    b = std::clamp<int64_t>(b, 0, num_bins - 1);  // confidence 1.0 falls in the last (closed) bin
+    const int b = calibration_bin(conf, num_bins);
     bin_count[static_cast<size_t>(b)] += 1;
     bin_conf[static_cast<size_t>(b)] += conf;
     bin_correct[static_cast<size_t>(b)] += hit ? 1 : 0;
@@ -116,6 +184,13 @@ ClassificationMetrics compute_classification_metrics(const std::vector<float>& p
 
 std::vector<float> collapse_probs(const std::vector<float>& probs, int num_classes,
                                   const std::vector<int>& positive_classes) {
+  const std::vector<double> out = collapse_probs(std::vector<double>(probs.begin(), probs.end()), num_classes,
+                                                 positive_classes);
+  return std::vector<float>(out.begin(), out.end());
+}
+
+std::vector<double> collapse_probs(const std::vector<double>& probs, int num_classes,
+                                   const std::vector<int>& positive_classes) {
   SMT_CHECK(num_classes > 0, "collapse_probs: num_classes must be positive, got ", num_classes);
   const auto C = static_cast<size_t>(num_classes);
   SMT_CHECK(probs.size() % C == 0, "collapse_probs: ", probs.size(), " values are not rows of ", C);
@@ -125,12 +200,12 @@ std::vector<float> collapse_probs(const std::vector<float>& probs, int num_class
     positive[static_cast<size_t>(c)] = true;
   }
   const size_t n = probs.size() / C;
-  std::vector<float> out(2 * n);
+  std::vector<double> out(2 * n);
   for (size_t i = 0; i < n; ++i) {
     double pos = 0, neg = 0;
     for (size_t c = 0; c < C; ++c) (positive[c] ? pos : neg) += probs[i * C + c];
-    out[2 * i] = static_cast<float>(neg);
-    out[2 * i + 1] = static_cast<float>(pos);
+    out[2 * i] = neg;
+    out[2 * i + 1] = pos;
   }
   return out;
 }

@@ -82,6 +82,9 @@ class Model {
   // Class probabilities of the last classifier forward [B, C].
   const std::vector<float>& probs() const { return head_probs_; }
   const std::vector<LayerRouting>& routing() const { return routing_; }
+  // Expert choices of the last forward, layer l: [B*N, k] (PAD positions included; a dense-FFN
+  // layer has k = 1 and expert 0). Read-only, for routing analysis.
+  const std::vector<int32_t>& topk_idx(int layer) const { return acts_.at(layer).topk_idx; }
   const BlockMask& block_mask(int layer, int seq_len);
 
  private:

@@ -51,20 +51,20 @@ std::vector<RefCase> load_reference() {
 
 TEST(MetricsReference, MatchesScikitLearn) {
   const auto cases = load_reference();
-  ASSERT_EQ(cases.size(), 3u);
+  ASSERT_EQ(cases.size(), 4u);
   for (const auto& rc : cases) {
     SCOPED_TRACE(rc.name);
     const int C = static_cast<int>(rc.scalar("num_classes"));
     std::vector<int32_t> labels;
     for (double v : rc.get("labels")) labels.push_back(static_cast<int32_t>(v));
-    std::vector<float> probs;
-    for (double v : rc.get("probs")) probs.push_back(static_cast<float>(v));
+    const std::vector<double> probs = rc.get("probs");
     ASSERT_EQ(labels.size(), static_cast<size_t>(rc.scalar("n")));
     const auto m = compute_classification_metrics(probs, labels, C);
     EXPECT_EQ(m.n, static_cast<int64_t>(labels.size()));
     EXPECT_EQ(m.num_classes, C);
-    const double tol = 1e-6;  // probabilities pass through float
+    const double tol = 1e-9;  // the bar; the values are read from the same decimal text
     EXPECT_NEAR(m.accuracy, rc.scalar("accuracy"), 1e-12);
+    EXPECT_NEAR(m.ece, rc.scalar("ece"), tol);
     EXPECT_NEAR(m.macro_f1, rc.scalar("macro_f1"), 1e-12);
     const auto prec = rc.get("precision"), rec = rc.get("recall"), f1 = rc.get("f1"), sup = rc.get("support");
     ASSERT_EQ(m.per_class.size(), static_cast<size_t>(C));
@@ -80,12 +80,24 @@ TEST(MetricsReference, MatchesScikitLearn) {
         EXPECT_EQ(m.confusion[i][j], static_cast<int64_t>(conf[i * static_cast<size_t>(C) + j])) << i << "," << j;
     EXPECT_NEAR(m.nll, rc.scalar("nll"), tol);
     EXPECT_NEAR(m.brier, rc.scalar("brier"), tol);
+    // The float entry point agrees to float precision.
+    const auto mf = compute_classification_metrics(std::vector<float>(probs.begin(), probs.end()), labels, C);
+    EXPECT_NEAR(mf.nll, m.nll, 1e-6);
+    EXPECT_EQ(mf.confusion, m.confusion);
     if (C == 2) {
-      EXPECT_NEAR(m.auc, rc.scalar("auc"), 1e-12);
+      EXPECT_NEAR(m.auc, rc.scalar("auc"), tol);
       EXPECT_NEAR(m.brier / 2, rc.scalar("brier_binary_sklearn"), tol);
       std::vector<double> scores;
       for (size_t i = 0; i < labels.size(); ++i) scores.push_back(probs[2 * i + 1]);
-      EXPECT_NEAR(roc_auc(scores, labels), rc.scalar("auc"), 1e-12);
+      EXPECT_NEAR(roc_auc(scores, labels), rc.scalar("auc"), tol);
+      // The area under the ROC curve's points (trapezoids) is the same AUC.
+      const RocCurve roc = roc_curve(scores, labels);
+      double area = 0;
+      for (size_t i = 1; i < roc.fpr.size(); ++i)
+        area += (roc.fpr[i] - roc.fpr[i - 1]) * (roc.tpr[i] + roc.tpr[i - 1]) / 2;
+      EXPECT_NEAR(area, rc.scalar("auc"), tol);
+      EXPECT_EQ(roc.fpr.back(), 1.0);
+      EXPECT_EQ(roc.tpr.back(), 1.0);
     } else {
       EXPECT_EQ(m.auc, -1);
     }
@@ -109,6 +121,27 @@ TEST(MetricsEce, HandComputedSmallCase) {
   // With one bin the ECE is |mean confidence - accuracy|.
   const auto one = compute_classification_metrics(probs, labels, 2, 1);
   EXPECT_NEAR(one.ece, std::abs((0.95 + 0.97 + 0.62 + 0.65 + 0.5 + 1.0) / 6 - 4.0 / 6), 1e-6);
+}
+
+TEST(MetricsEce, BinsAreRightClosedLikeScikitLearn) {
+  // numpy.searchsorted(numpy.linspace(0, 1, 16)[1:-1], v): 0.2 lands in bin 2 because the edge
+  // 3 * (1/15) is one ulp below 0.2; 0.4 = 6 * (1/15) exactly, so it closes bin 5.
+  EXPECT_EQ(calibration_bin(0.0, 15), 0);
+  EXPECT_EQ(calibration_bin(1.0 / 15, 15), 0);
+  EXPECT_EQ(calibration_bin(0.2, 15), 2);
+  EXPECT_EQ(calibration_bin(0.4, 15), 5);
+  EXPECT_EQ(calibration_bin(0.41, 15), 6);
+  EXPECT_EQ(calibration_bin(1.0, 15), 14);
+  EXPECT_EQ(calibration_bin(0.5, 1), 0);
+  const auto r = reliability_bins({0.9, 0.1, 0.2, 0.8, 0.45, 0.55}, {0, 0, 1}, 2, 15);
+  // confidences 0.9 (bin 13, right), 0.8 (bin 11, wrong), 0.55 (bin 8, right)
+  EXPECT_EQ(r.count[13], 1);
+  EXPECT_EQ(r.count[11], 1);
+  EXPECT_EQ(r.count[8], 1);
+  EXPECT_DOUBLE_EQ(r.accuracy[13], 1.0);
+  EXPECT_DOUBLE_EQ(r.accuracy[11], 0.0);
+  EXPECT_DOUBLE_EQ(r.confidence[8], 0.55);
+  EXPECT_EQ(r.count[0] + r.count[14], 0);
 }
 
 TEST(MetricsNll, ClampsZeroProbability) {
@@ -145,9 +178,9 @@ TEST(MetricsCollapse, SixWayToBinary) {
 }
 
 TEST(MetricsInput, RejectsBadShapes) {
-  EXPECT_THROW(compute_classification_metrics({0.5f, 0.5f}, {0, 1}, 2), Error);
-  EXPECT_THROW(compute_classification_metrics({0.5f, 0.5f}, {2}, 2), Error);
-  const auto empty = compute_classification_metrics({}, {}, 3);
+  EXPECT_THROW(compute_classification_metrics(std::vector<float>{0.5f, 0.5f}, {0, 1}, 2), Error);
+  EXPECT_THROW(compute_classification_metrics(std::vector<float>{0.5f, 0.5f}, {2}, 2), Error);
+  const auto empty = compute_classification_metrics(std::vector<double>{}, {}, 3);
   EXPECT_EQ(empty.n, 0);
   EXPECT_EQ(empty.confusion.size(), 3u);
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# smt bench compare on a very small config: one row per pattern, measured (not derived) numbers,
+# the JSON beside the table.
+# usage: eval_bench_compare.sh SMT_BINARY PROJECT_ROOT
+set -eu
+smt=$1; root=$2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+"$smt" bench compare --config "$root/configs/compare-tiny.ini" --steps 5 --run.dir "$tmp/run" \
+  --model.d_model=32 --model.expert_hidden=32 --model.block_size=16 --model.window=16 --train.seq_len=128 \
+  --train.batch_size=4 --data.synthetic_train=64 --data.synthetic_heldout=48 --data.long_context_chars=100 \
+  --train.threads=1 >"$tmp/out" 2>&1 || { cat "$tmp/out"; exit 1; }
+cat "$tmp/out"
+for p in dense local random block_sparse bigbird; do
+  grep -q "^$p " "$tmp/out" || { echo "FAIL: no table row for $p"; exit 1; }
+done
+python3 - "$tmp/run/compare.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rows = {p["pattern"]: p for p in r["patterns"]}
+assert list(rows) == ["dense", "local", "random", "block_sparse", "bigbird"], list(rows)
+assert rows["dense"]["element_density"] == 1.0 and rows["dense"]["rel_step_s"] == 1.0
+for name, p in rows.items():
+    assert p["step_s"] > 0 and p["train_s"] >= p["step_s"], (name, p)
+    assert p["peak_growth_mib"] > 0 and p["peak_rss_mib"] >= p["peak_growth_mib"], (name, p)
+    assert 0 <= p["accuracy"] <= 1 and p["long_context_n"] > 0, (name, p)
+    if name != "dense":
+        assert 0 < p["element_density"] < 1, (name, p["element_density"])
+    # relative numbers are the measured ratios, not the density
+    assert abs(p["rel_step_s"] - p["step_s"] / rows["dense"]["step_s"]) < 1e-6
+assert r["steps"] == 5
+print("bench compare ok")
+PY

@@ -24,6 +24,7 @@
 #include "core/timer.h"
 #include "data/batch.h"
 #include "data/source.h"
+#include "data/tokenizer.h"
 #include "eval/evaluator.h"
 #include "eval/svg_plot.h"
 #include "io/json.h"
@@ -69,7 +70,7 @@ std::string run_pattern(RunConfig cfg, const std::string& pattern) {
   }();
   cfg.model.attention = pattern;
   set_num_threads(cfg.train.threads);
-  DataSplits data = load_data(cfg.data, cfg.seed);
+  DataSplits data = load_data(cfg.data, cfg.seed, make_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size));
   cfg.model.num_classes = data.train.num_classes();
   const int64_t rss_before = proc_status_kib("VmRSS");
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);

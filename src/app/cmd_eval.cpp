@@ -14,6 +14,7 @@
 #include "core/threads.h"
 #include "core/timer.h"
 #include "data/liar.h"
+#include "data/tokenizer.h"
 #include "data/synthetic.h"
 #include "eval/baseline_ngram.h"
 #include "eval/evaluator.h"
@@ -148,7 +149,11 @@ int cmd_eval(int argc, char** argv) {
   if (out_dir.empty()) out_dir = default_out_dir(checkpoint, spec.tag);
 
   // Data: the evaluated set and the training split the baselines learn from.
-  Dataset data, train;
+  // `data` and `train` are byte-encoded (the n-gram baseline reads their text back);
+  // `model_data` is `data` encoded with the checkpoint's tokenizer, what the model reads.
+  const Tokenizer model_tokenizer = make_tokenizer(cfg.data.tokenizer, mc.vocab_size);
+  const bool reencode = model_tokenizer.kind != TokenizerKind::kBytes;
+  Dataset data, train, model_data;
   bool have_train = false;
   std::string train_source;
   if (spec.kind == EvalSourceKind::kLiar) {
@@ -157,6 +162,7 @@ int cmd_eval(int argc, char** argv) {
     const auto records = read_liar_tsv(spec.path);
     SMT_USAGE_CHECK(!records.empty(), "data set ", spec.path, " is empty (no LIAR rows)");
     data = make_liar_dataset(records, fields, binary, "liar:" + spec.tag);
+    if (reencode) model_data = make_liar_dataset(records, fields, binary, "liar:" + spec.tag, model_tokenizer);
     const fs::path train_path = fs::path(spec.path).parent_path() / "train.tsv";
     if (fs::is_regular_file(train_path)) {
       train = make_liar_dataset(read_liar_tsv(train_path.string()), fields, binary, "liar:train");
@@ -172,7 +178,9 @@ int cmd_eval(int argc, char** argv) {
     sc.long_context_chars = cfg.data.long_context_chars;
     SMT_USAGE_CHECK(sc.num_heldout > 0, "data set synthetic is empty (the checkpoint's data.synthetic_heldout = ",
                     sc.num_heldout, ")");
-    data = make_synthetic_dataset(generate_synthetic(sc, SyntheticSplit::kHeldout), "synthetic:heldout");
+    const auto heldout_items = generate_synthetic(sc, SyntheticSplit::kHeldout);
+    data = make_synthetic_dataset(heldout_items, "synthetic:heldout");
+    if (reencode) model_data = make_synthetic_dataset(heldout_items, "synthetic:heldout", model_tokenizer);
     if (sc.num_train > 0) {
       train = make_synthetic_dataset(generate_synthetic(sc, SyntheticSplit::kTrain), "synthetic:train");
       have_train = true;
@@ -201,7 +209,7 @@ int cmd_eval(int argc, char** argv) {
   Timer timer;
   const int64_t n = static_cast<int64_t>(data.examples.size());
   Progress progress(n);
-  const Predictions pred = predict(model, data, seq_len, batch_size, [&](int64_t done, int64_t total) {
+  const Predictions pred = predict(model, reencode ? model_data : data, seq_len, batch_size, [&](int64_t done, int64_t total) {
     char info[120];
     std::snprintf(info, sizeof info, "eval %lld/%lld examples  %.0f ex/s", static_cast<long long>(done),
                   static_cast<long long>(total), static_cast<double>(done) / std::max(1e-9, timer.seconds()));

@@ -19,6 +19,7 @@
 #include "core/timer.h"
 #include "data/batch.h"
 #include "data/source.h"
+#include "data/tokenizer.h"
 #include "eval/evaluator.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
@@ -87,7 +88,7 @@ int cmd_train(int argc, char** argv) {
   if (threads == 0 && par.world->local_size() > 1)
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / par.world->local_size());
   set_num_threads(threads);
-  DataSplits data = load_data(cfg.data, cfg.seed);
+  DataSplits data = load_data(cfg.data, cfg.seed, make_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size));
   SMT_USAGE_CHECK(!data.train.examples.empty(), "the training set is empty");
   if (cfg.model.num_classes == 0) cfg.model.num_classes = data.train.num_classes();
   SMT_USAGE_CHECK(cfg.model.num_classes == data.train.num_classes() || cfg.model.head == "lm",

@@ -99,7 +99,7 @@ LiarFields parse_liar_fields(const std::string& spec) {
 }
 
 Dataset make_liar_dataset(const std::vector<LiarRecord>& records, const LiarFields& fields, bool binary,
-                          const std::string& name) {
+                          const std::string& name, const Tokenizer& tokenizer) {
   Dataset d;
   d.name = name;
   d.leaking = fields.credit;
@@ -126,7 +126,7 @@ Dataset make_liar_dataset(const std::vector<LiarRecord>& records, const LiarFiel
                                  " mt=", r.credit[3], " pf=", r.credit[4]));
     }
     Example ex;
-    ex.tokens = encode_fields(f);
+    ex.tokens = encode_fields(f, tokenizer);
     ex.label = binary ? (r.label_idx >= 3 ? 1 : 0) : r.label_idx;
     ex.group = 0;
     d.examples.push_back(std::move(ex));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "data/tokenizer.h"
 
 namespace smt {
 
@@ -34,8 +35,8 @@ struct LiarFields {
 };
 LiarFields parse_liar_fields(const std::string& spec);  // throws UsageError on unknown
 
-// binary: two classes (false, true) else six.
+// binary: two classes (false, true) else six. Fields are encoded with `tokenizer`.
 Dataset make_liar_dataset(const std::vector<LiarRecord>& records, const LiarFields& fields, bool binary,
-                          const std::string& name);
+                          const std::string& name, const Tokenizer& tokenizer = {});
 
 }  // namespace smt

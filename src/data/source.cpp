@@ -27,31 +27,31 @@ std::string liar_file(const DataConfig& c, const std::string& split) {
   return p.string();
 }
 
-Dataset liar_split(const DataConfig& c, const std::string& split) {
+Dataset liar_split(const DataConfig& c, const std::string& split, const Tokenizer& tokenizer) {
   const LiarFields fields = parse_liar_fields(c.fields);
-  return make_liar_dataset(read_liar_tsv(liar_file(c, split)), fields, c.binary, "liar:" + split);
+  return make_liar_dataset(read_liar_tsv(liar_file(c, split)), fields, c.binary, "liar:" + split, tokenizer);
 }
 }  // namespace
 
-DataSplits load_data(const DataConfig& c, uint64_t seed) {
+DataSplits load_data(const DataConfig& c, uint64_t seed, const Tokenizer& tokenizer) {
   DataSplits s;
   if (c.source == "liar") {
     liar_file(c, "train");
     liar_file(c, "valid");
-    s.train = liar_split(c, "train");
-    s.heldout = liar_split(c, "valid");
+    s.train = liar_split(c, "train", tokenizer);
+    s.heldout = liar_split(c, "valid", tokenizer);
   } else {
     const SyntheticConfig sc = synthetic_config(c, seed);
-    s.train = make_synthetic_dataset(generate_synthetic(sc, SyntheticSplit::kTrain), "synthetic:train");
-    s.heldout = make_synthetic_dataset(generate_synthetic(sc, SyntheticSplit::kHeldout), "synthetic:heldout");
+    s.train = make_synthetic_dataset(generate_synthetic(sc, SyntheticSplit::kTrain), "synthetic:train", tokenizer);
+    s.heldout = make_synthetic_dataset(generate_synthetic(sc, SyntheticSplit::kHeldout), "synthetic:heldout", tokenizer);
   }
   return s;
 }
 
-Dataset load_heldout(const DataConfig& c, uint64_t seed) {
-  if (c.source == "liar") return liar_split(c, "valid");
+Dataset load_heldout(const DataConfig& c, uint64_t seed, const Tokenizer& tokenizer) {
+  if (c.source == "liar") return liar_split(c, "valid", tokenizer);
   return make_synthetic_dataset(generate_synthetic(synthetic_config(c, seed), SyntheticSplit::kHeldout),
-                                "synthetic:heldout");
+                                "synthetic:heldout", tokenizer);
 }
 
 }  // namespace smt

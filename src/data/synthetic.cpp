@@ -443,7 +443,8 @@ std::vector<SyntheticItem> generate_synthetic(const SyntheticConfig& config, Syn
   return heldout;
 }
 
-Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const std::string& name) {
+Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const std::string& name,
+                               const Tokenizer& tokenizer) {
   Dataset d;
   d.name = name;
   d.class_names = {"false", "true"};
@@ -453,7 +454,7 @@ Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const st
   for (const auto& item : items) {
     SMT_CHECK(item.family >= 0 && item.family < kNumFamilies, "synthetic item with family ", item.family);
     Example ex;
-    ex.tokens = encode_fields({item.evidence, item.claim});
+    ex.tokens = encode_fields({item.evidence, item.claim}, tokenizer);
     ex.label = item.is_true ? 1 : 0;
     ex.group = item.long_context ? kNumFamilies : item.family;
     d.examples.push_back(std::move(ex));

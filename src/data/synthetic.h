@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "data/tokenizer.h"
 
 namespace smt {
 
@@ -45,7 +46,8 @@ enum class SyntheticSplit { kTrain, kHeldout };
 std::vector<SyntheticItem> generate_synthetic(const SyntheticConfig& config, SyntheticSplit split);
 // Tokens = encode_fields({evidence, claim}); label 1 = true; group = family
 // (group_names = families, plus "long_context" as group 8 when long_context).
-Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const std::string& name);
+Dataset make_synthetic_dataset(const std::vector<SyntheticItem>& items, const std::string& name,
+                               const Tokenizer& tokenizer = {});
 
 // One JSON object per line: {"family", "is_true", "long_context", "evidence", "claim"}.
 // Throws smt::Error when the file cannot be written.

@@ -414,7 +414,7 @@ std::vector<std::pair<std::string, std::string>> ini_pairs(const std::string& in
 
 bool must_match(const std::string& key, const RunConfig& file_cfg) {
   if (key.rfind("model.", 0) == 0 || key == "seed") return true;
-  if (key == "data.source" || key == "data.fields" || key == "data.binary") return true;
+  if (key == "data.source" || key == "data.fields" || key == "data.binary" || key == "data.tokenizer") return true;
   // The synthetic training set is generated from these; a different set makes the cursor meaningless.
   if (file_cfg.data.source == "synthetic" &&
       (key == "data.synthetic_train" || key == "data.long_context_fraction" || key == "data.long_context_chars"))

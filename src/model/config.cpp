@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "data/tokenizer.h"
 #include "model/memory_estimate.h"
 
 namespace po = boost::program_options;
@@ -40,6 +41,8 @@ po::options_description run_config_options(RunConfig& c) {
       ("model.experts", po::value(&M.experts)->default_value(M.experts), "experts per MoE layer")
       ("model.top_k", po::value(&M.top_k)->default_value(M.top_k), "experts per token")
       ("model.expert_hidden", po::value(&M.expert_hidden)->default_value(M.expert_hidden), "expert hidden width f")
+      ("model.vocab_size", po::value(&M.vocab_size)->default_value(M.vocab_size),
+       "token ids [0, V): 260 with data.tokenizer = bytes; words: 260 byte/special ids + hash buckets (>= 1024)")
       ("model.capacity_factor", po::value(&M.capacity_factor)->default_value(M.capacity_factor),
        "expert capacity factor c (0 = dropless; else ceil(c*T*k/E) per expert)")
       ("model.moe_every", po::value(&M.moe_every)->default_value(M.moe_every),
@@ -91,6 +94,8 @@ po::options_description run_config_options(RunConfig& c) {
       ("data.fields", po::value(&D.fields)->default_value(D.fields),
        "liar inputs: statement | statement+metadata | statement+metadata+credit (credit leaks the label)")
       ("data.binary", po::value(&D.binary)->default_value(D.binary), "liar: true/false instead of six labels")
+      ("data.tokenizer", po::value(&D.tokenizer)->default_value(D.tokenizer),
+       "bytes | words (lower-cased words and punctuation, words hashed into model.vocab_size ids)")
       ("data.synthetic_train", po::value(&D.synthetic_train)->default_value(D.synthetic_train),
        "synthetic: training items")
       ("data.synthetic_heldout", po::value(&D.synthetic_heldout)->default_value(D.synthetic_heldout),
@@ -150,6 +155,7 @@ void RunConfig::validate() const {
   SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",
                   data.source, "'");
   SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
+  make_tokenizer(data.tokenizer, M.vocab_size);  // throws UsageError where the two do not fit
   SMT_USAGE_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, "checkpoint.every must be >= 0 and checkpoint.keep >= 1");
   SMT_USAGE_CHECK(T.threads >= 0, "train.threads must be >= 0 (0 = all cores), got ", T.threads);
   SMT_USAGE_CHECK(data.synthetic_train > 0 && data.synthetic_heldout > 0,

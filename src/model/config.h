@@ -19,6 +19,7 @@ struct ModelConfig {
   int experts = 8;
   int top_k = 2;
   int expert_hidden = 256;
+  int vocab_size = 260;          // token ids [0, V): 260 for data.tokenizer = bytes, hash buckets + 260 for words
   double capacity_factor = 0.0;  // 0 = dropless
   int moe_every = 1;             // MoE in layers with l % moe_every == moe_every-1, dense FFN elsewhere
   std::string head = "classifier";  // classifier | lm
@@ -66,6 +67,7 @@ struct DataConfig {
   std::string path;                  // liar: folder with train.tsv and valid.tsv
   std::string fields = "statement";  // liar: statement | statement+metadata | statement+metadata+credit
   bool binary = false;               // liar: two classes instead of six
+  std::string tokenizer = "bytes";   // bytes | words (hashed words into model.vocab_size ids)
   int64_t synthetic_train = 4096;
   int64_t synthetic_heldout = 1024;
   double long_context_fraction = 0.1;

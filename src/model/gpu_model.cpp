@@ -101,7 +101,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   const int64_t B = batch.batch_size, N = batch.seq_len, T = B * N;
   const int64_t d = config_.d_model, H = config_.heads, hd = config_.head_dim(), f = config_.expert_hidden;
   SMT_CHECK(static_cast<int64_t>(batch.tokens.size()) == T, "batch has ", batch.tokens.size(), " tokens, expected ", T);
-  for (int32_t t : batch.tokens) SMT_CHECK(t >= 0 && t < kVocabSize, "token id ", t, " out of range");
+  for (int32_t t : batch.tokens) SMT_CHECK(t >= 0 && t < config_.vocab_size, "token id ", t, " outside [0, model.vocab_size = ", config_.vocab_size, ")");
   cudaStream_t s = stream_;
   B_ = B;
   N_ = N;
@@ -193,7 +193,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   ensure(rstd_final_, T);
   gpu::rmsnorm_forward(h_final_.data(), rstd_final_.data(), x_final_.data(), p("final_norm"), T, d, config_.norm_eps, s);
   if (config_.head == "lm") {
-    const int64_t V = kVocabSize;
+    const int64_t V = config_.vocab_size;
     head_rows_ = T;
     head_cols_ = V;
     ensure(logits_, T * V);
@@ -233,7 +233,7 @@ void GpuModel::backward() {
   gpu::cross_entropy_backward(d_logits.data(), head_probs_.data(), targets_.data(), head_rows_, head_cols_, task_scale, s);
   if (config_.head == "lm") {
     gpu::matmul_transposed_backward(d_h.data(), g("embedding"), d_logits.data(), h_final_.data(), p("embedding"), T, d,
-                                    kVocabSize, handle_, s);
+                                    config_.vocab_size, handle_, s);
   } else {
     const int64_t C = config_.num_classes;
     DeviceBuffer<float> d_pooled;

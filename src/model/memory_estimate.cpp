@@ -18,7 +18,6 @@ namespace smt {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-constexpr double kVocab = 260;
 
 std::string gib(double bytes) {
   char buf[64];
@@ -30,14 +29,14 @@ std::string gib(double bytes) {
 
 MemoryEstimate estimate_memory(const RunConfig& c) {
   const auto& M = c.model;
-  const double d = M.d_model, f = M.expert_hidden, L = M.layers, E = M.experts, k = M.top_k;
+  const double d = M.d_model, f = M.expert_hidden, L = M.layers, E = M.experts, k = M.top_k, V = M.vocab_size;
   const double moe_layers = M.moe_every <= 1 ? L : std::floor(L / std::max(1, M.moe_every));
   const double dense_layers = L - moe_layers;
   const double classes = M.num_classes > 0 ? M.num_classes : 6;  // 0 = from the data: at most LIAR's six
   MemoryEstimate e;
   const double per_layer_common = 4 * d * d + 2 * d;
   const double expert = 2 * d * f + f + d;
-  e.params = kVocab * d + moe_layers * (per_layer_common + d * E + E * expert) +
+  e.params = V * d + moe_layers * (per_layer_common + d * E + E * expert) +
              dense_layers * (per_layer_common + expert) + d + d * classes + classes;  // the layout always has the classifier
   e.param_bytes = 4 * e.params;
   e.optimizer_bytes = 3 * e.param_bytes;
@@ -46,7 +45,7 @@ MemoryEstimate estimate_memory(const RunConfig& c) {
   auto activations = [&](double B, bool backward) {
     const double T = B * N, R = T * k;
     const double layer = 8 * T * d + 2 * T * E + 2 * T + 2 * T * k + B * M.heads * N + 2 * R * d + 2 * R * f;
-    const double head = M.head == "lm" ? T * kVocab * (backward ? 2 : 1) : B * classes * 2;
+    const double head = M.head == "lm" ? T * V * (backward ? 2 : 1) : B * classes * 2;
     return 4 * (L * layer + (backward ? layer : 0) + head + 2 * T * d);
   };
   e.activation_bytes = activations(static_cast<double>(c.train.batch_size), true);

@@ -127,7 +127,7 @@ LossParts Model::forward(const Batch& batch, bool with_loss) {
   const int64_t d = config_.d_model, H = config_.heads, hd = config_.head_dim(), f = config_.expert_hidden;
   SMT_CHECK(static_cast<int64_t>(batch.tokens.size()) == T, "batch has ", batch.tokens.size(), " tokens, expected ",
             T);
-  for (int32_t t : batch.tokens) SMT_CHECK(t >= 0 && t < kVocabSize, "token id ", t, " out of range");
+  for (int32_t t : batch.tokens) SMT_CHECK(t >= 0 && t < config_.vocab_size, "token id ", t, " outside [0, model.vocab_size = ", config_.vocab_size, ")");
   ensure_activations(B, N);
   batch_ = &batch;
   last_with_loss_ = with_loss;
@@ -233,7 +233,7 @@ LossParts Model::forward(const Batch& batch, bool with_loss) {
   cpu::rmsnorm_forward<float>(h_final_.data(), rstd_final_.data(), x_final_.data(),
                               params_ + layout_.at("final_norm").offset, T, d, config_.norm_eps);
   if (config_.head == "lm") {
-    const int64_t V = kVocabSize;
+    const int64_t V = config_.vocab_size;
     logits_.resize(T * V);
     cpu::matmul_transposed_forward<float>(logits_.data(), h_final_.data(), params_ + layout_.at("embedding").offset, T,
                                           d, V);
@@ -280,7 +280,7 @@ void Model::backward() {
   zero(dx_, T * d);
   zero(d_h_, T * d);
   if (config_.head == "lm") {
-    const int64_t V = kVocabSize;
+    const int64_t V = config_.vocab_size;
     zero(d_logits_, T * V);
     cpu::cross_entropy_backward<float>(d_logits_.data(), head_probs_.data(), targets_.data(), T, V, task_scale);
     cpu::matmul_transposed_backward<float>(d_h_.data(), g_embedding, d_logits_.data(), h_final_.data(),

@@ -31,7 +31,7 @@ void ParamLayout::add(const std::string& name, std::vector<int64_t> shape, bool 
 }
 
 ParamLayout::ParamLayout(const ModelConfig& c) {
-  const int64_t d = c.d_model, f = c.expert_hidden, V = 260;
+  const int64_t d = c.d_model, f = c.expert_hidden, V = c.vocab_size;
   add("embedding", {V, d});
   for (int l = 0; l < c.layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";

@@ -92,6 +92,8 @@ TEST(MemoryEstimate, ParameterCountMatchesTheLayout) {
       c.model.head = head;
       c.model.num_classes = 6;
       EXPECT_EQ(estimate_memory(c).params, layout_numel(c.model)) << moe_every << " " << head;
+      c.model.vocab_size = 4096 + 260;  // data.tokenizer = words
+      EXPECT_EQ(estimate_memory(c).params, layout_numel(c.model)) << moe_every << " " << head;
     }
 }
 

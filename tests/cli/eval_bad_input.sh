@@ -5,18 +5,7 @@ set -u
 smt=$1; root=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 . "$root/tests/cli/lib/eval.bash"
-fails=0; checks=0
-expect() {  # expect CODE PATTERN -- args...
-  local code=$1 pattern=$2; shift 3
-  checks=$((checks+1))
-  "$smt" "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  local lines; lines=$(wc -l <"$tmp/err")
-  if [ "$rc" -ne "$code" ] || ! grep -q -- "$pattern" "$tmp/err" || [ "$lines" -ne 1 ]; then
-    echo "FAIL: smt $* -> exit $rc (want $code), stderr ($lines lines):"; cat "$tmp/err"; fails=$((fails+1))
-  else
-    echo "ok: smt $* -> $rc: $(cat "$tmp/err")"
-  fi
-}
+. "$root/tests/cli/lib/expect.bash"  # expect CODE PATTERN -- args...
 make_liar "$tmp/liar"
 tiny_train "$smt" "$tmp/syn"
 tiny_train "$smt" "$tmp/liar6" --data.source=liar --data.path="$tmp/liar"

@@ -4,18 +4,7 @@
 set -u
 smt=$1; root=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fails=0; checks=0
-expect() {  # expect CODE PATTERN -- args...
-  local code=$1 pattern=$2; shift 3
-  checks=$((checks+1))
-  "$smt" "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  local lines; lines=$(wc -l <"$tmp/err")
-  if [ "$rc" -ne "$code" ] || ! grep -q -- "$pattern" "$tmp/err" || [ "$lines" -ne 1 ]; then
-    echo "FAIL: smt $* -> exit $rc (want $code), stderr ($lines lines):"; cat "$tmp/err"; fails=$((fails+1))
-  else
-    echo "ok: smt $* -> $rc: $(cat "$tmp/err")"
-  fi
-}
+. "$root/tests/cli/lib/expect.bash"  # expect CODE PATTERN -- args...
 cfg=$root/configs/synthetic-tiny.ini
 printf '[model]\nd_modle = 64\n' >"$tmp/unknown.ini"
 expect 2 "d_modle" -- train --config "$tmp/unknown.ini" --run.dir "$tmp/r1"

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include "app/cli.h"
@@ -186,9 +187,14 @@ int cmd_train(int argc, char** argv) {
     model.zero_grads();
     LossParts loss = model.forward(batch);
     loss.total = numeric_guard.hook_loss(step, loss.total);
-    if (std::isfinite(loss.total)) model.backward();
-    if (numeric_guard.skip_step(step, loss.total, model, par.world.get())) continue;  // no update, no checkpoint at a bad step
-    const double grad_norm = optimizer_step(model, cfg.train, step);
+    double grad_norm = std::numeric_limits<double>::quiet_NaN();
+    if (std::isfinite(loss.total)) {  // the loss is global: every rank takes the same branch
+      model.backward();
+      numeric_guard.inject_into_gradients(step, model);
+      grad_norm = gradient_norm(model);  // collective under several ranks
+    }
+    if (numeric_guard.skip_step(step, loss.total, grad_norm, model)) continue;  // no update, no checkpoint at a bad step
+    apply_update(model, cfg.train, step, grad_norm);
     const double dt = step_timer.seconds();
     state.tokens_seen += tokens_per_step;
     window_tokens += static_cast<double>(tokens_per_step);

@@ -11,7 +11,6 @@
 #include "io/json.h"
 #include "model/finite_check.h"
 #include "model/model.h"
-#include "parallel/communicator.h"
 
 namespace smt {
 
@@ -33,16 +32,19 @@ double NumericGuard::hook_loss(int64_t step, double loss) const {
   return hook_active(step) && hook_tensor_ == "loss" ? std::numeric_limits<double>::quiet_NaN() : loss;
 }
 
-bool NumericGuard::skip_step(int64_t step, double loss, Model& model, Communicator* world) {
-  if (hook_active(step) && hook_tensor_ != "loss") {
-    const auto& spec = hook_tensor_.empty() ? model.layout().tensors().front() : model.layout().at(hook_tensor_);
-    model.grads()[spec.offset + spec.numel / 2] = std::numeric_limits<float>::quiet_NaN();
-  }
-  std::string bad = !std::isfinite(loss) ? std::string("loss") : first_non_finite_tensor(model.layout(), model.grads());
-  if (world != nullptr && world->size() > 1) {
-    double any_bad = bad.empty() ? 0.0 : 1.0;
-    world->all_reduce_max(&any_bad, 1);
-    if (any_bad > 0 && bad.empty()) bad = "a tensor on another rank";
+void NumericGuard::inject_into_gradients(int64_t step, Model& model) const {
+  if (!hook_active(step) || hook_tensor_ == "loss") return;
+  const auto& spec = hook_tensor_.empty() ? model.layout().tensors().front() : model.layout().at(hook_tensor_);
+  model.grads()[spec.offset + spec.numel / 2] = std::numeric_limits<float>::quiet_NaN();
+}
+
+bool NumericGuard::skip_step(int64_t step, double loss, double grad_norm, Model& model) {
+  std::string bad;
+  if (!std::isfinite(loss)) {
+    bad = "loss";
+  } else if (!std::isfinite(grad_norm)) {
+    bad = first_non_finite_tensor(model.layout(), model.grads());
+    if (bad.empty()) bad = "a tensor held by another rank";  // expert slices this rank does not hold
   }
   if (bad.empty()) {
     bad_in_a_row_ = 0;

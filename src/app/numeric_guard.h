@@ -13,7 +13,6 @@
 
 namespace smt {
 
-class Communicator;
 class Model;
 
 class NumericGuard {
@@ -21,11 +20,15 @@ class NumericGuard {
   // metrics_path "": no skipped_step records (ranks other than 0).
   NumericGuard(int64_t max_bad_steps, std::string checkpoint_dir, std::string metrics_path);
 
-  // Whether step `step` (forward done, loss `loss`; backward done when the loss was finite) must be
-  // skipped. Handles the warning, the metrics record and the stop (throws Error). With several ranks
-  // in `world` (nullable) the decision is agreed over all of them (collective: every rank skips or
-  // none does, as the update's collectives require).
-  bool skip_step(int64_t step, double loss, Model& model, Communicator* world = nullptr);
+  // Test hook: writes the injected NaN into a gradient (after the backward, before gradient_norm).
+  void inject_into_gradients(int64_t step, Model& model) const;
+  // Whether step `step` must be skipped, given its loss and the global gradient norm from
+  // gradient_norm() (NaN when the loss was not finite and no backward ran). Both are the same on
+  // every rank (the loss and the norm are reduced over all ranks, and NaN survives the sums), so
+  // every rank decides alike without a collective. The gradients are scanned for the tensor to
+  // name only when the norm is not finite. Handles the warning, the metrics record and the stop
+  // (throws Error).
+  bool skip_step(int64_t step, double loss, double grad_norm, Model& model);
   // For the loss: applies the test hook's "loss" injection.
   double hook_loss(int64_t step, double loss) const;
 

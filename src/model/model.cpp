@@ -478,7 +478,7 @@ float clip_scale(const TrainConfig& train, double grad_norm) {
   return train.clip > 0 ? static_cast<float>(std::min(1.0, train.clip / (grad_norm + 1e-6))) : 1.0f;
 }
 
-double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
+double gradient_norm(Model& model) {
   const ParamLayout& layout = model.layout();
   const ParallelContext* par = model.parallel();
   double sq = 0;
@@ -497,15 +497,23 @@ double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
     if (par->expert_parallel > 1) par->expert_group->all_reduce_sum(&sq_experts, 1);
     sq += sq_experts;
   }
-  const double norm = std::sqrt(sq);
-  const float grad_scale = clip_scale(train, norm);
+  return std::sqrt(sq);
+}
+
+void apply_update(Model& model, const TrainConfig& train, int64_t step, double grad_norm) {
+  const float grad_scale = clip_scale(train, grad_norm);
   cpu::AdamWParams hp = adamw_params_at(train, step);
-  for (const auto& t : layout.tensors()) {
+  for (const auto& t : model.layout().tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
     const HeldRange h = held_range(model, t);
     cpu::adamw_update(model.params() + h.offset, model.grads() + h.offset, model.adam_m() + h.offset,
                       model.adam_v() + h.offset, h.numel, hp, step, grad_scale);
   }
+}
+
+double optimizer_step(Model& model, const TrainConfig& train, int64_t step) {
+  const double norm = gradient_norm(model);
+  apply_update(model, train, step, norm);
   return norm;
 }
 

@@ -155,6 +155,11 @@ float clip_scale(const TrainConfig& train, double grad_norm);
 // over the ranks (replicated tensors over all ranks, this rank's expert slices over its
 // expert-data-parallel group), clips on the global norm and updates only what this rank holds.
 double optimizer_step(Model& model, const TrainConfig& train, int64_t step);
+// The two halves of optimizer_step: gradient_norm() sums the gradients over the ranks (collective
+// when parallel) and returns the global norm (NaN/Inf if any gradient on any rank is); apply_update()
+// clips with that norm and runs AdamW on what this rank holds.
+double gradient_norm(Model& model);
+void apply_update(Model& model, const TrainConfig& train, int64_t step, double grad_norm);
 
 // True for the expert tensors of MoE layers, which expert parallelism shards by their leading dim.
 bool is_sharded_expert_tensor(const ModelConfig& config, const TensorSpec& t);

@@ -113,7 +113,10 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   LossParts loss;
 
-  DeviceBuffer<float> x(T * d), tmp(T * d);
+  DeviceBuffer<float>& x = x_;
+  DeviceBuffer<float>& tmp = tmp_;
+  ensure(x, T * d);
+  ensure(tmp, T * d);
   gpu::embedding_forward(x.data(), tokens_.data(), p("embedding"), T, d, s);
   for (int l = 0; l < config_.layers; ++l) {
     LayerActs& A = acts_[l];
@@ -174,8 +177,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     Rt.routed_per_expert = A.plan.num_routed_per_expert;
     Rt.dropped = A.plan.num_dropped();
     if (moe) {
-      DeviceBuffer<float> psum(E);
-      psum.memset_bytes(0);
+      DeviceBuffer<float>& psum = psum_;
+      zero(psum, E, s);
       gpu::add_column_sums(psum.data(), A.router_probs.data(), T, E, s);
       const std::vector<float> p_sum = download(psum.data(), static_cast<size_t>(E), s);
       A.router_lse_host = download(A.router_lse.data(), static_cast<size_t>(T), s);
@@ -226,7 +229,8 @@ void GpuModel::backward() {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const float task_scale = num_targets_ > 0 ? 1.0f / static_cast<float>(num_targets_) : 0.0f;
   cudaStream_t s = stream_;
-  DeviceBuffer<float> dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w;
+  // Scratch kept between steps (resized only when the shapes change).
+  auto& [dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w] = scratch_;
   zero(dx, T * d, s);
   zero(d_h, T * d, s);
   zero(d_logits, head_rows_ * head_cols_, s);
@@ -236,7 +240,7 @@ void GpuModel::backward() {
                                     config_.vocab_size, handle_, s);
   } else {
     const int64_t C = config_.num_classes;
-    DeviceBuffer<float> d_pooled;
+    DeviceBuffer<float>& d_pooled = d_pooled_;
     zero(d_pooled, B * d, s);
     gpu::linear_backward(d_pooled.data(), g("classifier.w"), g("classifier.b"), d_logits.data(), pooled_.data(),
                          p("classifier.w"), B, d, C, handle_, s);
@@ -271,7 +275,7 @@ void GpuModel::backward() {
         for (int64_t e = 0; e < E; ++e)
           d_probs_host[t * E + e] = static_cast<float>(aux_scale * A.plan.num_routed_per_expert[e]);
       for (int64_t t = 0; t < T; ++t) d_lse_host[t] = static_cast<float>(z_coeff_ * 2.0 * A.router_lse_host[t] / T);
-      DeviceBuffer<float> d_probs, d_lse, d_router_logits;
+      DeviceBuffer<float>&d_probs = d_probs_, &d_lse = d_lse_, &d_router_logits = d_router_logits_;
       upload(d_probs, d_probs_host, s);
       upload(d_lse, d_lse_host, s);
       zero(d_router_logits, T * E, s);
@@ -303,7 +307,6 @@ void GpuModel::backward() {
                           A.rstd1.data(), T, d, s);
   }
   gpu::embedding_backward(g("embedding"), dx.data(), tokens_.data(), T, d, s);
-  SMT_CUDA_CHECK(cudaStreamSynchronize(s));  // the scratch buffers are freed on return
 }
 
 double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {

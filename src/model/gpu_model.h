@@ -80,6 +80,11 @@ class GpuModel {
   std::vector<LayerRouting> routing_;
   DeviceBuffer<float> x_final_, h_final_, rstd_final_, pooled_, logits_, head_probs_;
   int64_t num_targets_ = 0, head_rows_ = 0, head_cols_ = 0;
+  // Scratch reused across steps: forward residual stream and projection, backward gradients.
+  DeviceBuffer<float> x_, tmp_, psum_, d_pooled_, d_probs_, d_lse_, d_router_logits_;
+  struct BackwardScratch {
+    DeviceBuffer<float> dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w;
+  } scratch_;
 };
 
 // Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor).

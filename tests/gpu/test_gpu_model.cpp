@@ -66,7 +66,6 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
   cpu.init_params(11);
   smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream);
   gpu.upload_from(cpu);
-  const int64_t n = cpu.layout().total();
   for (int64_t step = 1; step <= train.steps; ++step) {
     const smt::Batch batch = smt::testing_support::random_padded_batch(4, 64, 3, 100 + step);
     cpu.zero_grads();
@@ -90,7 +89,6 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
   gpu.download_to(back);
   for (const auto& t : cpu.layout().tensors())
     EXPECT_LE(norm_rel(back.params() + t.offset, cpu.params() + t.offset, t.numel), 1e-4) << t.name;
-  EXPECT_GT(n, 0);
   SMT_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 

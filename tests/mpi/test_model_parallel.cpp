@@ -87,7 +87,6 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
     EXPECT_NEAR(np, nr, 1e-5 * nr) << "gradient norm, step " << step;
   }
   smt::gather_experts(par);  // every rank now holds the whole model
-  const int64_t n = ref.layout().total();
   double worst = 0;
   for (const auto& t : ref.layout().tensors()) {
     double diff = 0, norm = 0;
@@ -98,7 +97,6 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
     worst = std::max(worst, diff / (norm + 1e-12));
     EXPECT_LE(diff, 1e-5 * (norm + 1e-6)) << t.name << " after " << train.steps << " steps";
   }
-  EXPECT_GT(n, 0);
   RecordProperty("worst_relative_param_diff", std::to_string(worst));
 }
 

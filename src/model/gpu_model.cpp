@@ -309,12 +309,14 @@ void GpuModel::backward() {
   gpu::embedding_backward(g("embedding"), dx.data(), tokens_.data(), T, d, s);
 }
 
-double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
+double gradient_norm(GpuModel& model) {
+  // The gradients are one contiguous range of the arena: one deterministic reduction over all of it.
+  return std::sqrt(gpu::sum_squares(model.grads(), model.layout().total(), model.stream()));
+}
+
+void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, double grad_norm) {
   cudaStream_t s = model.stream();
-  double sq = 0;
-  for (const auto& t : model.layout().tensors()) sq += gpu::sum_squares(model.grads() + t.offset, t.numel, s);
-  const double norm = std::sqrt(sq);
-  const float grad_scale = clip_scale(train, norm);
+  const float grad_scale = clip_scale(train, grad_norm);
   cpu::AdamWParams hp = adamw_params_at(train, step);
   for (const auto& t : model.layout().tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
@@ -322,6 +324,11 @@ double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
                       model.adam_v() + t.offset, t.numel, hp, step, grad_scale, s);
   }
   SMT_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
+  const double norm = gradient_norm(model);
+  apply_update(model, train, step, norm);
   return norm;
 }
 

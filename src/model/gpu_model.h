@@ -87,8 +87,12 @@ class GpuModel {
   } scratch_;
 };
 
-// Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor).
+// Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor), and its
+// two halves as on the CPU: gradient_norm (one reduction over the whole gradient range of the arena,
+// NaN/Inf if any gradient is) and apply_update (clip with that norm, AdamW per tensor). Both synchronise.
 double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step);
+double gradient_norm(GpuModel& model);
+void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, double grad_norm);
 
 }  // namespace smt
 #endif  // SMT_CUDA

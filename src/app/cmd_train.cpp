@@ -1,5 +1,6 @@
 // `smt train`: load data, build the model, run the optimizer loop, log metrics.jsonl, then
 // evaluate on the held-out split and append the {"event":"final"} record.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cerrno>
@@ -179,6 +180,7 @@ int cmd_train(int argc, char** argv) {
   Progress progress(is_root ? cfg.train.steps : 0);
   Timer total_timer;
   double window_tokens = 0, window_seconds = 0;
+  double peak_device_bytes = -1;  // the largest device memory in use after a step (cuda only)
   const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
   const int64_t first_step = state.step + 1;
   for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
@@ -205,6 +207,7 @@ int cmd_train(int argc, char** argv) {
     if (numeric_guard.skip_step(step, loss.total, grad_norm, name_bad_gradient)) continue;  // no update, no checkpoint
     backend->apply_update(cfg.train, step, grad_norm);
     const double dt = step_timer.seconds();
+    peak_device_bytes = std::max(peak_device_bytes, backend->device_memory_used_bytes());
     state.tokens_seen += tokens_per_step;
     window_tokens += static_cast<double>(tokens_per_step);
     window_seconds += dt;
@@ -257,6 +260,7 @@ int cmd_train(int argc, char** argv) {
       .add("tokens_per_s", (cfg.train.steps - first_step + 1) * static_cast<double>(tokens_per_step) / train_seconds);
   if (cfg.model.head == "classifier") rec.merge(eval_json(summary));
   if (par.distributed()) rec.add("world_size", par.world_size()).add("expert_parallel", par.expert_parallel);
+  if (peak_device_bytes >= 0) rec.add("device", backend->describe()).add("device_memory_peak_GiB", peak_device_bytes / (1u << 30));
   if (is_root) append_jsonl(metrics_path, rec);
   log_info("run folder: " + cfg.run_dir);
   return 0;

@@ -35,6 +35,8 @@ class TrainBackend {
   virtual std::string first_non_finite_gradient() = 0;
   // The host Model, brought up to date with the training copy (see the invariant above).
   virtual Model& synced_host_model() = 0;
+  // Device memory in use (bytes, cudaMemGetInfo: total - free on this rank's device), -1 on the CPU.
+  virtual double device_memory_used_bytes() const { return -1; }
   // The host Model's parameters and moments were replaced (checkpoint loaded): take them over.
   virtual void host_model_changed() = 0;
 };

@@ -65,6 +65,11 @@ class CudaBackend final : public TrainBackend {
     return host_;
   }
   void host_model_changed() override { gpu_->upload_from(host_); }
+  double device_memory_used_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    SMT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return static_cast<double>(total_bytes - free_bytes);
+  }
 
  private:
   Model& host_;

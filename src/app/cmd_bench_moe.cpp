@@ -1,8 +1,8 @@
 // `smt bench moe --device cpu|cuda`: benchmark B2 of BENCHMARKS.md, one whole MoE layer forward and
-// forward+backward: router GEMM (no bias), router softmax + top-k, the routing plan (built on the host from
-// the downloaded top-k on the GPU, as the model does: timed as part of the layer), token permutation, the
-// experts' FFN (grouped GEMMs, GELU, no biases), weighted unpermutation, and every backward piece down to the
-// input and router weight gradients. Weight gradients are zeroed before each timed repetition (an optimizer's
+// forward+backward: router GEMM (no bias), router softmax + top-k, the routing plan (on the GPU built on the
+// device with one synchronisation for the per-expert counts, as the model does; timed as part of the layer),
+// token permutation, the experts' FFN (grouped GEMMs, GELU, no biases), weighted unpermutation, and every
+// backward piece down to the input and router weight gradients. Weight gradients are zeroed before each timed repetition (an optimizer's
 // zero_grad, not layer work); activation gradients are zeroed inside it. GPU: CUDA events on one stream,
 // median of --repeat after --warmup. Expert TFLOP/s are counted as bench/torch_moe.py (and BENCHMARKS.md)
 // count them: 3 * (k*T * 2 * 2*d*f), forward + backward of the two expert GEMMs. Everything printed is measured.
@@ -140,7 +140,7 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
   const int64_t R = T * k;
   DeviceBuffer<float> xr(R * d), hp(R * f), h(R * f), out(R * d), dout(R * d), dxr(R * d), scratch(R * f);
   DeviceBuffer<__nv_bfloat16> x_bf16(bf16 ? T * d : 0);
-  std::vector<int32_t> topk_host(T * k);
+  gpu::DeviceRoutingPlan dplan;  // its buffers are reused between repetitions, as the model's are
   cudaEvent_t e0, e1, e2;
   SMT_CUDA_CHECK(cudaEventCreate(&e0));
   SMT_CUDA_CHECK(cudaEventCreate(&e1));
@@ -163,12 +163,8 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     }
     gpu::linear_forward(logits.data(), xa, wra, nullptr, T, d, E, false, handle, st);
     gpu::router_topk_forward(probs.data(), topk_idx.data(), topk_w.data(), nullptr, logits.data(), T, E, k, st);
-    SMT_CUDA_CHECK(cudaMemcpyAsync(topk_host.data(), topk_idx.data(), sizeof(int32_t) * T * k,
-                                   cudaMemcpyDeviceToHost, st));
-    SMT_CUDA_CHECK(cudaStreamSynchronize(st));
-    const cpu::RoutingPlan plan = cpu::build_routing_plan(topk_host.data(), T, E, k, 0);
-    SMT_CHECK(plan.num_rows() == R, "bench moe: dropless plan with ", plan.num_rows(), " rows, expected ", R);
-    const gpu::DeviceRoutingPlan dplan = gpu::upload_routing_plan(plan);
+    gpu::build_routing_plan_on_device(dplan, topk_idx.data(), T, E, k, /*capacity=*/0, st);  // syncs once
+    SMT_CHECK(dplan.num_rows == R, "bench moe: dropless plan with ", dplan.num_rows, " rows, expected ", R);
     const int64_t* offsets = dplan.expert_row_offset_host.data();
     gpu::permute_forward(xr.data(), x.data(), dplan, d, st);
     gpu::experts_forward(out.data(), hp.data(), h.data(), xr.data(), w1.data(), nullptr, w2.data(), nullptr, offsets,

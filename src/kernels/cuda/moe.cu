@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gelu_device.cuh"
 #include "kernels/gpu_ops.h"
 
 namespace smt::gpu {
@@ -227,12 +228,29 @@ void note_refusal(Precision p, Backend refused, Backend next, cublasStatus_t st)
   });
 }
 
-// C [M, N] (row stride ldc) = beta C + float(S) with S compact [M, N] bf16; beta == 0 does not read C.
+// GELU fused into the staged backend's fold (the separate GELU pass is then skipped). Pointers are the bases
+// that correspond to the C base `c_base` (same row-major layout as C: element o of C <-> element o of each).
+//   kForward:  C is hidden_pre: g = gelu(C) -> g_base (hidden), bf16(g) -> bf16_base (nullable).
+//   kBackward: C is dhidden: C *= gelu'(x_base) (hidden_pre), bf16(C) -> bf16_base (nullable).
+struct GeluEpilogue {
+  enum Mode : int { kNone = 0, kForward = 1, kBackward = 2 } mode = kNone;
+  const float* c_base = nullptr;
+  const float* x_base = nullptr;
+  float* g_base = nullptr;
+  __nv_bfloat16* bf16_base = nullptr;
+};
+
+// C [M, N] (row stride ldc) = beta C + float(S) with S compact [M, N] bf16; beta == 0 does not read C. Then the
+// GELU epilogue (gelu mode, X, G, Gb at C's offset; see GeluEpilogue).
 struct StagedOutput {
   float* C;
   const __nv_bfloat16* S;
   int64_t M, N, ldc;
   float beta;
+  int gelu;
+  const float* X;
+  float* G;
+  __nv_bfloat16* Gb;
 };
 
 // grid (x: grid-stride over a problem's M*N, y: problem).
@@ -241,10 +259,18 @@ __global__ void staged_output_kernel(const StagedOutput* problems) {
   const int64_t total = p.M * p.N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / p.N, c = i - r * p.N;
-    float* dst = p.C + r * p.ldc + c;
-    const float v = __bfloat162float(p.S[i]);
-    *dst = p.beta == 0.0f ? v : fmaf(p.beta, *dst, v);
+    const int64_t r = i / p.N, c = i - r * p.N, o = r * p.ldc + c;
+    const float s = __bfloat162float(p.S[i]);
+    float v = p.beta == 0.0f ? s : fmaf(p.beta, p.C[o], s);
+    if (p.gelu == GeluEpilogue::kBackward) v = detail::gelu_grad(p.X[o]) * v;
+    p.C[o] = v;
+    if (p.gelu == GeluEpilogue::kForward) {
+      const float g = detail::gelu_value(v);
+      p.G[o] = g;
+      if (p.Gb != nullptr) p.Gb[o] = __float2bfloat16_rn(g);
+    } else if (p.gelu == GeluEpilogue::kBackward && p.Gb != nullptr) {
+      p.Gb[o] = __float2bfloat16_rn(v);
+    }
   }
 }
 
@@ -287,8 +313,8 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
 
 // bf16 A/B, bf16 C into one compact staging buffer (beta 0, fp32 accumulation inside cuBLAS), then one
 // kernel folds the staged results into the fp32 outputs with each problem's beta.
-cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, cublasHandle_t handle,
-                                cudaStream_t stream) {
+cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const GeluEpilogue& gelu,
+                                cublasHandle_t handle, cudaStream_t stream) {
   const int G = static_cast<int>(problems.size());
   int64_t staged = 0, max_mn = 0;
   for (const GemmProblem& p : problems) staged += p.M * p.N, max_mn = std::max(max_mn, p.M * p.N);
@@ -302,7 +328,13 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, cublas
     const GemmProblem& p = problems[g];
     c_ptrs[g] = stage.data() + off;
     c_ld[g] = static_cast<int>(p.N);  // row-major [M, N] compact = column-major [N, M] with ld N
-    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta};
+    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta, gelu.mode, nullptr, nullptr, nullptr};
+    if (gelu.mode != GeluEpilogue::kNone) {
+      const int64_t o = p.C - gelu.c_base;  // the problem's offset in every epilogue array
+      if (gelu.x_base != nullptr) outs[g].X = gelu.x_base + o;
+      if (gelu.g_base != nullptr) outs[g].G = gelu.g_base + o;
+      if (gelu.bf16_base != nullptr) outs[g].Gb = gelu.bf16_base + o;
+    }
     off += p.M * p.N;
   }
   const cublasStatus_t st =
@@ -317,10 +349,12 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, cublas
   return CUBLAS_STATUS_SUCCESS;
 }
 
-void run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cublasHandle_t handle,
-               cudaStream_t stream) {
+// Runs the problems on the first backend cuBLAS accepts. Returns true if `gelu` (nullable) was applied by the
+// staged backend's fold; false if the caller must run the GELU pass itself.
+bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cublasHandle_t handle,
+               cudaStream_t stream, const GeluEpilogue* gelu = nullptr) {
   const int G = static_cast<int>(problems.size());
-  if (G == 0) return;
+  if (G == 0) return false;
   for (const GemmProblem& p : problems)
     SMT_CHECK(p.M > 0 && p.N > 0 && p.K > 0 && p.M <= INT32_MAX && p.N <= INT32_MAX && p.K <= INT32_MAX &&
                   p.lda <= INT32_MAX && p.ldb <= INT32_MAX && p.ldc <= INT32_MAX,
@@ -343,17 +377,17 @@ void run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
                                            handle, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
       state.store(kGrouped);
-      return;
+      return false;
     }
     b = bf16 ? kGroupedBf16Out : kLoop;
     note_refusal(precision, kGrouped, static_cast<Backend>(b), st);
   }
   if (b == kGroupedBf16Out) {
     SMT_CHECK(bf16, "experts GEMM: the bf16-output grouped backend needs bf16 operands");
-    const cublasStatus_t st = grouped_bf16_out(problems, handle, stream);
+    const cublasStatus_t st = grouped_bf16_out(problems, gelu != nullptr ? *gelu : GeluEpilogue{}, handle, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
       state.store(kGroupedBf16Out);
-      return;
+      return gelu != nullptr && gelu->mode != GeluEpilogue::kNone;
     }
     b = kLoop;
     note_refusal(precision, kGroupedBf16Out, kLoop, st);
@@ -366,6 +400,7 @@ void run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
                                : GemmOperand(static_cast<const float*>(p.B));
     gemm_row_major(p.trans_a, p.trans_b, p.M, p.N, p.K, 1.0f, A, p.lda, B, p.ldb, p.beta, p.C, p.ldc, handle, stream);
   }
+  return false;
 }
 
 void check_offsets(const int64_t* offsets, int64_t E, const char* who) {
@@ -552,9 +587,13 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
     g2.push_back({false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, b2 ? 1.0f : 0.0f,
                   out + r0 * d, d});
   }
-  run_gemms(g1, P, handle, stream);
-  gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream,
-               P == Precision::kBf16 ? hidden_h->data() : nullptr);
+  GeluEpilogue fwd_gelu;
+  fwd_gelu.mode = GeluEpilogue::kForward;
+  fwd_gelu.c_base = hidden_pre + base * f;
+  fwd_gelu.g_base = hidden + base * f;
+  fwd_gelu.bf16_base = P == Precision::kBf16 ? hidden_h->data() : nullptr;
+  if (!run_gemms(g1, P, handle, stream, &fwd_gelu))
+    gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream, fwd_gelu.bf16_base);
   if (b2 != nullptr) {
     expert_bias_rows_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
                                                                                     static_cast<int>(E), d);
@@ -604,15 +643,19 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
     if (n == 0) continue;
     g_dh.push_back({false, true, n, f, d, at(DOUT, rel * d, P), d, at(W2, e * f * d, P), d, 0.0f, scratch + r0 * f, f});
   }
-  run_gemms(g_dh, P, handle, stream);
-  w2_h.reset();  // stream-ordered free: after the GEMMs above
   const void* DH = scratch + base * f;
   if (P == Precision::kBf16) {
     dh_h.emplace(static_cast<size_t>(R * f), stream);
     DH = dh_h->data();
   }
-  gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream,
-                        P == Precision::kBf16 ? dh_h->data() : nullptr);
+  GeluEpilogue bwd_gelu;
+  bwd_gelu.mode = GeluEpilogue::kBackward;
+  bwd_gelu.c_base = scratch + base * f;
+  bwd_gelu.x_base = hidden_pre + base * f;
+  bwd_gelu.bf16_base = P == Precision::kBf16 ? dh_h->data() : nullptr;
+  if (!run_gemms(g_dh, P, handle, stream, &bwd_gelu))
+    gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream, bwd_gelu.bf16_base);
+  w2_h.reset();  // stream-ordered free: after the GEMMs above
   if (drows != nullptr) {  // drows [n, d] += dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
     const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_backward");
     std::vector<GemmProblem> g_drows;

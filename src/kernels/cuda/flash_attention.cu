@@ -1,0 +1,1130 @@
+// Block-sparse FlashAttention-2 kernels (bf16 in, fp32 accumulate) over a BlockMask, on mma.sync tensor cores.
+//
+// Building blocks (sm_80 and later): mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, ldmatrix (.x4, plain
+// and .trans) from shared memory into MMA fragments, cp.async (16 bytes, zero-fill past the sequence end) into
+// double-buffered shared memory, exp2 with the log2(e)-scaled softmax scale.
+//
+// Tiling. Mask blocks (size bs, a multiple of 64) are cut into tiles that never straddle two blocks:
+//  * forward and deterministic dq: one CTA per (query tile of BM = 16 * WARPS rows, head, batch); WARPS = 8
+//    (BM = 128) when bs % 128 == 0, else 4 (BM = 64); warp w owns query rows [16w, 16w + 16) of the tile.
+//    The CTA walks the key blocks of its query block's list (q_row_ptr / q_col_idx) in key sub-tiles of
+//    BN = 64 keys, skipping sub-tiles that hold no allowed pair (causal corner, outside the window).
+//  * dk/dv: one CTA per (key tile of 16 * WARPS keys, head, batch); warp w owns keys [16w, 16w + 16); the CTA
+//    walks the query blocks of the transposed list (kv_col_ptr / kv_row_idx / kv_entry) in query sub-tiles of
+//    kBwdM = 64 rows and computes S^T = K Q^T, P^T, dP^T = V dO^T, dS^T per warp (each warp's gradients stay
+//    in its registers: no cross-warp reduction for dk/dv). In the atomic dq mode dS^T also goes to shared
+//    memory and the CTA adds dS K into fp32 dq with atomicAdd.
+// Shared memory (bf16 rows padded to hd + 8 elements = a 16-byte shift per row, so the 8 row addresses of an
+// ldmatrix 8x8 matrix and the 4-byte fragment stores hit distinct banks; row starts stay 16-byte aligned):
+//   forward  : sQ [BM][hd+8] | sK [2][64][hd+8] | sV [2][64][hd+8]      (sQ reused to stage out for 16-byte stores)
+//   dq       : sQ [BM][hd+8] | sdO [BM][hd+8] | sK [2][64][hd+8] | sV [2][64][hd+8]
+//   dk/dv    : sK [BN][hd+8] | sV [BN][hd+8] | sQ [2][64][hd+8] | sdO [2][64][hd+8] | sdS [BN][64+8] (atomic dq)
+//              | sLse [2][64] | sD [2][64]  (fp32)
+// Pipeline (all three kernels): the tile after the current one is issued with cp.async into the other stage
+// before the current one is computed; cp.async.wait_group 1 + __syncthreads make the current stage visible;
+// a trailing __syncthreads lets the next iteration overwrite the stage just read.
+// Masks: a sub-tile gets the element mask (causal, window |q - k| <= w for kWindow entries, key validity bits)
+// ONLY when its entry is partial and the sub-tile is not entirely inside the allowed region, or when one of
+// its keys is padding or past the sequence end (one 64-bit validity word per 64 keys). Masked scores are
+// -inf; a row whose running max is still -inf uses 0 as the exponent base, so exp2 gives 0, never NaN.
+// Invariants: query rows and keys past N are zero-filled in shared memory and never stored; in the backward
+// a query row past N or with lse = -inf gets lse2 = +inf, so its P (hence dS) is exactly 0; every output
+// element is written by one thread (dq in the atomic mode: fp32 atomics, order not fixed).
+#include <cmath>
+
+#include "core/device_buffer.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/flash_attention.h"
+
+namespace smt::gpu {
+namespace {
+
+constexpr int kTileKeys = 64;     // key sub-tile of the forward and dq kernels
+constexpr int kBwdM = 64;         // query sub-tile of the dk/dv kernel
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ---- PTX wrappers ----
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy global -> shared; pred false: 16 zero bytes, nothing read from src.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
+  const int src_bytes = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+// 4-byte async copy global -> shared; pred false: 4 zero bytes.
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool pred) {
+  const int src_bytes = pred ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+// Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8; register i holds matrix i,
+// lane l gets (row l / 4, columns 2 (l % 4), 2 (l % 4) + 1) -- with .trans, (rows 2 (l % 4) and +1, column l / 4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// c[16x8] += a[16x16] b[16x8]. Fragments (g = lane / 4, t = lane % 4):
+//   a: {(g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)}  b: {(k 2t..2t+1, n g), (k 2t+8.., n g)}
+//   c: {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// Two floats -> bf16x2 (round to nearest even), `lo` in the low half (the smaller column index).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// ---- mask logic ----
+
+struct MaskArgs {
+  const int32_t* q_row_ptr;
+  const int32_t* q_col_idx;
+  const uint8_t* q_kind;
+  const uint8_t* q_is_full;
+  const int32_t* kv_col_ptr;
+  const int32_t* kv_row_idx;
+  const int32_t* kv_entry;
+  const uint64_t* key_bits;  // [B][key_words] validity of 64-key groups; null: all keys < N valid
+  int key_words;             // ceil(N / 64)
+  int N, bs, causal, window;
+};
+
+// Position rule of one entry on the rectangle queries [q_lo, q_hi] x keys [k_lo, k_hi] (inclusive, clipped to
+// N): 0 = no pair allowed, 1 = some, 2 = all. Allowed: (!causal || k <= q) && (!win || |q - k| <= w).
+__device__ __forceinline__ int tile_relation(int q_lo, int q_hi, int k_lo, int k_hi, bool causal, bool win, int w) {
+  if (!win) {
+    if (!causal) return 2;
+    if (k_lo > q_hi) return 0;
+    return k_hi <= q_lo ? 2 : 1;
+  }
+  const int up = causal ? 0 : w;  // allowed band: q - w <= k <= q + up
+  if (max(q_lo, k_lo - up) > min(q_hi, k_hi + w)) return 0;
+  return (q_hi - k_lo <= w && k_hi - q_lo <= up) ? 2 : 1;
+}
+
+__device__ __forceinline__ bool pair_allowed(int qpos, int kpos, bool causal, bool win, int w) {
+  if (causal && kpos > qpos) return false;
+  if (win && abs(qpos - kpos) > w) return false;
+  return true;
+}
+
+// Validity bits of the 64 keys starting at k0 (k0 % 64 == 0, k0 < N): bit j = key k0 + j valid and < N.
+__device__ __forceinline__ uint64_t key_word(const MaskArgs& m, int b, int k0) {
+  if (m.key_bits != nullptr) return m.key_bits[int64_t(b) * m.key_words + (k0 >> 6)];
+  const int n = m.N - k0;
+  return n >= 64 ? ~0ull : ((1ull << n) - 1ull);
+}
+
+// Forward lists: first visited key sub-tile at or after (e, s) for the query rows [q_lo, q_hi].
+__device__ __forceinline__ bool seek_key_tile(const MaskArgs& m, int e_end, int q_lo, int q_hi, int& e, int& s) {
+  const int subs = m.bs / kTileKeys;
+  for (; e < e_end; ++e, s = 0) {
+    const int kb = m.q_col_idx[e];
+    const bool full = m.q_is_full[e] != 0;
+    const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
+    for (; s < subs; ++s) {
+      const int k_lo = kb * m.bs + s * kTileKeys;
+      if (k_lo >= m.N) break;
+      if (full) return true;
+      const int k_hi = min(k_lo + kTileKeys, m.N) - 1;
+      if (tile_relation(q_lo, q_hi, k_lo, k_hi, m.causal != 0, win, m.window) != 0) return true;
+    }
+  }
+  return false;
+}
+
+// Transposed lists: first visited query sub-tile at or after (x, s) for the keys [k_lo, k_hi].
+__device__ __forceinline__ bool seek_query_tile(const MaskArgs& m, int x_end, int k_lo, int k_hi, int& x, int& s) {
+  const int subs = m.bs / kBwdM;
+  for (; x < x_end; ++x, s = 0) {
+    const int qb = m.kv_row_idx[x];
+    const int e = m.kv_entry[x];
+    const bool full = m.q_is_full[e] != 0;
+    const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
+    for (; s < subs; ++s) {
+      const int q_lo = qb * m.bs + s * kBwdM;
+      if (q_lo >= m.N) break;
+      if (full) return true;
+      const int q_hi = min(q_lo + kBwdM, m.N) - 1;
+      if (tile_relation(q_lo, q_hi, k_lo, k_hi, m.causal != 0, win, m.window) != 0) return true;
+    }
+  }
+  return false;
+}
+
+// ---- tile loads ----
+
+// Rows [row0, row0 + R) x hd of a [.., N, H, hd] tensor (row stride rs elements) into s [R][HD + 8] with
+// cp.async; rows >= N are zero-filled.
+template <int HD, int R, int THREADS>
+__device__ __forceinline__ void load_rows_async(bf16* s, const bf16* g, int64_t rs, int row0, int N) {
+  constexpr int kChunksPerRow = HD / 8;
+  constexpr int kTotal = R * kChunksPerRow;
+  static_assert(kTotal % THREADS == 0, "tile chunks must divide evenly over the threads");
+#pragma unroll
+  for (int i = threadIdx.x; i < kTotal; i += THREADS) {
+    const int r = i / kChunksPerRow, c = i % kChunksPerRow;
+    const int pos = row0 + r;
+    const bool ok = pos < N;
+    const bf16* src = g + int64_t(ok ? pos : 0) * rs + c * 8;
+    cp_async_16(smem_u32(s + r * (HD + 8) + c * 8), src, ok);
+  }
+}
+
+struct FlashArgs {
+  const bf16* q;
+  const bf16* k;
+  const bf16* v;
+  const bf16* dout;
+  bf16* out;        // forward
+  float* lse;       // forward output
+  const float* lse_in;
+  const float* Dvec;  // [B, H, N]
+  bf16* dq;
+  bf16* dk;
+  bf16* dv;
+  float* dq_acc;
+  float* dk_acc;
+  float* dv_acc;
+  float* dq_atomic;  // atomic mode target (fp32, [B, N, H, hd])
+  MaskArgs m;
+  int H;
+  int tiles_per_block;  // CTA tiles per mask block (grid.x = num_blocks * tiles_per_block)
+  float scale, scale_log2;
+};
+
+// =============================================================================================================
+// Forward
+// =============================================================================================================
+template <int HD, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(FlashArgs a) {
+  constexpr int BM = 16 * WARPS, BN = kTileKeys, LD = HD + 8, THREADS = WARPS * 32;
+  constexpr int KS_HD = HD / 16, NT_HD = HD / 8, NT_N = BN / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sK = sQ + BM * LD;
+  bf16* sV = sK + 2 * BN * LD;
+
+  const MaskArgs& m = a.m;
+  const int tile = gridDim.x - 1 - blockIdx.x;  // late query blocks (most keys when causal) first
+  const int qb = tile / a.tiles_per_block;
+  const int q0 = qb * m.bs + (tile % a.tiles_per_block) * BM;
+  const int N = m.N;
+  if (q0 >= N) return;  // CTA-uniform
+  const int q_hi = min(q0 + BM, N) - 1;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3, mi = lane >> 3, r8 = lane & 7;
+  const int64_t rs = int64_t(a.H) * HD;
+  const int64_t head0 = int64_t(b) * N * rs + int64_t(h) * HD;  // element (b, 0, h, 0)
+  const bf16* qg = a.q + head0;
+  const bf16* kg = a.k + head0;
+  const bf16* vg = a.v + head0;
+
+  load_rows_async<HD, BM, THREADS>(sQ, qg, rs, q0, N);
+  cp_async_commit();
+  const int e_end = m.q_row_ptr[qb + 1];
+  int e = m.q_row_ptr[qb], s = 0;
+  bool have = seek_key_tile(m, e_end, q0, q_hi, e, s);
+  if (have) {
+    const int k0 = m.q_col_idx[e] * m.bs + s * BN;
+    load_rows_async<HD, BN, THREADS>(sK, kg, rs, k0, N);
+    load_rows_async<HD, BN, THREADS>(sV, vg, rs, k0, N);
+  }
+  cp_async_commit();
+
+  float o[NT_HD][4];
+#pragma unroll
+  for (int j = 0; j < NT_HD; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // row_sum: this thread's columns only
+  uint32_t qf[KS_HD][4];
+  const int qrow_a = q0 + warp * 16 + g;  // this thread's rows: qrow_a and qrow_a + 8
+  const float sl2 = a.scale_log2;
+  int stage = 0;
+  bool q_in_regs = false;
+
+  while (have) {
+    int ne = e, ns = s + 1;
+    const bool have_next = seek_key_tile(m, e_end, q0, q_hi, ne, ns);
+    if (have_next) {
+      const int nk0 = m.q_col_idx[ne] * m.bs + ns * BN;
+      load_rows_async<HD, BN, THREADS>(sK + (stage ^ 1) * BN * LD, kg, rs, nk0, N);
+      load_rows_async<HD, BN, THREADS>(sV + (stage ^ 1) * BN * LD, vg, rs, nk0, N);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // Q and the current K/V stage have landed (this thread's copies)
+    __syncthreads();     // ... and every thread's
+
+    if (!q_in_regs) {
+#pragma unroll
+      for (int kk = 0; kk < KS_HD; ++kk)
+        ldmatrix_x4(qf[kk], smem_u32(sQ + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
+      q_in_regs = true;
+    }
+    const bf16* sKt = sK + stage * BN * LD;
+    const bf16* sVt = sV + stage * BN * LD;
+    const int k0 = m.q_col_idx[e] * m.bs + s * BN;
+
+    // S = Q K^T (raw dot products; the scale is folded into the exponent)
+    float sc[NT_N][4];
+#pragma unroll
+    for (int j = 0; j < NT_N; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS_HD; ++kk) {
+#pragma unroll
+      for (int np = 0; np < NT_N / 2; ++np) {
+        uint32_t bfr[4];
+        ldmatrix_x4(bfr, smem_u32(sKt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
+        mma_bf16(sc[2 * np], qf[kk], bfr[0], bfr[1]);
+        mma_bf16(sc[2 * np + 1], qf[kk], bfr[2], bfr[3]);
+      }
+    }
+
+    // element mask: only partial sub-tiles and sub-tiles with padding / keys past N
+    {
+      const bool full = m.q_is_full[e] != 0;
+      const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
+      const int k_hi = min(k0 + BN, N) - 1;
+      const int rel = full ? 2 : tile_relation(q0, q_hi, k0, k_hi, m.causal != 0, win, m.window);
+      const uint64_t bits = key_word(m, b, k0);
+      if (rel != 2 || bits != ~0ull) {
+#pragma unroll
+        for (int j = 0; j < NT_N; ++j)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int col = j * 8 + 2 * t + (x & 1);
+            const int qpos = qrow_a + (x >> 1) * 8;
+            const bool ok = ((bits >> col) & 1ull) != 0 &&
+                            (rel == 2 || pair_allowed(qpos, k0 + col, m.causal != 0, win, m.window));
+            if (!ok) sc[j][x] = -INFINITY;
+          }
+      }
+    }
+
+    // online softmax (rows g and g + 8 of the warp; a row's 64 columns live in the 4 lanes of a quad)
+    float base[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < NT_N; ++j) mx = fmaxf(mx, fmaxf(sc[j][2 * i], sc[j][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(row_max[i], mx);
+      const float alpha = m_new == -INFINITY ? 1.0f : fast_exp2((row_max[i] - m_new) * sl2);
+      base[i] = m_new == -INFINITY ? 0.0f : m_new * sl2;
+      row_max[i] = m_new;
+      row_sum[i] *= alpha;
+#pragma unroll
+      for (int j = 0; j < NT_HD; ++j) {
+        o[j][2 * i] *= alpha;
+        o[j][2 * i + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NT_N; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float p = fast_exp2(fmaf(sc[j][x], sl2, -base[x >> 1]));
+        sc[j][x] = p;
+        row_sum[x >> 1] += p;
+      }
+
+    // O += P V (P rounded to bf16 as the A operand)
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < NT_HD / 2; ++dp) {
+        uint32_t bfr[4];
+        ldmatrix_x4_trans(bfr, smem_u32(sVt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dp * 16 + (mi >> 1) * 8));
+        mma_bf16(o[2 * dp], pa, bfr[0], bfr[1]);
+        mma_bf16(o[2 * dp + 1], pa, bfr[2], bfr[3]);
+      }
+    }
+    __syncthreads();  // the stage just read may be refilled by the next iteration
+    e = ne;
+    s = ns;
+    have = have_next;
+    stage ^= 1;
+  }
+
+  // epilogue: out = O / l (0 for rows without keys), lse = m * scale + ln(l)
+  cp_async_wait<0>();
+  __syncthreads();  // sQ free (also when no tile was visited and Q was never waited for)
+  float inv[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float l = row_sum[i];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[i] = l > 0.0f ? 1.0f / l : 0.0f;
+    const int qpos = qrow_a + i * 8;
+    if (t == 0 && qpos < N)
+      a.lse[(int64_t(b) * a.H + h) * N + qpos] = l > 0.0f ? (row_max[i] * sl2 + __log2f(l)) * kLn2 : -INFINITY;
+  }
+  bf16* sO = sQ + warp * 16 * LD;  // this warp's own 16 rows
+#pragma unroll
+  for (int j = 0; j < NT_HD; ++j) {
+    const int col = j * 8 + 2 * t;
+    *reinterpret_cast<uint32_t*>(sO + g * LD + col) = pack_bf16(o[j][0] * inv[0], o[j][1] * inv[0]);
+    *reinterpret_cast<uint32_t*>(sO + (g + 8) * LD + col) = pack_bf16(o[j][2] * inv[1], o[j][3] * inv[1]);
+  }
+  __syncwarp();
+  bf16* og = a.out + head0;
+  constexpr int kChunksPerRow = HD / 8;
+#pragma unroll
+  for (int i = lane; i < 16 * kChunksPerRow; i += 32) {
+    const int r = i / kChunksPerRow, c = i % kChunksPerRow;
+    const int qpos = q0 + warp * 16 + r;
+    if (qpos < N)
+      *reinterpret_cast<uint4*>(og + int64_t(qpos) * rs + c * 8) =
+          *reinterpret_cast<const uint4*>(sO + r * LD + c * 8);
+  }
+}
+
+// =============================================================================================================
+// Backward
+// =============================================================================================================
+
+// D[b, h, n] = sum_c dout * out (fp32), one group of hd / 8 lanes per row (16-byte loads).
+template <int HD>
+__global__ void flash_bwd_dot_kernel(float* __restrict__ D, const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                                     int64_t num_rows, int N, int H) {
+  constexpr int G = HD / 8;  // lanes per row (8 or 16)
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t row = tid / G;
+  const int c = static_cast<int>(tid % G);
+  float sum = 0.0f;
+  if (row < num_rows) {
+    const uint4 x = *reinterpret_cast<const uint4*>(dout + row * HD + c * 8);
+    const uint4 y = *reinterpret_cast<const uint4*>(out + row * HD + c * 8);
+    const __nv_bfloat162* xa = reinterpret_cast<const __nv_bfloat162*>(&x);
+    const __nv_bfloat162* ya = reinterpret_cast<const __nv_bfloat162*>(&y);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 xf = __bfloat1622float2(xa[i]), yf = __bfloat1622float2(ya[i]);
+      sum = fmaf(xf.x, yf.x, sum);
+      sum = fmaf(xf.y, yf.y, sum);
+    }
+  }
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);  // groups are lane-aligned
+  if (row < num_rows && c == 0) {
+    const int64_t h = row % H, n = (row / H) % N, b = row / (int64_t(H) * N);
+    D[(b * H + h) * N + n] = sum;
+  }
+}
+
+// Writes an fp32 result row pair held in MMA accumulator layout: acc (+= scale * x) and bf16 (= scale * x).
+template <int NT>
+__device__ __forceinline__ void store_grad_rows(const float (&x)[NT][4], float scale, int row_a, int N, int col0,
+                                                int t, int64_t rs, int64_t head0, float* acc, bf16* out) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row_a + 8 * i;
+    if (row >= N) continue;
+    const int64_t off = head0 + int64_t(row) * rs;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int col = col0 + j * 8 + 2 * t;
+      const float v0 = scale * x[j][2 * i], v1 = scale * x[j][2 * i + 1];
+      if (acc != nullptr) {
+        float2* p = reinterpret_cast<float2*>(acc + off + col);
+        float2 old = *p;
+        old.x += v0;
+        old.y += v1;
+        *p = old;
+      }
+      if (out != nullptr) *reinterpret_cast<uint32_t*>(out + off + col) = pack_bf16(v0, v1);
+    }
+  }
+}
+
+// dk, dv per key tile of 16 * WARPS keys over the transposed lists; with ATOMIC_DQ also dq += scale * dS K.
+template <int HD, int WARPS, bool ATOMIC_DQ>
+__global__ void __launch_bounds__(WARPS * 32) flash_bwd_dkv_kernel(FlashArgs a) {
+  constexpr int BN = 16 * WARPS, BM = kBwdM, LD = HD + 8, LDS = BM + 8, THREADS = WARPS * 32;
+  constexpr int KS_HD = HD / 16, NT_HD = HD / 8, NT_M = BM / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sV = sK + BN * LD;
+  bf16* sQ = sV + BN * LD;
+  bf16* sdO = sQ + 2 * BM * LD;
+  bf16* sdS = sdO + 2 * BM * LD;  // [BN][LDS], only with ATOMIC_DQ
+  float* sLse = reinterpret_cast<float*>(sdS + (ATOMIC_DQ ? BN * LDS : 0));
+  float* sD = sLse + 2 * BM;
+
+  const MaskArgs& m = a.m;
+  const int tile = blockIdx.x;
+  const int kb = tile / a.tiles_per_block;
+  const int k0 = kb * m.bs + (tile % a.tiles_per_block) * BN;
+  const int N = m.N;
+  if (k0 >= N) return;  // CTA-uniform
+  const int k_hi = min(k0 + BN, N) - 1;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3, mi = lane >> 3, r8 = lane & 7;
+  const int64_t rs = int64_t(a.H) * HD;
+  const int64_t head0 = int64_t(b) * N * rs + int64_t(h) * HD;
+  const int64_t lse0 = (int64_t(b) * a.H + h) * N;
+  const float sl2 = a.scale_log2;
+
+  // key validity: per thread for its two key rows, and whether the whole tile is valid
+  bool keys_all_valid = true;
+#pragma unroll
+  for (int w = 0; w < BN / 64; ++w)
+    keys_all_valid = keys_all_valid && (k0 + 64 * w < N ? key_word(m, b, k0 + 64 * w) == ~0ull : false);
+  const int krow_a = k0 + warp * 16 + g;  // this thread's keys: krow_a and krow_a + 8
+  bool key_ok[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int kpos = krow_a + 8 * i;
+    key_ok[i] = kpos < N && ((key_word(m, b, kpos & ~63) >> (kpos & 63)) & 1ull) != 0;
+  }
+
+  load_rows_async<HD, BN, THREADS>(sK, a.k + head0, rs, k0, N);
+  load_rows_async<HD, BN, THREADS>(sV, a.v + head0, rs, k0, N);
+  cp_async_commit();
+
+  auto load_stage = [&](int st, int qrow0) {
+    load_rows_async<HD, BM, THREADS>(sQ + st * BM * LD, a.q + head0, rs, qrow0, N);
+    load_rows_async<HD, BM, THREADS>(sdO + st * BM * LD, a.dout + head0, rs, qrow0, N);
+    for (int i = threadIdx.x; i < BM; i += THREADS) {
+      const int qpos = qrow0 + i;
+      const bool ok = qpos < N;
+      cp_async_4(smem_u32(sLse + st * BM + i), a.lse_in + lse0 + (ok ? qpos : 0), ok);
+      cp_async_4(smem_u32(sD + st * BM + i), a.Dvec + lse0 + (ok ? qpos : 0), ok);
+    }
+  };
+  auto q_start = [&](int x, int s) { return m.kv_row_idx[x] * m.bs + s * BM; };
+
+  const int x_end = m.kv_col_ptr[kb + 1];
+  int x = m.kv_col_ptr[kb], s = 0;
+  bool have = seek_query_tile(m, x_end, k0, k_hi, x, s);
+  if (have) load_stage(0, q_start(x, s));
+  cp_async_commit();
+
+  float dk[NT_HD][4], dv[NT_HD][4];
+#pragma unroll
+  for (int j = 0; j < NT_HD; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk[j][c] = dv[j][c] = 0.0f;
+  int stage = 0;
+
+  while (have) {
+    int nx = x, ns = s + 1;
+    const bool have_next = seek_query_tile(m, x_end, k0, k_hi, nx, ns);
+    if (have_next) load_stage(stage ^ 1, q_start(nx, ns));
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const bf16* sQt = sQ + stage * BM * LD;
+    const bf16* sdOt = sdO + stage * BM * LD;
+    const float* sLt = sLse + stage * BM;
+    const float* sDt = sD + stage * BM;
+    const int q0 = q_start(x, s);
+
+    // S^T = K Q^T for the warp's 16 keys x BM queries
+    float sc[NT_M][4];
+#pragma unroll
+    for (int j = 0; j < NT_M; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS_HD; ++kk) {
+      uint32_t kf[4];
+      ldmatrix_x4(kf, smem_u32(sK + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
+#pragma unroll
+      for (int np = 0; np < NT_M / 2; ++np) {
+        uint32_t bfr[4];
+        ldmatrix_x4(bfr, smem_u32(sQt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
+        mma_bf16(sc[2 * np], kf, bfr[0], bfr[1]);
+        mma_bf16(sc[2 * np + 1], kf, bfr[2], bfr[3]);
+      }
+    }
+    // element mask (partial sub-tiles, invalid keys)
+    {
+      const int e = m.kv_entry[x];
+      const bool full = m.q_is_full[e] != 0;
+      const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
+      const int q_hi = min(q0 + BM, N) - 1;
+      const int rel = full ? 2 : tile_relation(q0, q_hi, k0, k_hi, m.causal != 0, win, m.window);
+      if (rel != 2 || !keys_all_valid) {
+#pragma unroll
+        for (int j = 0; j < NT_M; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int qpos = q0 + j * 8 + 2 * t + (c & 1);
+            const int kpos = krow_a + (c >> 1) * 8;
+            const bool ok =
+                key_ok[c >> 1] && (rel == 2 || pair_allowed(qpos, kpos, m.causal != 0, win, m.window));
+            if (!ok) sc[j][c] = -INFINITY;
+          }
+      }
+    }
+    // P^T = exp(scale s - lse): rows past N or without keys (lse = -inf) give exactly 0
+#pragma unroll
+    for (int j = 0; j < NT_M; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = j * 8 + 2 * t + (c & 1);
+        const float l = sLt[col];
+        const float lse2 = (q0 + col < N && l != -INFINITY) ? l * kLog2e : INFINITY;
+        sc[j][c] = fast_exp2(fmaf(sc[j][c], sl2, -lse2));
+      }
+    // dP^T = V dO^T
+    float dp[NT_M][4];
+#pragma unroll
+    for (int j = 0; j < NT_M; ++j) dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS_HD; ++kk) {
+      uint32_t vf[4];
+      ldmatrix_x4(vf, smem_u32(sV + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
+#pragma unroll
+      for (int np = 0; np < NT_M / 2; ++np) {
+        uint32_t bfr[4];
+        ldmatrix_x4(bfr, smem_u32(sdOt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
+        mma_bf16(dp[2 * np], vf, bfr[0], bfr[1]);
+        mma_bf16(dp[2 * np + 1], vf, bfr[2], bfr[3]);
+      }
+    }
+    // dV += P^T dO
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int dd = 0; dd < NT_HD / 2; ++dd) {
+        uint32_t bfr[4];
+        ldmatrix_x4_trans(bfr, smem_u32(sdOt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
+        mma_bf16(dv[2 * dd], pa, bfr[0], bfr[1]);
+        mma_bf16(dv[2 * dd + 1], pa, bfr[2], bfr[3]);
+      }
+    }
+    // dS^T = P^T (dP^T - D)
+#pragma unroll
+    for (int j = 0; j < NT_M; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) dp[j][c] = sc[j][c] * (dp[j][c] - sDt[j * 8 + 2 * t + (c & 1)]);
+    // dK += dS^T Q (scaled at the end)
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      uint32_t da[4];
+      da[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
+      da[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
+      da[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+      da[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+      for (int dd = 0; dd < NT_HD / 2; ++dd) {
+        uint32_t bfr[4];
+        ldmatrix_x4_trans(bfr, smem_u32(sQt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
+        mma_bf16(dk[2 * dd], da, bfr[0], bfr[1]);
+        mma_bf16(dk[2 * dd + 1], da, bfr[2], bfr[3]);
+      }
+    }
+    if constexpr (ATOMIC_DQ) {
+      // dS^T (bf16) to shared memory, then dQ[BM x HD] += dS K split over the warps:
+      // RG = BM / 16 row groups x DS = WARPS / RG column slices of HD / DS.
+#pragma unroll
+      for (int j = 0; j < NT_M; ++j) {
+        const int col = j * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDS + col) = pack_bf16(dp[j][0], dp[j][1]);
+        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDS + col) = pack_bf16(dp[j][2], dp[j][3]);
+      }
+      __syncthreads();
+      constexpr int RG = BM / 16, DS = WARPS / RG, DW = HD / DS, NT_DW = DW / 8;
+      static_assert(WARPS % RG == 0 && DW % 16 == 0, "dq warp split");
+      const int rg = warp % RG, d0 = (warp / RG) * DW;
+      float dq[NT_DW][4];
+#pragma unroll
+      for (int j = 0; j < NT_DW; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        uint32_t da[4];  // A = dS [queries x keys] read transposed from sdS [keys][queries]
+        ldmatrix_x4_trans(da, smem_u32(sdS + (kk * 16 + (mi >> 1) * 8 + r8) * LDS + rg * 16 + (mi & 1) * 8));
+#pragma unroll
+        for (int dd = 0; dd < NT_DW / 2; ++dd) {
+          uint32_t bfr[4];
+          ldmatrix_x4_trans(bfr, smem_u32(sK + (kk * 16 + (mi & 1) * 8 + r8) * LD + d0 + dd * 16 + (mi >> 1) * 8));
+          mma_bf16(dq[2 * dd], da, bfr[0], bfr[1]);
+          mma_bf16(dq[2 * dd + 1], da, bfr[2], bfr[3]);
+        }
+      }
+      const int qrow_a = q0 + rg * 16 + g;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int qpos = qrow_a + 8 * i;
+        if (qpos >= N) continue;
+        float* dst = a.dq_atomic + head0 + int64_t(qpos) * rs + d0;
+#pragma unroll
+        for (int j = 0; j < NT_DW; ++j) {
+          atomicAdd(dst + j * 8 + 2 * t, a.scale * dq[j][2 * i]);
+          atomicAdd(dst + j * 8 + 2 * t + 1, a.scale * dq[j][2 * i + 1]);
+        }
+      }
+    }
+    __syncthreads();  // stage (and sdS) may be overwritten by the next iteration
+    x = nx;
+    s = ns;
+    have = have_next;
+    stage ^= 1;
+  }
+  cp_async_wait<0>();  // nothing may be in flight when the CTA exits (e.g. K/V when no tile was visited)
+
+  // dk = scale * sum dS^T Q, dv = sum P^T dO for this thread's two key rows
+  store_grad_rows<NT_HD>(dk, a.scale, krow_a, N, 0, t, rs, head0, a.dk_acc, a.dk);
+  store_grad_rows<NT_HD>(dv, 1.0f, krow_a, N, 0, t, rs, head0, a.dv_acc, a.dv);
+}
+
+// Deterministic dq: per query tile (as the forward), dq = scale * sum over the key sub-tiles of dS K.
+template <int HD, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) flash_bwd_dq_kernel(FlashArgs a) {
+  constexpr int BM = 16 * WARPS, BN = kTileKeys, LD = HD + 8, THREADS = WARPS * 32;
+  constexpr int KS_HD = HD / 16, NT_HD = HD / 8, NT_N = BN / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sdO = sQ + BM * LD;
+  bf16* sK = sdO + BM * LD;
+  bf16* sV = sK + 2 * BN * LD;
+
+  const MaskArgs& m = a.m;
+  const int tile = gridDim.x - 1 - blockIdx.x;
+  const int qb = tile / a.tiles_per_block;
+  const int q0 = qb * m.bs + (tile % a.tiles_per_block) * BM;
+  const int N = m.N;
+  if (q0 >= N) return;
+  const int q_hi = min(q0 + BM, N) - 1;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3, mi = lane >> 3, r8 = lane & 7;
+  const int64_t rs = int64_t(a.H) * HD;
+  const int64_t head0 = int64_t(b) * N * rs + int64_t(h) * HD;
+  const int64_t lse0 = (int64_t(b) * a.H + h) * N;
+  const bf16* kg = a.k + head0;
+  const bf16* vg = a.v + head0;
+  const float sl2 = a.scale_log2;
+
+  load_rows_async<HD, BM, THREADS>(sQ, a.q + head0, rs, q0, N);
+  load_rows_async<HD, BM, THREADS>(sdO, a.dout + head0, rs, q0, N);
+  cp_async_commit();
+  const int e_end = m.q_row_ptr[qb + 1];
+  int e = m.q_row_ptr[qb], s = 0;
+  bool have = seek_key_tile(m, e_end, q0, q_hi, e, s);
+  if (have) {
+    const int k0 = m.q_col_idx[e] * m.bs + s * BN;
+    load_rows_async<HD, BN, THREADS>(sK, kg, rs, k0, N);
+    load_rows_async<HD, BN, THREADS>(sV, vg, rs, k0, N);
+  }
+  cp_async_commit();
+
+  const int qrow_a = q0 + warp * 16 + g;
+  float lse2[2], Drow[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int qpos = qrow_a + 8 * i;
+    const float l = qpos < N ? a.lse_in[lse0 + qpos] : -INFINITY;
+    lse2[i] = l == -INFINITY ? INFINITY : l * kLog2e;
+    Drow[i] = qpos < N ? a.Dvec[lse0 + qpos] : 0.0f;
+  }
+  float dq[NT_HD][4];
+#pragma unroll
+  for (int j = 0; j < NT_HD; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.0f;
+  int stage = 0;
+
+  while (have) {
+    int ne = e, ns = s + 1;
+    const bool have_next = seek_key_tile(m, e_end, q0, q_hi, ne, ns);
+    if (have_next) {
+      const int nk0 = m.q_col_idx[ne] * m.bs + ns * BN;
+      load_rows_async<HD, BN, THREADS>(sK + (stage ^ 1) * BN * LD, kg, rs, nk0, N);
+      load_rows_async<HD, BN, THREADS>(sV + (stage ^ 1) * BN * LD, vg, rs, nk0, N);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const bf16* sKt = sK + stage * BN * LD;
+    const bf16* sVt = sV + stage * BN * LD;
+    const int k0 = m.q_col_idx[e] * m.bs + s * BN;
+
+    // S = Q K^T and dP = dO V^T
+    float sc[NT_N][4], dp[NT_N][4];
+#pragma unroll
+    for (int j = 0; j < NT_N; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) sc[j][c] = dp[j][c] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KS_HD; ++kk) {
+      uint32_t qf[4], df[4];
+      ldmatrix_x4(qf, smem_u32(sQ + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
+      ldmatrix_x4(df, smem_u32(sdO + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
+#pragma unroll
+      for (int np = 0; np < NT_N / 2; ++np) {
+        uint32_t kf[4], vf[4];
+        ldmatrix_x4(kf, smem_u32(sKt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
+        ldmatrix_x4(vf, smem_u32(sVt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
+        mma_bf16(sc[2 * np], qf, kf[0], kf[1]);
+        mma_bf16(sc[2 * np + 1], qf, kf[2], kf[3]);
+        mma_bf16(dp[2 * np], df, vf[0], vf[1]);
+        mma_bf16(dp[2 * np + 1], df, vf[2], vf[3]);
+      }
+    }
+    {
+      const bool full = m.q_is_full[e] != 0;
+      const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
+      const int k_hi = min(k0 + BN, N) - 1;
+      const int rel = full ? 2 : tile_relation(q0, q_hi, k0, k_hi, m.causal != 0, win, m.window);
+      const uint64_t bits = key_word(m, b, k0);
+      if (rel != 2 || bits != ~0ull) {
+#pragma unroll
+        for (int j = 0; j < NT_N; ++j)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int col = j * 8 + 2 * t + (c & 1);
+            const int qpos = qrow_a + (c >> 1) * 8;
+            const bool ok = ((bits >> col) & 1ull) != 0 &&
+                            (rel == 2 || pair_allowed(qpos, k0 + col, m.causal != 0, win, m.window));
+            if (!ok) sc[j][c] = -INFINITY;
+          }
+      }
+    }
+    // dS = P (dP - D), P = exp(scale s - lse)
+#pragma unroll
+    for (int j = 0; j < NT_N; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const float p = fast_exp2(fmaf(sc[j][c], sl2, -lse2[c >> 1]));
+        dp[j][c] = p * (dp[j][c] - Drow[c >> 1]);
+      }
+    // dQ += dS K
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t da[4];
+      da[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
+      da[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
+      da[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+      da[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+      for (int dd = 0; dd < NT_HD / 2; ++dd) {
+        uint32_t bfr[4];
+        ldmatrix_x4_trans(bfr, smem_u32(sKt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
+        mma_bf16(dq[2 * dd], da, bfr[0], bfr[1]);
+        mma_bf16(dq[2 * dd + 1], da, bfr[2], bfr[3]);
+      }
+    }
+    __syncthreads();
+    e = ne;
+    s = ns;
+    have = have_next;
+    stage ^= 1;
+  }
+  cp_async_wait<0>();
+  store_grad_rows<NT_HD>(dq, a.scale, qrow_a, N, 0, t, rs, head0, a.dq_acc, a.dq);
+}
+
+// dq_acc += scratch; dq = bf16(scratch) (atomic mode with a bf16 dq).
+__global__ void flash_dq_finish_kernel(bf16* __restrict__ dq, float* __restrict__ dq_acc,
+                                       const float* __restrict__ scratch, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float x = scratch[i];
+    if (dq_acc != nullptr) dq_acc[i] += x;
+    if (dq != nullptr) dq[i] = __float2bfloat16_rn(x);
+  }
+}
+
+// bits[b][w] for 64-key groups: bit j = (64 w + j < N) && key_valid[b, 64 w + j].
+__global__ void flash_key_bits_kernel(uint64_t* __restrict__ bits, const uint8_t* __restrict__ key_valid, int64_t B,
+                                      int N, int words) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= B * words) return;
+  const int64_t b = i / words;
+  const int k0 = static_cast<int>(i % words) * 64;
+  uint64_t w = 0;
+  for (int j = 0; j < 64 && k0 + j < N; ++j)
+    if (key_valid[b * N + k0 + j] != 0) w |= 1ull << j;
+  bits[i] = w;
+}
+
+__global__ void f32_to_bf16_kernel(bf16* __restrict__ dst, const float* __restrict__ src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+__global__ void bf16_to_f32_kernel(float* __restrict__ dst, const bf16* __restrict__ src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = __bfloat162float(src[i]);
+}
+
+// ---- host side ----
+
+template <int HD, int WARPS>
+constexpr size_t fwd_smem_bytes() {
+  return size_t(16 * WARPS + 4 * kTileKeys) * (HD + 8) * sizeof(bf16);
+}
+template <int HD, int WARPS>
+constexpr size_t dq_smem_bytes() {
+  return size_t(2 * 16 * WARPS + 4 * kTileKeys) * (HD + 8) * sizeof(bf16);
+}
+template <int HD, int WARPS, bool ATOMIC_DQ>
+constexpr size_t dkv_smem_bytes() {
+  return size_t(2 * 16 * WARPS + 4 * kBwdM) * (HD + 8) * sizeof(bf16) +
+         (ATOMIC_DQ ? size_t(16 * WARPS) * (kBwdM + 8) * sizeof(bf16) : 0) + 4 * kBwdM * sizeof(float);
+}
+
+int device_smem_optin() {
+  int dev = 0, optin = 0;
+  SMT_CUDA_CHECK(cudaGetDevice(&dev));
+  SMT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return optin;
+}
+
+template <typename Kernel>
+void prepare_kernel(Kernel kernel, size_t bytes, const char* who) {
+  const int optin = device_smem_optin();
+  SMT_CHECK(bytes <= static_cast<size_t>(optin), who, ": needs ", bytes, " bytes of shared memory per block, the device allows ",
+            optin);
+  SMT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+void check_common(const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd, float scale, const char* who) {
+  SMT_CHECK(hd == 64 || hd == 128, who, ": head dim must be 64 or 128, got ", hd);
+  SMT_CHECK(mask.block_size > 0 && mask.num_blocks > 0 && mask.seq_len > 0, who, ": mask not uploaded");
+  SMT_CHECK(mask.block_size % 64 == 0, who, ": mask block size must be a multiple of 64, got ", mask.block_size);
+  SMT_CHECK(B >= 0 && B <= 65535 && H >= 0 && H <= 65535, who, ": B and H must be in [0, 65535], got B=", B, " H=", H);
+  SMT_CHECK(scale > 0.0f && std::isfinite(scale), who, ": scale must be positive and finite, got ", scale);
+  SMT_CHECK(int64_t(mask.num_blocks) * (mask.block_size / 64) <= INT32_MAX, who, ": too many tiles");
+}
+
+// Tiles of 16 * WARPS rows: 8 warps when the block size allows 128-row tiles.
+int warps_for(const DeviceBlockMask& mask) { return mask.block_size % 128 == 0 ? 8 : 4; }
+
+MaskArgs mask_args(const DeviceBlockMask& mask, const uint64_t* key_bits) {
+  MaskArgs m;
+  m.q_row_ptr = mask.q_row_ptr.data();
+  m.q_col_idx = mask.q_col_idx.data();
+  m.q_kind = mask.q_kind.data();
+  m.q_is_full = mask.q_is_full.data();
+  m.kv_col_ptr = mask.kv_col_ptr.data();
+  m.kv_row_idx = mask.kv_row_idx.data();
+  m.kv_entry = mask.kv_entry.data();
+  m.key_bits = key_bits;
+  m.key_words = (mask.seq_len + 63) / 64;
+  m.N = mask.seq_len;
+  m.bs = mask.block_size;
+  m.causal = mask.causal ? 1 : 0;
+  m.window = mask.window;
+  return m;
+}
+
+// Key validity bits when key_valid is given (else the kernels derive them from N).
+struct KeyBits {
+  KeyBits(const uint8_t* key_valid, int64_t B, int N, cudaStream_t stream)
+      : buf(key_valid != nullptr ? size_t(B) * ((N + 63) / 64) : 0, stream) {
+    if (key_valid == nullptr || B == 0) return;
+    const int words = (N + 63) / 64;
+    const int64_t n = B * words;
+    flash_key_bits_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(buf.data(), key_valid, B, N,
+                                                                                      words);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  const uint64_t* data() const { return buf.size() > 0 ? buf.data() : nullptr; }
+  StreamBuffer<uint64_t> buf;
+};
+
+template <int HD, int WARPS>
+void launch_fwd(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
+  constexpr size_t bytes = fwd_smem_bytes<HD, WARPS>();
+  prepare_kernel(flash_fwd_kernel<HD, WARPS>, bytes, "gpu::flash_attention_forward");
+  FlashArgs a = args;
+  a.tiles_per_block = mask.block_size / (16 * WARPS);
+  const dim3 grid(static_cast<unsigned>(int64_t(mask.num_blocks) * a.tiles_per_block), static_cast<unsigned>(H),
+                  static_cast<unsigned>(B));
+  flash_fwd_kernel<HD, WARPS><<<grid, WARPS * 32, bytes, stream>>>(a);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+template <int HD, int WARPS, bool ATOMIC_DQ>
+void launch_dkv(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
+  constexpr size_t bytes = dkv_smem_bytes<HD, WARPS, ATOMIC_DQ>();
+  prepare_kernel(flash_bwd_dkv_kernel<HD, WARPS, ATOMIC_DQ>, bytes, "gpu::flash_attention_backward (dk/dv)");
+  FlashArgs a = args;
+  a.tiles_per_block = mask.block_size / (16 * WARPS);
+  const dim3 grid(static_cast<unsigned>(int64_t(mask.num_blocks) * a.tiles_per_block), static_cast<unsigned>(H),
+                  static_cast<unsigned>(B));
+  flash_bwd_dkv_kernel<HD, WARPS, ATOMIC_DQ><<<grid, WARPS * 32, bytes, stream>>>(a);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+template <int HD, int WARPS>
+void launch_dq(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
+  constexpr size_t bytes = dq_smem_bytes<HD, WARPS>();
+  prepare_kernel(flash_bwd_dq_kernel<HD, WARPS>, bytes, "gpu::flash_attention_backward (dq)");
+  FlashArgs a = args;
+  a.tiles_per_block = mask.block_size / (16 * WARPS);
+  const dim3 grid(static_cast<unsigned>(int64_t(mask.num_blocks) * a.tiles_per_block), static_cast<unsigned>(H),
+                  static_cast<unsigned>(B));
+  flash_bwd_dq_kernel<HD, WARPS><<<grid, WARPS * 32, bytes, stream>>>(a);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+template <int HD, int WARPS>
+void run_backward(const FlashArgs& a, const DeviceBlockMask& mask, int64_t B, int64_t H, bool want_dkv, bool want_dq,
+                  FlashDqMode mode, cudaStream_t stream) {
+  if (want_dq && mode == FlashDqMode::kAtomic) {
+    launch_dkv<HD, WARPS, true>(a, mask, B, H, stream);
+    return;
+  }
+  if (want_dkv) launch_dkv<HD, WARPS, false>(a, mask, B, H, stream);
+  if (want_dq) launch_dq<HD, WARPS>(a, mask, B, H, stream);
+}
+
+unsigned grid_stride_blocks(int64_t n) { return detail::grid_for(n, 256); }
+
+}  // namespace
+
+void flash_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                             const uint8_t* key_valid, const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd,
+                             float scale, cudaStream_t stream) {
+  const char* who = "gpu::flash_attention_forward";
+  check_common(mask, B, H, hd, scale, who);
+  SMT_CHECK(out != nullptr && lse != nullptr && q != nullptr && k != nullptr && v != nullptr, who,
+            ": out, lse, q, k, v are required");
+  SMT_CHECK(aligned16(out) && aligned16(q) && aligned16(k) && aligned16(v), who, ": tensors must be 16-byte aligned");
+  if (B == 0 || H == 0) return;
+  const KeyBits bits(key_valid, B, mask.seq_len, stream);
+  FlashArgs a{};
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = out;
+  a.lse = lse;
+  a.m = mask_args(mask, bits.data());
+  a.H = static_cast<int>(H);
+  a.scale = scale;
+  a.scale_log2 = scale * kLog2e;
+  const bool wide = warps_for(mask) == 8;
+  if (hd == 64) {
+    wide ? launch_fwd<64, 8>(a, mask, B, H, stream) : launch_fwd<64, 4>(a, mask, B, H, stream);
+  } else {
+    wide ? launch_fwd<128, 8>(a, mask, B, H, stream) : launch_fwd<128, 4>(a, mask, B, H, stream);
+  }
+}
+
+void flash_attention_backward(const FlashAttentionGrads& grads, const bf16* dout, const bf16* out, const float* lse,
+                              const bf16* q, const bf16* k, const bf16* v, const uint8_t* key_valid,
+                              const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd, float scale,
+                              FlashDqMode dq_mode, cudaStream_t stream) {
+  const char* who = "gpu::flash_attention_backward";
+  check_common(mask, B, H, hd, scale, who);
+  SMT_CHECK(dout != nullptr && out != nullptr && lse != nullptr && q != nullptr && k != nullptr && v != nullptr, who,
+            ": dout, out, lse, q, k, v are required");
+  for (const void* p : {static_cast<const void*>(dout), static_cast<const void*>(out), static_cast<const void*>(q),
+                        static_cast<const void*>(k), static_cast<const void*>(v), static_cast<const void*>(grads.dq),
+                        static_cast<const void*>(grads.dk), static_cast<const void*>(grads.dv),
+                        static_cast<const void*>(grads.dq_acc), static_cast<const void*>(grads.dk_acc),
+                        static_cast<const void*>(grads.dv_acc)})
+    SMT_CHECK(aligned16(p), who, ": tensors must be 16-byte aligned");
+  const bool want_dq = grads.dq != nullptr || grads.dq_acc != nullptr;
+  const bool want_dkv =
+      grads.dk != nullptr || grads.dv != nullptr || grads.dk_acc != nullptr || grads.dv_acc != nullptr;
+  if (B == 0 || H == 0 || (!want_dq && !want_dkv)) return;
+  const int64_t N = mask.seq_len;
+  const int64_t num_rows = B * N * H;
+  const int64_t n = num_rows * hd;
+
+  StreamBuffer<float> D(static_cast<size_t>(num_rows), stream);
+  {
+    const int64_t threads = num_rows * (hd / 8);
+    const int64_t blocks = (threads + 255) / 256;
+    SMT_CHECK(blocks <= INT32_MAX, who, ": too many rows");
+    if (hd == 64)
+      flash_bwd_dot_kernel<64><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(D.data(), dout, out, num_rows,
+                                                                                 static_cast<int>(N), static_cast<int>(H));
+    else
+      flash_bwd_dot_kernel<128><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(D.data(), dout, out, num_rows,
+                                                                                  static_cast<int>(N), static_cast<int>(H));
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  const KeyBits bits(key_valid, B, static_cast<int>(N), stream);
+
+  // Atomic dq: straight into dq_acc when only the fp32 gradient is wanted, else into a zeroed scratch.
+  const bool atomic = want_dq && dq_mode == FlashDqMode::kAtomic;
+  const bool need_scratch = atomic && grads.dq != nullptr;
+  StreamBuffer<float> scratch(need_scratch ? static_cast<size_t>(n) : 0, stream);
+  if (need_scratch) SMT_CUDA_CHECK(cudaMemsetAsync(scratch.data(), 0, size_t(n) * sizeof(float), stream));
+
+  FlashArgs a{};
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.dout = dout;
+  a.lse_in = lse;
+  a.Dvec = D.data();
+  a.dq = grads.dq;
+  a.dk = grads.dk;
+  a.dv = grads.dv;
+  a.dq_acc = grads.dq_acc;
+  a.dk_acc = grads.dk_acc;
+  a.dv_acc = grads.dv_acc;
+  a.dq_atomic = atomic ? (need_scratch ? scratch.data() : grads.dq_acc) : nullptr;
+  a.m = mask_args(mask, bits.data());
+  a.H = static_cast<int>(H);
+  a.scale = scale;
+  a.scale_log2 = scale * kLog2e;
+  const bool wide = warps_for(mask) == 8;
+  if (hd == 64) {
+    wide ? run_backward<64, 8>(a, mask, B, H, want_dkv, want_dq, dq_mode, stream)
+         : run_backward<64, 4>(a, mask, B, H, want_dkv, want_dq, dq_mode, stream);
+  } else {
+    wide ? run_backward<128, 8>(a, mask, B, H, want_dkv, want_dq, dq_mode, stream)
+         : run_backward<128, 4>(a, mask, B, H, want_dkv, want_dq, dq_mode, stream);
+  }
+  if (need_scratch) {
+    flash_dq_finish_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(grads.dq, grads.dq_acc, scratch.data(), n);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void convert_f32_to_bf16(bf16* dst, const float* src, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  f32_to_bf16_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dst, src, n);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+void convert_bf16_to_f32(float* dst, const bf16* src, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  bf16_to_f32_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dst, src, n);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace smt::gpu

@@ -430,16 +430,17 @@ TEST_F(FlashGpu, RejectsUnsupportedShapes) {
   cfg.block_size = 64;
   const BlockMask m64 = build_block_mask(cfg, 100, 0);
   const gpu::DeviceBlockMask d64 = gpu::upload_block_mask(m64);
-  DeviceBuffer<uint16_t> x(100 * 128);
+  auto x = to_device_bf16(rand_bf16(100 * 128, 77));
+  DeviceBuffer<uint16_t> out(100 * 128);
   DeviceBuffer<float> lse(100);
   auto fwd = [&](const gpu::DeviceBlockMask& m, int64_t hd, float scale) {
-    gpu::flash_attention_forward(bf(x), lse.data(), bf(x), bf(x), bf(x), nullptr, m, 1, 1, hd, scale, stream);
+    gpu::flash_attention_forward(bf(out), lse.data(), bf(x), bf(x), bf(x), nullptr, m, 1, 1, hd, scale, stream);
   };
   EXPECT_THROW(fwd(d64, 96, 0.1f), Error);    // head dim
   EXPECT_THROW(fwd(d32, 64, 0.1f), Error);    // block size not a multiple of 64
   EXPECT_THROW(fwd(d64, 64, -1.0f), Error);   // scale
-  EXPECT_THROW(gpu::flash_attention_forward(bf(x), lse.data(), bf(x) + 1, bf(x), bf(x), nullptr, d64, 1, 1, 64, 0.1f,
-                                            stream),
+  EXPECT_THROW(gpu::flash_attention_forward(bf(out), lse.data(), bf(x) + 1, bf(x), bf(x), nullptr, d64, 1, 1, 64,
+                                            0.1f, stream),
                Error);  // misaligned q
   EXPECT_NO_THROW(fwd(d64, 64, 0.125f));
   sync();

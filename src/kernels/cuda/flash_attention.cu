@@ -23,6 +23,7 @@
 // Pipeline (all three kernels): the tile after the current one is issued with cp.async into the other stage
 // before the current one is computed; cp.async.wait_group 1 + __syncthreads make the current stage visible;
 // a trailing __syncthreads lets the next iteration overwrite the stage just read.
+// Schedule (src/kernels/flash_tiles.h, shared with a CPU test of its coverage): seek_key_tile / seek_query_tile.
 // Masks: a sub-tile gets the element mask (causal, window |q - k| <= w for kWindow entries, key validity bits)
 // ONLY when its entry is partial and the sub-tile is not entirely inside the allowed region, or when one of
 // its keys is padding or past the sequence end (one 64-bit validity word per 64 keys). Masked scores are
@@ -35,12 +36,13 @@
 #include "core/device_buffer.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/flash_attention.h"
+#include "kernels/flash_tiles.h"
 
 namespace smt::gpu {
 namespace {
 
-constexpr int kTileKeys = 64;     // key sub-tile of the forward and dq kernels
-constexpr int kBwdM = 64;         // query sub-tile of the dk/dv kernel
+using flash::kBwdM;
+using flash::kTileKeys;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -97,83 +99,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// ---- mask logic ----
-
-struct MaskArgs {
-  const int32_t* q_row_ptr;
-  const int32_t* q_col_idx;
-  const uint8_t* q_kind;
-  const uint8_t* q_is_full;
-  const int32_t* kv_col_ptr;
-  const int32_t* kv_row_idx;
-  const int32_t* kv_entry;
-  const uint64_t* key_bits;  // [B][key_words] validity of 64-key groups; null: all keys < N valid
-  int key_words;             // ceil(N / 64)
-  int N, bs, causal, window;
-};
-
-// Position rule of one entry on the rectangle queries [q_lo, q_hi] x keys [k_lo, k_hi] (inclusive, clipped to
-// N): 0 = no pair allowed, 1 = some, 2 = all. Allowed: (!causal || k <= q) && (!win || |q - k| <= w).
-__device__ __forceinline__ int tile_relation(int q_lo, int q_hi, int k_lo, int k_hi, bool causal, bool win, int w) {
-  if (!win) {
-    if (!causal) return 2;
-    if (k_lo > q_hi) return 0;
-    return k_hi <= q_lo ? 2 : 1;
-  }
-  const int up = causal ? 0 : w;  // allowed band: q - w <= k <= q + up
-  if (max(q_lo, k_lo - up) > min(q_hi, k_hi + w)) return 0;
-  return (q_hi - k_lo <= w && k_hi - q_lo <= up) ? 2 : 1;
-}
-
-__device__ __forceinline__ bool pair_allowed(int qpos, int kpos, bool causal, bool win, int w) {
-  if (causal && kpos > qpos) return false;
-  if (win && abs(qpos - kpos) > w) return false;
-  return true;
-}
-
-// Validity bits of the 64 keys starting at k0 (k0 % 64 == 0, k0 < N): bit j = key k0 + j valid and < N.
-__device__ __forceinline__ uint64_t key_word(const MaskArgs& m, int b, int k0) {
-  if (m.key_bits != nullptr) return m.key_bits[int64_t(b) * m.key_words + (k0 >> 6)];
-  const int n = m.N - k0;
-  return n >= 64 ? ~0ull : ((1ull << n) - 1ull);
-}
-
-// Forward lists: first visited key sub-tile at or after (e, s) for the query rows [q_lo, q_hi].
-__device__ __forceinline__ bool seek_key_tile(const MaskArgs& m, int e_end, int q_lo, int q_hi, int& e, int& s) {
-  const int subs = m.bs / kTileKeys;
-  for (; e < e_end; ++e, s = 0) {
-    const int kb = m.q_col_idx[e];
-    const bool full = m.q_is_full[e] != 0;
-    const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
-    for (; s < subs; ++s) {
-      const int k_lo = kb * m.bs + s * kTileKeys;
-      if (k_lo >= m.N) break;
-      if (full) return true;
-      const int k_hi = min(k_lo + kTileKeys, m.N) - 1;
-      if (tile_relation(q_lo, q_hi, k_lo, k_hi, m.causal != 0, win, m.window) != 0) return true;
-    }
-  }
-  return false;
-}
-
-// Transposed lists: first visited query sub-tile at or after (x, s) for the keys [k_lo, k_hi].
-__device__ __forceinline__ bool seek_query_tile(const MaskArgs& m, int x_end, int k_lo, int k_hi, int& x, int& s) {
-  const int subs = m.bs / kBwdM;
-  for (; x < x_end; ++x, s = 0) {
-    const int qb = m.kv_row_idx[x];
-    const int e = m.kv_entry[x];
-    const bool full = m.q_is_full[e] != 0;
-    const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
-    for (; s < subs; ++s) {
-      const int q_lo = qb * m.bs + s * kBwdM;
-      if (q_lo >= m.N) break;
-      if (full) return true;
-      const int q_hi = min(q_lo + kBwdM, m.N) - 1;
-      if (tile_relation(q_lo, q_hi, k_lo, k_hi, m.causal != 0, win, m.window) != 0) return true;
-    }
-  }
-  return false;
-}
+using flash::entry_tile_relation;
+using flash::key_word;
+using flash::MaskArgs;
+using flash::pair_allowed;
+using flash::seek_key_tile;
+using flash::seek_query_tile;
 
 // ---- tile loads ----
 
@@ -305,10 +236,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(FlashArgs a) {
 
     // element mask: only partial sub-tiles and sub-tiles with padding / keys past N
     {
-      const bool full = m.q_is_full[e] != 0;
-      const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
-      const int k_hi = min(k0 + BN, N) - 1;
-      const int rel = full ? 2 : tile_relation(q0, q_hi, k0, k_hi, m.causal != 0, win, m.window);
+      const bool win = flash::is_window(m, e);
+      const int rel = entry_tile_relation(m, e, q0, q_hi, k0, min(k0 + BN, N) - 1);
       const uint64_t bits = key_word(m, b, k0);
       if (rel != 2 || bits != ~0ull) {
 #pragma unroll
@@ -572,10 +501,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dkv_kernel(FlashArgs a) 
     // element mask (partial sub-tiles, invalid keys)
     {
       const int e = m.kv_entry[x];
-      const bool full = m.q_is_full[e] != 0;
-      const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
-      const int q_hi = min(q0 + BM, N) - 1;
-      const int rel = full ? 2 : tile_relation(q0, q_hi, k0, k_hi, m.causal != 0, win, m.window);
+      const bool win = flash::is_window(m, e);
+      const int rel = entry_tile_relation(m, e, q0, min(q0 + BM, N) - 1, k0, k_hi);
       if (rel != 2 || !keys_all_valid) {
 #pragma unroll
         for (int j = 0; j < NT_M; ++j)
@@ -800,10 +727,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dq_kernel(FlashArgs a) {
       }
     }
     {
-      const bool full = m.q_is_full[e] != 0;
-      const bool win = m.q_kind[e] == static_cast<uint8_t>(BlockMask::kWindow);
-      const int k_hi = min(k0 + BN, N) - 1;
-      const int rel = full ? 2 : tile_relation(q0, q_hi, k0, k_hi, m.causal != 0, win, m.window);
+      const bool win = flash::is_window(m, e);
+      const int rel = entry_tile_relation(m, e, q0, q_hi, k0, min(k0 + BN, N) - 1);
       const uint64_t bits = key_word(m, b, k0);
       if (rel != 2 || bits != ~0ull) {
 #pragma unroll
@@ -926,8 +851,7 @@ void check_common(const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd,
   SMT_CHECK(int64_t(mask.num_blocks) * (mask.block_size / 64) <= INT32_MAX, who, ": too many tiles");
 }
 
-// Tiles of 16 * WARPS rows: 8 warps when the block size allows 128-row tiles.
-int warps_for(const DeviceBlockMask& mask) { return mask.block_size % 128 == 0 ? 8 : 4; }
+int warps_for(const DeviceBlockMask& mask) { return flash::warps_for_block(mask.block_size); }
 
 MaskArgs mask_args(const DeviceBlockMask& mask, const uint64_t* key_bits) {
   MaskArgs m;

@@ -150,8 +150,9 @@ struct FlashArgs {
 // =============================================================================================================
 // Forward
 // =============================================================================================================
+// Head dim 64: at least 16 warps per SM (<= 128 registers per thread); head dim 128 needs more registers.
 template <int HD, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(FlashArgs a) {
+__global__ void __launch_bounds__(WARPS * 32, HD == 64 ? 16 / WARPS : 1) flash_fwd_kernel(FlashArgs a) {
   constexpr int BM = 16 * WARPS, BN = kTileKeys, LD = HD + 8, THREADS = WARPS * 32;
   constexpr int KS_HD = HD / 16, NT_HD = HD / 8, NT_N = BN / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];

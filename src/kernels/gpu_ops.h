@@ -84,15 +84,32 @@ void router_topk_backward(float* dlogits, const float* dtopk_weight, const float
                           const float* probs, const int32_t* topk_idx, const float* topk_weight, int64_t T, int64_t E,
                           int64_t k, cudaStream_t stream);
 
-// A RoutingPlan (built on the host by smt::cpu::build_routing_plan) uploaded to the device.
+// A RoutingPlan on the device: uploaded from the host (upload_routing_plan, blocking copies) or built
+// on the device (build_routing_plan_on_device). Device arrays may be longer than their used length
+// (they are reused between calls); the lengths are the ones given here.
 struct DeviceRoutingPlan {
   int64_t num_tokens = 0, num_experts = 0, top_k = 0, num_rows = 0;
   DeviceBuffer<int64_t> token_of_row;         // [R]
   DeviceBuffer<int64_t> row_of_assignment;    // [T*k], -1 = dropped
   DeviceBuffer<int64_t> expert_row_offset;    // [E+1] (device copy)
   std::vector<int64_t> expert_row_offset_host;  // [E+1] (host copy: GEMM sizes)
+  // Filled by build_routing_plan_on_device only:
+  std::vector<int64_t> num_tokens_per_expert_host;  // [E] kept
+  std::vector<int64_t> num_routed_per_expert_host;  // [E] before dropping
+  DeviceBuffer<int32_t> rank_in_expert;             // [T*k] scratch: position among the expert's assignments
+  DeviceBuffer<int64_t> routed_counts;              // [E+1] scratch
 };
 DeviceRoutingPlan upload_routing_plan(const cpu::RoutingPlan& plan);  // blocking copies
+// The same plan as cpu::build_routing_plan(topk_idx, T, E, k, capacity) (one process, no
+// num_routed_before), built from device topk_idx [T, k] into `plan` (its buffers reused when large
+// enough). E <= 64. Synchronises once (the per-expert counts come to the host); throws if an index is
+// outside [0, E).
+void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                                  int64_t capacity, cudaStream_t stream);
+// The router's loss gradients as the CPU model builds them: d_probs [T, E] = float(aux_scale *
+// num_routed_per_expert[e]) (overwritten), d_lse [T] = float(z_coeff * 2 * lse[t] / T) (overwritten).
+void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std::vector<int64_t>& num_routed_per_expert,
+                       double aux_scale, double z_coeff, int64_t T, int64_t E, cudaStream_t stream);
 
 // rows [R, d] = x[token_of_row]
 void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);

@@ -38,9 +38,28 @@
 #include "kernels/attention_pattern.h"
 #include "kernels/flash_attention.h"
 #include "kernels/gpu_ops.h"
+#include "unit/flash_reference.h"
 
 namespace smt {
 namespace {
+
+using namespace flash_test;  // bf16 helpers, the bf16 reference, the error criterion
+
+// Device bf16 tensor from bf16-exact floats, and back.
+DeviceBuffer<uint16_t> to_device_bf16(const std::vector<float>& x) {
+  std::vector<uint16_t> bits(x.size());
+  for (size_t i = 0; i < x.size(); ++i) bits[i] = bf16_bits(x[i]);
+  return copy_to_device(bits);
+}
+std::vector<float> from_device_bf16(const DeviceBuffer<uint16_t>& d) {
+  const std::vector<uint16_t> bits = copy_to_host(d);
+  std::vector<float> x(bits.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = bf16_value(bits[i]);
+  return x;
+}
+gpu::bf16* bf(DeviceBuffer<uint16_t>& d) { return reinterpret_cast<gpu::bf16*>(d.data()); }
+const gpu::bf16* bf(const DeviceBuffer<uint16_t>& d) { return reinterpret_cast<const gpu::bf16*>(d.data()); }
+
 
 class FlashGpu : public ::testing::Test {
  protected:
@@ -59,165 +78,6 @@ class FlashGpu : public ::testing::Test {
   void sync() { SMT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
   cudaStream_t stream = nullptr;
 };
-
-// ---- bf16 on the host (round to nearest even; inputs are finite) ----
-uint16_t bf16_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_value(uint16_t bits) {
-  const uint32_t u = uint32_t(bits) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-float bf16r(float x) { return bf16_value(bf16_bits(x)); }
-
-// Normal(0, 1) values already rounded to bf16.
-std::vector<float> rand_bf16(size_t n, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = bf16r(dist(gen));
-  return x;
-}
-std::vector<float> rand_f32(size_t n, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(gen);
-  return x;
-}
-
-// Device bf16 tensor from bf16-exact floats, and back.
-DeviceBuffer<uint16_t> to_device_bf16(const std::vector<float>& x) {
-  std::vector<uint16_t> bits(x.size());
-  for (size_t i = 0; i < x.size(); ++i) bits[i] = bf16_bits(x[i]);
-  return copy_to_device(bits);
-}
-std::vector<float> from_device_bf16(const DeviceBuffer<uint16_t>& d) {
-  const std::vector<uint16_t> bits = copy_to_host(d);
-  std::vector<float> x(bits.size());
-  for (size_t i = 0; i < x.size(); ++i) x[i] = bf16_value(bits[i]);
-  return x;
-}
-gpu::bf16* bf(DeviceBuffer<uint16_t>& d) { return reinterpret_cast<gpu::bf16*>(d.data()); }
-const gpu::bf16* bf(const DeviceBuffer<uint16_t>& d) { return reinterpret_cast<const gpu::bf16*>(d.data()); }
-
-std::vector<double> to_double(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
-
-// ---- the bf16 dense masked reference (see the header) ----
-struct Bf16Reference {
-  std::vector<float> out, dq, dk, dv;  // [B, N, H, hd]
-};
-
-Bf16Reference bf16_reference(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                             const std::vector<float>& dout, const std::vector<uint8_t>& valid, const BlockMask& mask,
-                             int64_t B, int64_t H, int64_t hd, float scale) {
-  const int64_t N = mask.seq_len, rs = H * hd;
-  Bf16Reference r;
-  r.out.assign(B * N * rs, 0.0f);
-  r.dq.assign(B * N * rs, 0.0f);
-  r.dk.assign(B * N * rs, 0.0f);
-  r.dv.assign(B * N * rs, 0.0f);
-#pragma omp parallel for schedule(dynamic)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
-    const int64_t b = bh / H, h = bh % H;
-    auto row = [&](const std::vector<float>& x, int64_t n) { return x.data() + (b * N + n) * rs + h * hd; };
-    std::vector<std::vector<int>> keys(N);  // allowed keys per query row
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t j = 0; j < N; ++j)
-        if (valid[b * N + j] != 0 && mask.allowed(static_cast<int>(i), static_cast<int>(j)))
-          keys[i].push_back(static_cast<int>(j));
-    std::vector<std::vector<float>> P(N), dS(N);
-    std::vector<float> acc(hd);
-    std::vector<float> dk_acc(N * hd, 0.0f), dv_acc(N * hd, 0.0f);
-    for (int64_t i = 0; i < N; ++i) {
-      const float* qi = row(q, i);
-      const float* doi = row(dout, i);
-      const auto& ks = keys[i];
-      std::vector<float> s(ks.size());
-      float mx = -INFINITY;
-      for (size_t x = 0; x < ks.size(); ++x) {
-        const float* kj = row(k, ks[x]);
-        float dot = 0.0f;
-        for (int64_t c = 0; c < hd; ++c) dot += qi[c] * kj[c];
-        s[x] = bf16r(scale * dot);
-        mx = std::max(mx, s[x]);
-      }
-      float sum = 0.0f;
-      for (auto& x : s) sum += (x = std::exp(x - mx));
-      P[i].resize(ks.size());
-      for (size_t x = 0; x < ks.size(); ++x) P[i][x] = bf16r(s[x] / sum);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (size_t x = 0; x < ks.size(); ++x) {
-        const float* vj = row(v, ks[x]);
-        for (int64_t c = 0; c < hd; ++c) acc[c] += P[i][x] * vj[c];
-      }
-      float* oi = r.out.data() + (b * N + i) * rs + h * hd;
-      for (int64_t c = 0; c < hd; ++c) oi[c] = bf16r(acc[c]);
-      // backward of the row
-      std::vector<float> dP(ks.size());
-      float D = 0.0f;
-      for (size_t x = 0; x < ks.size(); ++x) {
-        const float* vj = row(v, ks[x]);
-        float dot = 0.0f;
-        for (int64_t c = 0; c < hd; ++c) dot += doi[c] * vj[c];
-        dP[x] = bf16r(dot);
-        D += P[i][x] * dP[x];
-      }
-      dS[i].resize(ks.size());
-      for (size_t x = 0; x < ks.size(); ++x) dS[i][x] = bf16r(P[i][x] * (dP[x] - D));
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (size_t x = 0; x < ks.size(); ++x) {
-        const int j = ks[x];
-        const float* kj = row(k, j);
-        for (int64_t c = 0; c < hd; ++c) {
-          acc[c] += dS[i][x] * kj[c];
-          dk_acc[j * hd + c] += dS[i][x] * qi[c];
-          dv_acc[j * hd + c] += P[i][x] * doi[c];
-        }
-      }
-      float* dqi = r.dq.data() + (b * N + i) * rs + h * hd;
-      for (int64_t c = 0; c < hd; ++c) dqi[c] = bf16r(scale * acc[c]);
-    }
-    for (int64_t j = 0; j < N; ++j) {
-      float* dkj = r.dk.data() + (b * N + j) * rs + h * hd;
-      float* dvj = r.dv.data() + (b * N + j) * rs + h * hd;
-      for (int64_t c = 0; c < hd; ++c) {
-        dkj[c] = bf16r(scale * dk_acc[j * hd + c]);
-        dvj[c] = bf16r(dv_acc[j * hd + c]);
-      }
-    }
-  }
-  return r;
-}
-
-double max_abs(const std::vector<double>& x) {
-  double m = 0.0;
-  for (double v : x) m = std::max(m, std::fabs(v));
-  return m;
-}
-double max_err(const std::vector<float>& x, const std::vector<double>& ref) {
-  double m = 0.0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(double(x[i]) - ref[i]));
-  return m;
-}
-
-// The criterion of the header; prints the numbers so a GPU run's log shows the margins.
-void expect_flash_error(const std::string& what, const std::vector<float>& flash, const std::vector<float>& bf16ref,
-                        const std::vector<double>& exact) {
-  ASSERT_EQ(flash.size(), exact.size()) << what;
-  const double e_flash = max_err(flash, exact), e_ref = max_err(bf16ref, exact);
-  const double floor = std::ldexp(max_abs(exact), -10);
-  std::printf("    %-26s flash err %.3e  bf16 ref err %.3e  (bound %.3e)\n", what.c_str(), e_flash, e_ref,
-              2.0 * e_ref + floor);
-  EXPECT_TRUE(std::isfinite(e_flash)) << what;
-  EXPECT_LE(e_flash, 2.0 * e_ref + floor) << what << ": flash max error " << e_flash << ", bf16 reference "
-                                          << e_ref << ", floor " << floor;
-}
 
 struct FlashCase {
   AttnPatternKind kind;

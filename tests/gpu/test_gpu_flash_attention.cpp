@@ -136,10 +136,13 @@ void run_flash_case(const FlashCase& c, cudaStream_t stream) {
 
   // flash forward
   auto d_q = to_device_bf16(q), d_k = to_device_bf16(k), d_v = to_device_bf16(v), d_dout = to_device_bf16(dout);
-  auto d_valid = copy_to_device(valid);
+  // Without any padding the kernels get key_valid = null (validity from N alone), as a caller without padding.
+  const bool all_valid = std::all_of(valid.begin(), valid.end(), [](uint8_t x) { return x != 0; });
+  auto d_valid_buf = copy_to_device(valid);
+  const uint8_t* d_valid_ptr = all_valid ? nullptr : d_valid_buf.data();
   DeviceBuffer<uint16_t> d_out(n);
   DeviceBuffer<float> d_lse(B * H * N);
-  gpu::flash_attention_forward(bf(d_out), d_lse.data(), bf(d_q), bf(d_k), bf(d_v), d_valid.data(), dmask, B, H, hd,
+  gpu::flash_attention_forward(bf(d_out), d_lse.data(), bf(d_q), bf(d_k), bf(d_v), d_valid_ptr, dmask, B, H, hd,
                                scale, stream);
   SMT_CUDA_CHECK(cudaStreamSynchronize(stream));
   const auto out_f = from_device_bf16(d_out);
@@ -189,7 +192,7 @@ void run_flash_case(const FlashCase& c, cudaStream_t stream) {
     grads.dk_acc = d_dk_acc.data();
     grads.dv_acc = d_dv_acc.data();
     gpu::flash_attention_backward(grads, bf(d_dout), bf(d_out), d_lse.data(), bf(d_q), bf(d_k), bf(d_v),
-                                  d_valid.data(), dmask, B, H, hd, scale, run.mode, stream);
+                                  d_valid_ptr, dmask, B, H, hd, scale, run.mode, stream);
     SMT_CUDA_CHECK(cudaStreamSynchronize(stream));
     const std::string p = std::string(run.name) + " ";
     const auto dk_f = from_device_bf16(d_dk), dv_f = from_device_bf16(d_dv);
@@ -232,7 +235,7 @@ void run_flash_case(const FlashCase& c, cudaStream_t stream) {
     grads.dk = bf(d_dk);
     grads.dv = bf(d_dv);
     gpu::flash_attention_backward(grads, bf(d_dout), bf(d_out), d_lse.data(), bf(d_q), bf(d_k), bf(d_v),
-                                  d_valid.data(), dmask, B, H, hd, scale, gpu::FlashDqMode::kDeterministic, stream);
+                                  d_valid_ptr, dmask, B, H, hd, scale, gpu::FlashDqMode::kDeterministic, stream);
     SMT_CUDA_CHECK(cudaStreamSynchronize(stream));
     EXPECT_TRUE(from_device_bf16(d_dq) == det_dq) << "deterministic dq differs between two runs";
     EXPECT_TRUE(from_device_bf16(d_dk) == det_dk) << "dk differs between two runs";
@@ -267,7 +270,8 @@ TEST_F(FlashGpu, AllPatternsBlock128Long) {
 }
 
 // Rows without keys: causal with the first 10 keys of batch row 0 padded (rows 0..9 see none), batch row 1
-// entirely padded; plus block 256 (two 128-row tiles per block, the second one past N for the last block).
+// entirely padded; plus block 256 (two 128-row tiles per block, the second one past N for the last block),
+// N = 1, and cases without padding (key_valid = null).
 TEST_F(FlashGpu, EmptyRowsAndOtherShapes) {
   const FlashCase cases[] = {
       {AttnPatternKind::kDense, true, 130, 64, 64, 2, 2, -1, 10},
@@ -275,6 +279,7 @@ TEST_F(FlashGpu, EmptyRowsAndOtherShapes) {
       {AttnPatternKind::kBigBird, false, 300, 256, 64, 2, 2, 5, 3},
       {AttnPatternKind::kDense, false, 1, 64, 64, 1, 1, 0, 0},
       {AttnPatternKind::kRandom, true, 65, 64, 128, 2, 3, 1, 0},
+      {AttnPatternKind::kLocal, false, 517, 128, 128, 1, 2, 0, 0},  // no padding: key_valid = null
   };
   for (const FlashCase& c : cases) {
     run_flash_case(c, stream);

@@ -225,6 +225,9 @@ TEST(FlashEmulated, Block64BlockSparse) {
 TEST(FlashEmulated, Block128BigBird) {
   run_emulated<64>({AttnPatternKind::kBigBird, true, 200, 128, 64, 1, 1, 0, 2});
 }
+TEST(FlashEmulated, Block128LocalHd128) {
+  run_emulated<128>({AttnPatternKind::kLocal, true, 130, 128, 128, 1, 1, 0, 1});
+}
 
 }  // namespace
 }  // namespace smt

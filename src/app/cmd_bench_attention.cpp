@@ -238,7 +238,7 @@ Timing time_cuda_flash(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, 
     for (DeviceBuffer<gpu::bf16>* buf : {&q, &k, &v, &dout}) {
       for (auto& x : host) x = static_cast<float>(rng.normal());
       SMT_CUDA_CHECK(cudaMemcpy(staging.data(), host.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-      gpu::convert_f32_to_bf16(buf->data(), staging.data(), n, nullptr);
+      gpu::cast_fp32_to_bf16(buf->data(), staging.data(), n, nullptr);
     }
     SMT_CUDA_CHECK(cudaDeviceSynchronize());
   }

@@ -52,8 +52,6 @@ void flash_attention_backward(const FlashAttentionGrads& grads, const bf16* dout
                               const DeviceBlockMask& mask, int64_t B, int64_t H, int64_t hd, float scale,
                               FlashDqMode dq_mode, cudaStream_t stream);
 
-// Elementwise conversions (round to nearest even), for callers that hold fp32 tensors.
-void convert_f32_to_bf16(bf16* dst, const float* src, int64_t n, cudaStream_t stream);
-void convert_bf16_to_f32(float* dst, const bf16* src, int64_t n, cudaStream_t stream);
+// (fp32 <-> bf16 conversions: gpu::cast_fp32_to_bf16 / cast_bf16_to_fp32 of gpu_ops.h.)
 
 }  // namespace smt::gpu

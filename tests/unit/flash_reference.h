@@ -23,23 +23,14 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "kernels/attention_pattern.h"
 
 namespace smt::flash_test {
 
-// ---- bf16 on the host (round to nearest even; inputs are finite) ----
-inline uint16_t bf16_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-inline float bf16_value(uint16_t bits) {
-  const uint32_t u = uint32_t(bits) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+// ---- bf16 on the host (round to nearest even, core/bf16.h) ----
+inline uint16_t bf16_bits(float x) { return bf16_bits_from_float(x); }
+inline float bf16_value(uint16_t bits) { return float_from_bf16_bits(bits); }
 inline float bf16r(float x) { return bf16_value(bf16_bits(x)); }
 
 // Normal(0, 1) values already rounded to bf16.

@@ -70,15 +70,6 @@ __global__ void flash_key_bits_kernel(uint64_t* __restrict__ bits, const uint8_t
   bits[i] = w;
 }
 
-__global__ void f32_to_bf16_kernel(bf16* __restrict__ dst, const float* __restrict__ src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] = __float2bfloat16_rn(src[i]);
-}
-__global__ void bf16_to_f32_kernel(float* __restrict__ dst, const bf16* __restrict__ src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] = __bfloat162float(src[i]);
-}
-
 // ---- host side ----
 
 // Raises a kernel's dynamic shared memory limit once per (kernel, device): the attribute calls are not repeated
@@ -298,17 +289,6 @@ void flash_attention_backward(const FlashAttentionGrads& grads, const bf16* dout
     flash_dq_finish_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(grads.dq, grads.dq_acc, scratch.data(), n);
     SMT_CUDA_CHECK_LAUNCH();
   }
-}
-
-void convert_f32_to_bf16(bf16* dst, const float* src, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  f32_to_bf16_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dst, src, n);
-  SMT_CUDA_CHECK_LAUNCH();
-}
-void convert_bf16_to_f32(float* dst, const bf16* src, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  bf16_to_f32_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dst, src, n);
-  SMT_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace smt::gpu

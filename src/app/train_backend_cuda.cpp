@@ -43,7 +43,8 @@ class CudaBackend final : public TrainBackend {
 
   std::string describe() const override {
     return "cuda device " + std::to_string(device_) + " (" + device_name_ + "), " +
-           gpu::precision_name(gpu_->precision()) + " GEMM operands";
+           gpu::precision_name(gpu_->precision()) + " GEMM operands, attention " +
+           (gpu_->uses_flash_attention() ? "flash bf16" : "fp32 kernels");
   }
   void zero_grads() override { gpu_->zero_grads(); }
   LossParts forward(const Batch& batch) override { return gpu_->forward(batch); }

@@ -7,6 +7,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "kernels/flash_attention.h"
 
 namespace smt {
 
@@ -48,6 +49,9 @@ GpuModel::GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss
       attention_seed_(attention_seed),
       stream_(stream),
       precision_(precision),
+      // The tensor-core kernels take head dim 64/128 and mask blocks that are multiples of 64.
+      use_flash_(precision == gpu::Precision::kBf16 && (config.head_dim() == 64 || config.head_dim() == 128) &&
+                 config.block_size % 64 == 0),
       n_(layout_.total()),
       arena_(static_cast<size_t>(4 * layout_.total())) {
   arena_.memset_bytes(0);
@@ -145,7 +149,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     const std::string pre = "layers." + std::to_string(l) + ".";
     const bool moe = ParamLayout::layer_is_moe(config_, l);
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
-    for (auto* b : {&A.x_in, &A.a, &A.q, &A.k, &A.v, &A.o, &A.x_mid, &A.m}) ensure(*b, T * d);
+    for (auto* b : {&A.x_in, &A.a, &A.q, &A.k, &A.v, &A.x_mid, &A.m}) ensure(*b, T * d);
+    if (!use_flash_) ensure(A.o, T * d);
     ensure(A.rstd1, T);
     ensure(A.rstd2, T);
     ensure(A.lse, B * H * N);
@@ -158,11 +163,20 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
     gpu::rope_forward(A.k.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
     gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
-    gpu::attention_forward(A.o.data(), A.lse.data(), A.q.data(), A.k.data(), A.v.data(), valid_.data(),
-                           mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    if (use_flash_) {  // bf16 tensor-core kernel: o comes out in bf16, the wo GEMM's operand as it is
+      for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
+      gpu::cast_fp32_to_bf16(A.q16.data(), A.q.data(), T * d, s);
+      gpu::cast_fp32_to_bf16(A.k16.data(), A.k.data(), T * d, s);
+      gpu::cast_fp32_to_bf16(A.v16.data(), A.v.data(), T * d, s);
+      gpu::flash_attention_forward(A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(), A.v16.data(), valid_.data(),
+                                   mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    } else {
+      gpu::attention_forward(A.o.data(), A.lse.data(), A.q.data(), A.k.data(), A.v.data(), valid_.data(),
+                             mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    }
     copy_d2d(A.x_mid.data(), A.x_in.data(), T * d, s);
-    gpu::linear_forward(A.x_mid.data(), as_operand(A.o, A.o16, T * d), w(pre + "wo"), nullptr, T, d, d,
-                        /*accumulate=*/true, handle_, s);
+    const gpu::GemmOperand o_op = use_flash_ ? gpu::GemmOperand(A.o16.data()) : as_operand(A.o, A.o16, T * d);
+    gpu::linear_forward(A.x_mid.data(), o_op, w(pre + "wo"), nullptr, T, d, d, /*accumulate=*/true, handle_, s);
 
     gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s);
     ensure(A.topk_idx, T * k);
@@ -313,8 +327,20 @@ void GpuModel::backward() {
     zero(dq, T * d, s);
     zero(dk, T * d, s);
     zero(dv, T * d, s);
-    gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
-                            A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    if (use_flash_) {
+      ensure(d_o16_, T * d);
+      gpu::cast_fp32_to_bf16(d_o16_.data(), d_o.data(), T * d, s);
+      gpu::FlashAttentionGrads fg;
+      fg.dq_acc = dq.data();
+      fg.dk_acc = dk.data();
+      fg.dv_acc = dv.data();
+      gpu::flash_attention_backward(fg, d_o16_.data(), A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(),
+                                    A.v16.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale,
+                                    gpu::FlashDqMode::kDeterministic, s);
+    } else {
+      gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
+                              A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    }
     zero(d_a, T * d, s);
     zero(d_tmp, T * d, s);
     gpu::rope_backward(d_tmp.data(), dq.data(), B, N, H, hd, config_.rope_theta, s);

@@ -13,9 +13,12 @@ namespace smt {
 
 namespace {
 
+// Grow-only: a buffer keeps its allocation when a later shape needs less (row counts change per layer
+// and, with a capacity, per step); every use passes its length explicitly. Freeing would synchronise
+// the device.
 template <typename T>
 void ensure(DeviceBuffer<T>& b, size_t n) {
-  if (b.size() != n) b = DeviceBuffer<T>(n);
+  if (b.size() < n) b = DeviceBuffer<T>(n);
 }
 void copy_d2d(float* dst, const float* src, size_t n, cudaStream_t s) {
   if (n > 0) SMT_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, s));
@@ -54,7 +57,8 @@ GpuModel::GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss
                  config.block_size % 64 == 0),
       n_(layout_.total()),
       arena_(static_cast<size_t>(4 * layout_.total())) {
-  arena_.memset_bytes(0);
+  // On the model's stream: a caller's stream may be non-blocking (not ordered after the legacy stream).
+  SMT_CUDA_CHECK(cudaMemsetAsync(arena_.data(), 0, arena_.bytes(), stream_));
   if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) throw Error("cublasCreate failed");
   cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH);  // fp32, no TF32: the CPU model's arithmetic
 }
@@ -91,7 +95,7 @@ gpu::GemmOperand GpuModel::w(const std::string& name) {
 
 gpu::GemmOperand GpuModel::as_operand(const DeviceBuffer<float>& x32, DeviceBuffer<__nv_bfloat16>& x16, int64_t n) {
   if (precision_ != gpu::Precision::kBf16) return x32.data();
-  if (x16.size() != static_cast<size_t>(n)) x16 = DeviceBuffer<__nv_bfloat16>(static_cast<size_t>(n));
+  if (x16.size() < static_cast<size_t>(n)) x16 = DeviceBuffer<__nv_bfloat16>(static_cast<size_t>(n));
   gpu::cast_fp32_to_bf16(x16.data(), x32.data(), n, stream_);
   return x16.data();
 }
@@ -114,6 +118,9 @@ const gpu::DeviceBlockMask& GpuModel::mask(int layer, int seq_len) {
     masks_.clear();
     const AttnPatternConfig pc = config_.attention_pattern(attention_seed_);  // as Model::block_mask
     for (int l = 0; l < config_.layers; ++l) masks_.push_back(gpu::upload_block_mask(build_block_mask(pc, seq_len, l)));
+    // upload_block_mask copies with cudaMemcpy on the legacy stream, which a non-blocking model stream
+    // does not wait for: finish the copies before any kernel reads the lists.
+    SMT_CUDA_CHECK(cudaDeviceSynchronize());
     mask_seq_len_ = seq_len;
   }
   return masks_[layer];

@@ -121,8 +121,8 @@ TEST(GpuModelBf16, FollowsCpuFp32) {
     c.causal = std::string(head) == "lm";
     c.block_size = bc.block_size;
     c.window = 32;
-    cudaStream_t stream;
-    SMT_CUDA_CHECK(cudaStreamCreate(&stream));
+    cudaStream_t stream;  // non-blocking, as the training backend's: nothing may rely on the legacy stream
+    SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     smt::Model cpu(c, 0.01f, 0.001f, 7);
     cpu.init_params(13);
     smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream, smt::gpu::Precision::kBf16);

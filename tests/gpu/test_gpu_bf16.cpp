@@ -20,6 +20,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_env.h"
@@ -294,8 +295,11 @@ std::vector<int32_t> random_topk(int64_t T, int64_t E, int64_t k, uint64_t seed,
   return idx;
 }
 
-TEST_F(GpuBf16, ExpertsBf16EveryBackend) {
-  const int64_t T = 300, E = 4, k = 2, d = 64, f = 96;
+// Sizes: aligned (d, f multiples of 8) and odd ones (operand and staging offsets not 16-byte aligned).
+class GpuBf16Experts : public GpuBf16, public ::testing::WithParamInterface<std::pair<int64_t, int64_t>> {};
+
+TEST_P(GpuBf16Experts, EveryBackend) {
+  const int64_t T = 300, E = 4, k = 2, d = GetParam().first, f = GetParam().second;
   const auto topk = random_topk(T, E, k, 60, /*skip_expert=*/1);  // expert 1 has no rows
   const cpu::RoutingPlan plan = cpu::build_routing_plan(topk.data(), T, E, k, 0);
   ASSERT_EQ(plan.num_tokens_per_expert[1], 0);
@@ -360,6 +364,8 @@ TEST_F(GpuBf16, ExpertsBf16EveryBackend) {
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kFp32, "grouped_bf16_out"), Error);
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kBf16, "cutlass"), Error);
 }
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Experts,
+                         ::testing::Values(std::pair<int64_t, int64_t>{64, 96}, std::pair<int64_t, int64_t>{37, 50}));
 
 // The fp32 path does not depend on the bf16 backend state: fp32 calls under two different bf16 states give the
 // same bits, within the fp32 GEMM tolerance of the CPU.

@@ -316,8 +316,10 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
 cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const GeluEpilogue& gelu,
                                 cublasHandle_t handle, cudaStream_t stream) {
   const int G = static_cast<int>(problems.size());
+  // Each problem's staging block starts 16-byte aligned (8 bf16), as cuBLAS's fast kernels want.
+  auto padded = [](int64_t n) { return (n + 7) / 8 * 8; };
   int64_t staged = 0, max_mn = 0;
-  for (const GemmProblem& p : problems) staged += p.M * p.N, max_mn = std::max(max_mn, p.M * p.N);
+  for (const GemmProblem& p : problems) staged += padded(p.M * p.N), max_mn = std::max(max_mn, p.M * p.N);
   StreamBuffer<__nv_bfloat16> stage(static_cast<size_t>(staged), stream);
   std::vector<void*> c_ptrs(G);
   std::vector<int> c_ld(G);
@@ -335,7 +337,7 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
       if (gelu.g_base != nullptr) outs[g].G = gelu.g_base + o;
       if (gelu.bf16_base != nullptr) outs[g].Gb = gelu.bf16_base + o;
     }
-    off += p.M * p.N;
+    off += padded(p.M * p.N);
   }
   const cublasStatus_t st =
       grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);

@@ -356,8 +356,48 @@ TEST_P(GpuBf16Experts, EveryBackend) {
     }
   }
   gpu::set_experts_gemm_backend(Precision::kBf16, "auto");
-  // An fp32 call refuses bf16 weights; unknown backend names are refused.
+
+  // bf16 activations kept from the forward for the backward: the same results as rounding them again.
+  {
+    std::vector<std::vector<float>> results[2];
+    for (int keep = 0; keep < 2; ++keep) {
+      DeviceBuffer<__nv_bfloat16> k_rows(R * d), k_hidden(R * f);
+      const gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
+      const gpu::ExpertsBf16Activations* kept = keep ? &acts : nullptr;
+      DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
+      gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), d_b1.data(), bw2.data(),
+                           d_b2.data(), offsets, E, d, f, handle, stream, Precision::kBf16, kept);
+      DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_dw2(E * f * d), d_scr(R * f);
+      for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_dw2}) b->memset_bytes(0);
+      gpu::experts_backward(d_drows.data(), d_dw1.data(), nullptr, d_dw2.data(), nullptr, d_scr.data(), d_dout.data(),
+                            d_rows.data(), d_hp.data(), d_h.data(), bw1.data(), bw2.data(), offsets, E, d, f, handle,
+                            stream, Precision::kBf16, kept);
+      sync();
+      results[keep] = {host(d_out), host(d_drows), host(d_dw1), host(d_dw2)};
+      if (keep) {
+        std::vector<uint16_t> kh(R * f);
+        SMT_CUDA_CHECK(cudaMemcpy(kh.data(), k_hidden.data(), R * f * 2, cudaMemcpyDeviceToHost));
+        const auto h = host(d_h);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < R * f; ++i) bad += kh[i] != bf16_bits_from_float(h[i]);
+        EXPECT_EQ(bad, 0) << "kept hidden is not bf16(hidden)";
+      }
+    }
+    const char* names[] = {"out", "drows", "dw1", "dw2"};
+    const std::vector<float>* refs[] = {&out_c, &drows_c, &dw1_c, &dw2_c};
+    for (int i = 0; i < 4; ++i) {
+      expect_rel(std::string("kept activations ") + names[i] + " vs CPU", results[1][i], *refs[i]);
+      expect_rel(std::string("kept activations ") + names[i] + " vs not kept", results[1][i], results[0][i], 1e-6);
+    }
+  }
+
+  // An fp32 call refuses bf16 weights and kept bf16 activations; unknown backend names are refused.
   DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
+  DeviceBuffer<__nv_bfloat16> k_rows(R * d), k_hidden(R * f);
+  const gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
+  EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), d_w1.data(), nullptr,
+                                    d_w2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32, &acts),
+               Error);
   EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), nullptr,
                                     bw2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32),
                Error);

@@ -6,6 +6,8 @@
 //   bf16 ops vs the CPU fp32 reference: norm-relative ||gpu - cpu|| / ||cpu|| <= 1e-2 (kBf16Tol).
 //   gemm_row_major vs the CPU product of the bf16-ROUNDED inputs in double: <= 1e-5 (fp32 accumulation), and
 //   its distance to the unrounded fp32 product must exceed 1e-5 (the operands really were bf16).
+//   Bias gradients (summed from the fp32 dy / dout): 1e-4, as the fp32 ops.
+//   Kept bf16 activations vs rounding them again: 1e-6 (the same bf16 operands).
 // Skips every test with a visible "no CUDA device" message where no device is usable.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -158,7 +160,7 @@ TEST_F(GpuBf16, GeluFusedBf16CopyIsTheRoundedResult) {
   const int64_t n = 50001;
   const auto x = rand_vec(n, 3, -4.0f, 4.0f);
   auto d_x = copy_to_device(x);
-  DeviceBuffer<float> d_plain(n), d_fused(n), d_d1(n), d_d2(n);
+  DeviceBuffer<float> d_plain(n), d_fused(n);
   DeviceBuffer<__nv_bfloat16> d_b(n), d_db(n);
   gpu::gelu_forward(d_plain.data(), d_x.data(), n, stream);
   gpu::gelu_forward(d_fused.data(), d_x.data(), n, stream, d_b.data());
@@ -246,7 +248,7 @@ TEST_F(GpuBf16, LinearBf16) {
   };
   expect_rel("linear_backward dx increment", minus(host(d_dx), dx0), minus(dx_c, dx0));
   expect_rel("linear_backward dw increment", minus(host(d_dw), dw0), minus(dw_c, dw0));
-  expect_rel("linear_backward db (fp32 dy)", host(d_db), db_c, 1e-5);
+  expect_rel("linear_backward db (fp32 dy)", host(d_db), db_c, 1e-4);
   EXPECT_THROW(gpu::linear_forward(d_dx.data(), d_x.data(), bw.data(), nullptr, M, n_in, n_out, false, handle, stream),
                Error);
 }
@@ -346,7 +348,7 @@ TEST_P(GpuBf16Experts, EveryBackend) {
       expect_rel("experts bf16 dw1 [" + used + "]", host(d_dw1), dw1_c);
       expect_rel("experts bf16 db1 [" + used + "]", host(d_db1), db1_c);
       expect_rel("experts bf16 dw2 [" + used + "]", host(d_dw2), dw2_c);
-      expect_rel("experts bf16 db2 (fp32 dout)", host(d_db2), db2_c, 1e-5);
+      expect_rel("experts bf16 db2 (fp32 dout)", host(d_db2), db2_c, 1e-4);
       // The empty expert's weight gradients stay exactly zero.
       const auto dw1_g = host(d_dw1);
       for (int64_t i = 1 * d * f; i < 2 * d * f; ++i) ASSERT_EQ(dw1_g[i], 0.0f) << "expert 1 dw1 at " << i;

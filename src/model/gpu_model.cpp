@@ -208,9 +208,16 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     ensure(A.hidden, R * f);
     ensure(A.rows_out, R * d);
     gpu::permute_forward(A.rows.data(), A.m.data(), A.dplan, d, s);
+    const gpu::ExpertsBf16Activations* keep = nullptr;
+    if (precision_ == gpu::Precision::kBf16) {  // the experts' bf16 GEMM inputs, kept for the backward
+      ensure(A.rows16, R * d);
+      ensure(A.hidden16, R * f);
+      A.expert_inputs16 = {A.rows16.data(), A.hidden16.data()};
+      keep = &A.expert_inputs16;
+    }
     gpu::experts_forward(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), w(pre + "experts.w1"),
                          p(pre + "experts.b1"), w(pre + "experts.w2"), p(pre + "experts.b2"),
-                         A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_);
+                         A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_, keep);
     copy_d2d(x.data(), A.x_mid.data(), T * d, s);
     gpu::unpermute_forward(x.data(), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s);
 
@@ -308,7 +315,8 @@ void GpuModel::backward() {
     gpu::experts_backward(d_rows.data(), g(pre + "experts.w1"), g(pre + "experts.b1"), g(pre + "experts.w2"),
                           g(pre + "experts.b2"), d_hidden.data(), d_rows_out.data(), A.rows.data(), A.hidden_pre.data(),
                           A.hidden.data(), w(pre + "experts.w1"), w(pre + "experts.w2"),
-                          A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_);
+                          A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_,
+                          precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr);
     zero(d_m, T * d, s);
     gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
     if (moe) {

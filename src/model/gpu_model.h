@@ -63,6 +63,8 @@ class GpuModel {
     DeviceBuffer<float> rows, hidden_pre, hidden, rows_out;                 // [R,d] [R,f] [R,f] [R,d]
     DeviceBuffer<__nv_bfloat16> a16, o16;                                   // kBf16: GEMM copies of a, o
     DeviceBuffer<__nv_bfloat16> q16, k16, v16;                              // flash attention's inputs
+    DeviceBuffer<__nv_bfloat16> rows16, hidden16;                           // kBf16: the experts' GEMM inputs
+    gpu::ExpertsBf16Activations expert_inputs16;                            // -> rows16, hidden16
   };
   float* p(const std::string& name) { return params() + layout_.at(name).offset; }
   float* g(const std::string& name) { return grads() + layout_.at(name).offset; }

@@ -10,8 +10,12 @@
 //     (2 (l % 4) + 1, l / 4)) packed low / high;
 //   mma.m16n8k16 (bf16 in, fp32 accumulate): a_r = A(l/4 + 8 (r%2), 2 (l%4) + 8 (r/2) + {0,1}),
 //     b_r = B(2 (l%4) + 8 r + {0,1}, l/4), c_r = C(l/4 + 8 (r/2), 2 (l%4) + r%2);
-//   cp.async: copies are queued per thread and performed at cp.async.wait_group for all but the newest N
-//     committed groups (shared memory starts filled with a poison pattern, so a read before the wait shows);
+//   cp.async: two modes (g_eager_copies). Deferred: copies are queued per thread and performed at
+//     cp.async.wait_group for all but the newest N committed groups (shared memory starts filled with a
+//     poison pattern, so a read before its wait shows). Eager: copies land at once, the fibers of a block
+//     run in a pseudo-random order each round and whole warps stall for random rounds, so warps drift apart
+//     between block barriers and a stage overwritten while another warp still reads it (a missing
+//     __syncthreads) shows;
 //   shuffles, atomicAdd, ex2 (exp2f), bf16 conversions (round to nearest even).
 // Include this header before kernels/cuda/flash_attention_kernels.cuh.
 #pragma once
@@ -27,6 +31,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -48,6 +53,7 @@ inline smt::emu::Dim3 threadIdx, blockIdx, gridDim, blockDim;
 namespace smt::emu {
 
 inline uint64_t g_progress = 0;  // arrivals at barriers and finished fibers: a round without any is a deadlock
+inline bool g_eager_copies = false;  // see the header
 
 void yield();
 
@@ -159,18 +165,37 @@ void launch(Kernel kernel, Dim3 grid, int threads, size_t smem_bytes, const Args
           f.ctx.uc_link = &g_main_ctx;
           makecontext(&f.ctx, fiber_entry, 0);
         }
+        // Eager mode: a new pseudo-random thread order each round, and each warp stalls in a round with
+        // probability 1/2, so that warps drift apart between block barriers as on a GPU.
+        std::vector<int> order(threads);
+        for (int t = 0; t < threads; ++t) order[t] = t;
+        const int num_warps = threads / 32;
+        std::vector<char> stalled(num_warps, 0);
+        uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t(x) << 20) ^ (uint64_t(y) << 40) ^ z;
+        auto next = [&rng] {
+          rng ^= rng << 13;
+          rng ^= rng >> 7;
+          rng ^= rng << 17;
+          return rng;
+        };
         for (;;) {
-          bool any = false;
+          bool any = false, any_stalled = false;
           const uint64_t before = g_progress;
-          for (Fiber& f : fibers) {
+          if (g_eager_copies) {
+            for (int t = threads - 1; t > 0; --t) std::swap(order[t], order[next() % uint64_t(t + 1)]);
+            for (int w = 0; w < num_warps; ++w) any_stalled |= (stalled[w] = char(next() & 1)) != 0;
+          }
+          for (int idx : order) {
+            Fiber& f = fibers[idx];
             if (f.done) continue;
             any = true;
+            if (stalled[idx / 32]) continue;
             g_self = &f;
             threadIdx = f.tid;
             swapcontext(&g_main_ctx, &f.ctx);
           }
           if (!any) break;
-          if (g_progress == before) {
+          if (g_progress == before && !any_stalled) {
             std::fprintf(stderr, "flash emulator: deadlock in block (%u, %u, %u): no thread reached a barrier\n", x,
                          y, z);
             std::abort();
@@ -234,10 +259,14 @@ inline float atomicAdd(float* p, float v) {  // fibers on one thread: no race
 }
 
 inline void cp_async_16(void* dst, const void* src, bool pred) {
-  emu::g_self->open.push_back({dst, pred ? src : nullptr, pred ? 16 : 0, 16});
+  const emu::PendingCopy c{dst, pred ? src : nullptr, pred ? 16 : 0, 16};
+  if (emu::g_eager_copies) emu::perform({c});
+  else emu::g_self->open.push_back(c);
 }
 inline void cp_async_4(void* dst, const void* src, bool pred) {
-  emu::g_self->open.push_back({dst, pred ? src : nullptr, pred ? 4 : 0, 4});
+  const emu::PendingCopy c{dst, pred ? src : nullptr, pred ? 4 : 0, 4};
+  if (emu::g_eager_copies) emu::perform({c});
+  else emu::g_self->open.push_back(c);
 }
 inline void cp_async_commit() {
   emu::g_self->groups.push_back(std::move(emu::g_self->open));

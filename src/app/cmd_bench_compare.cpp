@@ -75,7 +75,7 @@ std::string run_pattern(RunConfig cfg, const std::string& pattern) {
   const int64_t rss_before = proc_status_kib("VmRSS");
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   model.init_params(cfg.seed);
-  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len);
+  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len, cfg.data.pack);
   std::vector<double> step_times;
   Timer total;
   for (int64_t step = 1; step <= cfg.train.steps; ++step) {

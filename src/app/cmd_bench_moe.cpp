@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -139,7 +138,11 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
   // Dropless top-k: every assignment is a row, R = T * k whatever the routing.
   const int64_t R = T * k;
   DeviceBuffer<float> xr(R * d), hp(R * f), h(R * f), out(R * d), dout(R * d), dxr(R * d), scratch(R * f);
-  DeviceBuffer<__nv_bfloat16> x_bf16(bf16 ? T * d : 0);
+  DeviceBuffer<__nv_bfloat16> x_bf16(bf16 ? T * d : 0), wr_bf16(bf16 ? d * E : 0), w1_bf16(bf16 ? E * d * f : 0),
+      w2_bf16(bf16 ? E * f * d : 0), xr_bf16(bf16 ? R * d : 0), h_bf16(bf16 ? R * f : 0);
+  // bf16: the experts' GEMM inputs rounded once in the forward and kept for the backward.
+  gpu::ExpertsBf16Activations kept_storage{xr_bf16.data(), h_bf16.data()};
+  const gpu::ExpertsBf16Activations* kept = bf16 ? &kept_storage : nullptr;
   gpu::DeviceRoutingPlan dplan;  // its buffers are reused between repetitions, as the model's are
   cudaEvent_t e0, e1, e2;
   SMT_CUDA_CHECK(cudaEventCreate(&e0));
@@ -153,13 +156,18 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     zero(dw2);
     SMT_CUDA_CHECK(cudaEventRecord(e0, st));
     // ---- forward ----
-    gpu::GemmOperand xa = x.data(), wra = wr.data();
-    std::optional<StreamBuffer<__nv_bfloat16>> wr_bf16;
-    if (bf16) {  // the router GEMM in bf16 too (x rounded once, reused by its backward)
+    // bf16: the weights rounded once per repetition (a training step rounds its fp32 master weights once for
+    // its forward and backward) and x once for the router GEMM and its backward.
+    gpu::GemmOperand xa = x.data(), wra = wr.data(), w1a = w1.data(), w2a = w2.data();
+    if (bf16) {
       gpu::cast_fp32_to_bf16(x_bf16.data(), x.data(), T * d, st);
-      wr_bf16.emplace(gpu::to_bf16(wr.data(), d * E, st));
+      gpu::cast_fp32_to_bf16(wr_bf16.data(), wr.data(), d * E, st);
+      gpu::cast_fp32_to_bf16(w1_bf16.data(), w1.data(), E * d * f, st);
+      gpu::cast_fp32_to_bf16(w2_bf16.data(), w2.data(), E * f * d, st);
       xa = x_bf16.data();
-      wra = static_cast<const __nv_bfloat16*>(wr_bf16->data());
+      wra = wr_bf16.data();
+      w1a = w1_bf16.data();
+      w2a = w2_bf16.data();
     }
     gpu::linear_forward(logits.data(), xa, wra, nullptr, T, d, E, false, handle, st);
     gpu::router_topk_forward(probs.data(), topk_idx.data(), topk_w.data(), nullptr, logits.data(), T, E, k, st);
@@ -167,8 +175,8 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     SMT_CHECK(dplan.num_rows == R, "bench moe: dropless plan with ", dplan.num_rows, " rows, expected ", R);
     const int64_t* offsets = dplan.expert_row_offset_host.data();
     gpu::permute_forward(xr.data(), x.data(), dplan, d, st);
-    gpu::experts_forward(out.data(), hp.data(), h.data(), xr.data(), w1.data(), nullptr, w2.data(), nullptr, offsets,
-                         E, d, f, handle, st, precision);
+    gpu::experts_forward(out.data(), hp.data(), h.data(), xr.data(), w1a, nullptr, w2a, nullptr, offsets,
+                         E, d, f, handle, st, precision, kept);
     zero(y);
     gpu::unpermute_forward(y.data(), out.data(), topk_w.data(), dplan, d, st);
     SMT_CUDA_CHECK(cudaEventRecord(e1, st));
@@ -180,7 +188,7 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     zero(dlogits);
     gpu::unpermute_backward(dout.data(), dtopk.data(), dy.data(), out.data(), topk_w.data(), dplan, d, st);
     gpu::experts_backward(dxr.data(), dw1.data(), nullptr, dw2.data(), nullptr, scratch.data(), dout.data(), xr.data(),
-                          hp.data(), h.data(), w1.data(), w2.data(), offsets, E, d, f, handle, st, precision);
+                          hp.data(), h.data(), w1a, w2a, offsets, E, d, f, handle, st, precision, kept);
     gpu::permute_backward(dx.data(), dxr.data(), dplan, d, st);
     gpu::router_topk_backward(dlogits.data(), dtopk.data(), nullptr, nullptr, probs.data(), topk_idx.data(),
                               topk_w.data(), T, E, k, st);

@@ -124,7 +124,7 @@ int cmd_train(int argc, char** argv) {
     load_parameters_only(cfg.model.init_from, model);
     log_info("parameters initialised from " + cfg.model.init_from);
   }
-  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len);
+  DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len, cfg.data.pack);
   TrainState state;
   state.data_seed = cfg.seed;
   if (resuming) {

@@ -545,7 +545,11 @@ void write_checkpoint_image(int fd, const std::string& tmp, const std::string& p
   H5Pset_fapl_core(fapl.get(), estimate, 0);
   // Format of HDF5 1.8+: checksummed superblock and object headers (metadata corruption is detected).
   H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18);
-  Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+  // The root group's header carries timestamps unless the file creation list says otherwise (two saves
+  // in different seconds then differed in 4 bytes and the header checksum).
+  Id fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  H5Pset_obj_track_times(fcpl.get(), false);
+  Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose);
   if (!file.ok()) throw Error(detail::concat(ctx, ": cannot create the HDF5 image: ", h5_detail()));
   const hid_t f = file.get();
 

@@ -168,15 +168,25 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 // precision kFp32: w1, w2 fp32. kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream
 // temporaries) or pre-rounded bf16 copies (used as they are); rows and hidden are rounded to bf16 before
 // their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32.
+// bf16 copies of the experts' GEMM inputs kept from the forward for the backward (kBf16 only): rows [R, d]
+// and hidden [R, f], row 0 = row expert_row_offset[0]. A bf16 experts_forward given one writes them; an
+// experts_backward given the same reads them instead of rounding rows and hidden again (its fp32 `hidden`
+// is then not read; `rows` neither). Both pointers required.
+struct ExpertsBf16Activations {
+  __nv_bfloat16* rows = nullptr;
+  __nv_bfloat16* hidden = nullptr;
+};
 void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
                      GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
-                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32);
+                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32,
+                     const ExpertsBf16Activations* keep = nullptr);
 // scratch [R, f] device working memory (overwritten; holds the fp32 dhidden). kBf16: dout, rows, hidden and
 // dhidden are rounded to bf16 before their GEMMs; every gradient is fp32 and accumulated (+=).
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
                       const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
                       const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
-                      cudaStream_t stream, Precision precision = Precision::kFp32);
+                      cudaStream_t stream, Precision precision = Precision::kFp32,
+                      const ExpertsBf16Activations* kept = nullptr);
 // The backend the last expert GEMMs of that precision used: "grouped", "grouped_bf16_out" (bf16 only),
 // "loop", or "unused" before the first call.
 std::string experts_gemm_backend(Precision precision = Precision::kFp32);

@@ -94,6 +94,8 @@ po::options_description run_config_options(RunConfig& c) {
       ("data.fields", po::value(&D.fields)->default_value(D.fields),
        "liar inputs: statement | statement+metadata | statement+metadata+credit (credit leaks the label)")
       ("data.binary", po::value(&D.binary)->default_value(D.binary), "liar: true/false instead of six labels")
+      ("data.pack", po::value(&D.pack)->default_value(D.pack),
+       "model.head = lm: fill each training row with consecutive examples (cut at seq_len) instead of one padded example")
       ("data.tokenizer", po::value(&D.tokenizer)->default_value(D.tokenizer),
        "bytes | words (lower-cased words and punctuation, words hashed into model.vocab_size ids)")
       ("data.synthetic_train", po::value(&D.synthetic_train)->default_value(D.synthetic_train),
@@ -157,6 +159,7 @@ void RunConfig::validate() const {
   SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",
                   data.source, "'");
   SMT_USAGE_CHECK(data.source != "liar" || !data.path.empty(), "data.path must name the LIAR folder when data.source = liar");
+  SMT_USAGE_CHECK(!data.pack || M.head == "lm", "data.pack = true needs model.head = lm (a classifier row is one example)");
   make_tokenizer(data.tokenizer, M.vocab_size);  // throws UsageError where the two do not fit
   SMT_USAGE_CHECK(checkpoint.every >= 0 && checkpoint.keep >= 1, "checkpoint.every must be >= 0 and checkpoint.keep >= 1");
   SMT_USAGE_CHECK(T.threads >= 0, "train.threads must be >= 0 (0 = all cores), got ", T.threads);

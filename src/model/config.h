@@ -67,6 +67,7 @@ struct DataConfig {
   std::string path;                  // liar: folder with train.tsv and valid.tsv
   std::string fields = "statement";  // liar: statement | statement+metadata | statement+metadata+credit
   bool binary = false;               // liar: two classes instead of six
+  bool pack = false;                 // model.head = lm: rows of concatenated examples, no padding
   std::string tokenizer = "bytes";   // bytes | words (hashed words into model.vocab_size ids)
   int64_t synthetic_train = 4096;
   int64_t synthetic_heldout = 1024;

@@ -7,7 +7,10 @@ namespace smt {
 
 std::string TensorSpec::shape_string() const {
   std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) {  // appended piece by piece: GCC 12 warns falsely on "," + string
+    if (i > 0) s += ',';
+    s += std::to_string(shape[i]);
+  }
   return s + "]";
 }
 

@@ -2,6 +2,9 @@
 // checkpoint loadable), atomic writes under failing I/O, pruning, expert hyperslab reads,
 // inspect and safetensors export.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <hdf5.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -204,6 +207,8 @@ TEST(CheckpointRoundTrip, SaveLoadSaveIsBitwiseIdentical) {
   EXPECT_EQ(loaded.last_metrics_json, s.last_metrics_json);
 
   const std::string p2 = dir / "again.h5";
+  // A second later: a timestamp anywhere in the file (HDF5 stores seconds) then always shows up.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   save_checkpoint(p2, b, cfg, loaded);
   CheckpointReader r1(p1), r2(p2);
   EXPECT_EQ(r1.config_ini(), r2.config_ini());

@@ -164,12 +164,55 @@ TEST(DataLoader, CursorRestoreGivesSameBatches) {
   EXPECT_THROW(c.set_cursor(LoaderCursor{0, 30}), Error);
 }
 
+// Packed rows: the examples of the loader's order (the unpacked loader of the same seed walks the same
+// order) concatenated and cut at seq_len, with no padding, next-token targets, and a cursor that
+// restores the same rows.
+TEST(DataLoader, PackedRowsConcatenateTheOrder) {
+  const Dataset d = toy_dataset(23);  // examples of 1..5 tokens
+  const int64_t B = 3, N = 7;
+  DataLoader packed(d, 9, B, N, /*pack=*/true), order(d, 9, 1, 8);
+  std::vector<int64_t> pending;  // examples of the order not yet matched
+  for (int batch = 0; batch < 12; ++batch) {  // several epochs
+    const Batch b = packed.next();
+    ASSERT_EQ(b.batch_size, B);
+    ASSERT_EQ(b.tokens.size(), static_cast<size_t>(B * N));
+    for (int64_t r = 0; r < B; ++r) {
+      std::vector<int32_t> expect;
+      int64_t first = -1;
+      while (static_cast<int64_t>(expect.size()) < N) {
+        const int64_t idx = order.next().example_idx[0];
+        if (first < 0) first = idx;
+        const auto& t = d.examples[static_cast<size_t>(idx)].tokens;
+        expect.insert(expect.end(), t.begin(), t.end());
+      }
+      expect.resize(static_cast<size_t>(N));  // the last example is cut where the row ends
+      const std::vector<int32_t> row(b.tokens.begin() + r * N, b.tokens.begin() + (r + 1) * N);
+      EXPECT_EQ(row, expect) << "batch " << batch << " row " << r;
+      EXPECT_EQ(b.example_idx[static_cast<size_t>(r)], first);
+      EXPECT_EQ(b.labels[static_cast<size_t>(r)], d.examples[static_cast<size_t>(first)].label);
+      for (int64_t n = 0; n < N; ++n) {
+        EXPECT_EQ(b.valid[static_cast<size_t>(r * N + n)], 1);
+        EXPECT_EQ(b.lm_targets[static_cast<size_t>(r * N + n)], n + 1 < N ? row[static_cast<size_t>(n + 1)] : -1);
+      }
+    }
+  }
+  // The cursor alone restores the stream of packed rows.
+  const LoaderCursor c = packed.cursor();
+  const Batch next = packed.next();
+  DataLoader resumed(d, 9, B, N, true);
+  resumed.set_cursor(c);
+  EXPECT_EQ(resumed.next().tokens, next.tokens);
+}
+
 TEST(DataLoader, RejectsBadArguments) {
   const Dataset empty;
   EXPECT_THROW(DataLoader(empty, 1, 4, 8), Error);
   const Dataset d = toy_dataset(3);
   EXPECT_THROW(DataLoader(d, 1, 0, 8), Error);
   EXPECT_THROW(DataLoader(d, 1, 4, 0), Error);
+  Dataset no_tokens = toy_dataset(3);
+  for (auto& ex : no_tokens.examples) ex.tokens.clear();
+  EXPECT_THROW(DataLoader(no_tokens, 1, 2, 8, /*pack=*/true), Error);  // packing could never fill a row
 }
 
 }  // namespace

@@ -316,8 +316,10 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
 cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const GeluEpilogue& gelu,
                                 cublasHandle_t handle, cudaStream_t stream) {
   const int G = static_cast<int>(problems.size());
+  // Each problem's staging block starts 16-byte aligned (8 bf16), as cuBLAS's fast kernels want.
+  auto padded = [](int64_t n) { return (n + 7) / 8 * 8; };
   int64_t staged = 0, max_mn = 0;
-  for (const GemmProblem& p : problems) staged += p.M * p.N, max_mn = std::max(max_mn, p.M * p.N);
+  for (const GemmProblem& p : problems) staged += padded(p.M * p.N), max_mn = std::max(max_mn, p.M * p.N);
   StreamBuffer<__nv_bfloat16> stage(static_cast<size_t>(staged), stream);
   std::vector<void*> c_ptrs(G);
   std::vector<int> c_ld(G);
@@ -335,7 +337,7 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
       if (gelu.g_base != nullptr) outs[g].G = gelu.g_base + o;
       if (gelu.bf16_base != nullptr) outs[g].Gb = gelu.bf16_base + o;
     }
-    off += p.M * p.N;
+    off += padded(p.M * p.N);
   }
   const cublasStatus_t st =
       grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
@@ -547,6 +549,12 @@ const void* activation_operand(const float* x, int64_t n, Precision precision,
   return holder->data();
 }
 
+void check_kept(const ExpertsBf16Activations* kept, Precision precision, const char* who) {
+  if (kept == nullptr) return;
+  SMT_CHECK(precision == Precision::kBf16, who, ": kept bf16 activations need Precision::kBf16");
+  SMT_CHECK(kept->rows != nullptr && kept->hidden != nullptr, who, ": kept bf16 activations need rows and hidden");
+}
+
 // Element offset of row r0 of a [*, width] matrix of `precision`, as a byte-correct pointer.
 const void* at(const void* base, int64_t elements, Precision precision) {
   const size_t bytes = precision == Precision::kBf16 ? sizeof(__nv_bfloat16) : sizeof(float);
@@ -557,8 +565,10 @@ const void* at(const void* base, int64_t elements, Precision precision) {
 
 void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
                      GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
-                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision) {
+                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision,
+                     const ExpertsBf16Activations* keep) {
   check_offsets(expert_row_offset, E, "gpu::experts_forward");
+  check_kept(keep, precision, "gpu::experts_forward");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
   const Precision P = precision;
@@ -566,11 +576,23 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
   const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_forward");
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_forward");
   // bf16 copies cover rows [base, base + R) only; index them relative to base.
-  const void* X = activation_operand(rows + base * d, R * d, P, rows_h, stream);
+  const void* X = rows + base * d;
   const void* H = hidden + base * f;
+  __nv_bfloat16* H_bf16 = nullptr;
   if (P == Precision::kBf16) {
-    hidden_h.emplace(static_cast<size_t>(R * f), stream);
-    H = hidden_h->data();
+    __nv_bfloat16* X_bf16 = nullptr;
+    if (keep != nullptr) {  // the caller's buffers, read again by the backward
+      X_bf16 = keep->rows;
+      H_bf16 = keep->hidden;
+    } else {
+      rows_h.emplace(static_cast<size_t>(R * d), stream);
+      hidden_h.emplace(static_cast<size_t>(R * f), stream);
+      X_bf16 = rows_h->data();
+      H_bf16 = hidden_h->data();
+    }
+    cast_fp32_to_bf16(X_bf16, rows + base * d, R * d, stream);
+    X = X_bf16;
+    H = H_bf16;
   }
   StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
   if (b1 != nullptr) {
@@ -591,7 +613,7 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
   fwd_gelu.mode = GeluEpilogue::kForward;
   fwd_gelu.c_base = hidden_pre + base * f;
   fwd_gelu.g_base = hidden + base * f;
-  fwd_gelu.bf16_base = P == Precision::kBf16 ? hidden_h->data() : nullptr;
+  fwd_gelu.bf16_base = H_bf16;
   if (!run_gemms(g1, P, handle, stream, &fwd_gelu))
     gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream, fwd_gelu.bf16_base);
   if (b2 != nullptr) {
@@ -605,8 +627,9 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
                       const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
                       const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
-                      cudaStream_t stream, Precision precision) {
+                      cudaStream_t stream, Precision precision, const ExpertsBf16Activations* kept) {
   check_offsets(expert_row_offset, E, "gpu::experts_backward");
+  check_kept(kept, precision, "gpu::experts_backward");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
   const Precision P = precision;
@@ -618,7 +641,7 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   const void* DOUT = nullptr;
   if (dw2 != nullptr || need_dh) DOUT = activation_operand(dout + base * d, R * d, P, dout_h, stream);
   if (dw2 != nullptr) {  // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
-    const void* HID = activation_operand(hidden + base * f, R * f, P, hidden_h, stream);
+    const void* HID = kept != nullptr ? kept->hidden : activation_operand(hidden + base * f, R * f, P, hidden_h, stream);
     std::vector<GemmProblem> g_dw2;
     for (int64_t e = 0; e < E; ++e) {
       const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
@@ -667,7 +690,7 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
     run_gemms(g_drows, P, handle, stream);
   }
   if (dw1 != nullptr) {  // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
-    const void* X = activation_operand(rows + base * d, R * d, P, rows_h, stream);
+    const void* X = kept != nullptr ? kept->rows : activation_operand(rows + base * d, R * d, P, rows_h, stream);
     std::vector<GemmProblem> g_dw1;
     for (int64_t e = 0; e < E; ++e) {
       const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;

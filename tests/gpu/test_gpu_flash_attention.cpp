@@ -60,7 +60,6 @@ std::vector<float> from_device_bf16(const DeviceBuffer<uint16_t>& d) {
 gpu::bf16* bf(DeviceBuffer<uint16_t>& d) { return reinterpret_cast<gpu::bf16*>(d.data()); }
 const gpu::bf16* bf(const DeviceBuffer<uint16_t>& d) { return reinterpret_cast<const gpu::bf16*>(d.data()); }
 
-
 class FlashGpu : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -3,8 +3,8 @@
 // softmax, pipelining (cp.async groups) and barriers are checked on machines without a GPU. The launch
 // logic below mirrors flash_attention.cu's host code (tile rows by block size, key bits, D, dq modes).
 // Results are held to the criterion of flash_reference.h (error <= 2x that of a bf16 dense masked
-// reference + a small floor, against the double CPU reference) on small shapes (each emulated thread is
-// an OS thread); exact zeros for rows without keys and padded keys; deterministic dq = atomic dq up to
+// reference + a small floor, against the double CPU reference) on small shapes (every CUDA thread is a
+// fiber on one OS thread); exact zeros for rows without keys and padded keys; deterministic dq = atomic dq up to
 // rounding. The GPU run of the same kernels is tests/gpu/test_gpu_flash_attention.cpp.
 #include "flash_emulator.h"
 // (the emulator must come first)
@@ -80,13 +80,15 @@ struct EmuCase {
   AttnPatternKind kind;
   bool causal;
   int N, bs, hd, B, H, padding, lead_pad;
+  bool eager_copies = false;  // flash_emulator.h: deferred copies catch a missing wait, eager ones a missing barrier
 };
 
 template <int HD>
 void run_emulated(const EmuCase& c) {
   std::ostringstream what;
   what << attn_pattern_name(c.kind) << (c.causal ? " causal" : "") << " N=" << c.N << " bs=" << c.bs
-       << " hd=" << c.hd;
+       << " hd=" << c.hd << (c.eager_copies ? " (eager copies, shuffled threads)" : " (deferred copies)");
+  emu::g_eager_copies = c.eager_copies;
   SCOPED_TRACE(what.str());
   std::printf("  emulated case %s\n", what.str().c_str());
   AttnPatternConfig cfg;
@@ -213,20 +215,25 @@ void run_emulated(const EmuCase& c) {
 TEST(FlashEmulated, Block64DenseCausalEmptyRows) {
   run_emulated<64>({AttnPatternKind::kDense, true, 100, 64, 64, 2, 1, 30, 5});
 }
-TEST(FlashEmulated, Block64Local) { run_emulated<64>({AttnPatternKind::kLocal, false, 100, 64, 64, 2, 1, 9, 0}); }
+TEST(FlashEmulated, Block64Local) { run_emulated<64>({AttnPatternKind::kLocal, false, 100, 64, 64, 2, 1, 9, 0, true}); }
 TEST(FlashEmulated, Block64RandomHd128) {
-  run_emulated<128>({AttnPatternKind::kRandom, true, 70, 64, 128, 1, 1, 0, 3});
+  run_emulated<128>({AttnPatternKind::kRandom, true, 70, 64, 128, 1, 1, 0, 3, true});
 }
 TEST(FlashEmulated, Block64BlockSparse) {
   run_emulated<64>({AttnPatternKind::kBlockSparse, false, 200, 64, 64, 1, 1, 0, 0});
 }
 // Block 128 (128-row tiles, 8 warps, 64-key sub-tiles inside 128-key blocks, 128-key tiles in the backward).
-// (Each emulated thread is an OS thread: the 256-thread blocks are the slow part of this file.)
 TEST(FlashEmulated, Block128BigBird) {
-  run_emulated<64>({AttnPatternKind::kBigBird, true, 200, 128, 64, 1, 1, 0, 2});
+  run_emulated<64>({AttnPatternKind::kBigBird, true, 200, 128, 64, 1, 1, 0, 2, true});
 }
 TEST(FlashEmulated, Block128LocalHd128) {
   run_emulated<128>({AttnPatternKind::kLocal, true, 130, 128, 128, 1, 1, 0, 1});
+}
+TEST(FlashEmulated, Block128BlockSparsePadded) {
+  run_emulated<64>({AttnPatternKind::kBlockSparse, false, 260, 128, 64, 2, 1, 40, 0, true});
+}
+TEST(FlashEmulated, Block64DenseHd128Padded) {
+  run_emulated<128>({AttnPatternKind::kDense, false, 100, 64, 128, 2, 1, 20, 0});
 }
 
 }  // namespace

@@ -31,6 +31,10 @@
 // Invariants: query rows and keys past N are zero-filled in shared memory and never stored; in the backward
 // a query row past N or with lse = -inf gets lse2 = +inf, so its P (hence dS) is exactly 0; every output
 // element is written by one thread (dq in the atomic mode: fp32 atomics, order not fixed).
+// Tests: the device code (flash_attention_kernels.cuh) also runs on the CPU under a warp-level emulation
+// (tests/unit/test_flash_emulated.cpp); the schedule has its own CPU test (test_flash_tiles.cpp); the GPU test
+// is tests/gpu/test_gpu_flash_attention.cpp. Not here yet: a wgmma + TMA variant for sm_90 (this one is the
+// mma.sync path that runs on sm_80 and later), and any tuning from GPU measurements.
 #include <cmath>
 #include <mutex>
 #include <set>

@@ -111,27 +111,21 @@ BlockMask build_block_mask(const AttnPatternConfig& config, int seq_len, int lay
   const int64_t nb = pattern::num_blocks_of(seq_len, config.block_size);
   m.num_blocks = static_cast<int>(nb);
 
-  // The shared rule (attention_pattern_rule.h), as on the GPU: count per query block, prefix sum, fill.
+  // The shared rule (attention_pattern_rule.h), one fill pass per query block into a row buffer (the
+  // GPU counts first to size its lists; the CPU appends instead).
   std::vector<int32_t> scratch(static_cast<size_t>(pattern::random_draw_scratch_words(config, nb)));
-  int64_t total = 0;
+  std::vector<int32_t> row_cols(nb);
+  std::vector<uint8_t> row_kinds(nb), row_fulls(nb);
   m.q_row_ptr.assign(nb + 1, 0);
   for (int64_t qb = 0; qb < nb; ++qb) {
-    total += pattern::pattern_row(config, seq_len, layer_idx, static_cast<int>(qb), scratch.data(), nullptr, nullptr,
-                                  nullptr);
-    SMT_CHECK(total <= INT32_MAX, "build_block_mask: more than 2^31 - 1 block entries (", total, " after query block ",
-              qb, ")");
-    m.q_row_ptr[qb + 1] = static_cast<int32_t>(total);
-  }
-  m.q_col_idx.resize(total);
-  m.q_kind.resize(total);
-  m.q_is_full.resize(total);
-  for (int64_t qb = 0; qb < nb; ++qb) {
-    const int32_t start = m.q_row_ptr[qb];
     const int count = pattern::pattern_row(config, seq_len, layer_idx, static_cast<int>(qb), scratch.data(),
-                                           m.q_col_idx.data() + start, m.q_kind.data() + start,
-                                           m.q_is_full.data() + start);
-    SMT_CHECK(count == m.q_row_ptr[qb + 1] - start, "build_block_mask: query block ", qb, " counted ",
-              m.q_row_ptr[qb + 1] - start, " entries but filled ", count);
+                                           row_cols.data(), row_kinds.data(), row_fulls.data());
+    SMT_CHECK(static_cast<int64_t>(m.q_col_idx.size()) + count <= INT32_MAX,
+              "build_block_mask: more than 2^31 - 1 block entries (at query block ", qb, ")");
+    m.q_col_idx.insert(m.q_col_idx.end(), row_cols.begin(), row_cols.begin() + count);
+    m.q_kind.insert(m.q_kind.end(), row_kinds.begin(), row_kinds.begin() + count);
+    m.q_is_full.insert(m.q_is_full.end(), row_fulls.begin(), row_fulls.begin() + count);
+    m.q_row_ptr[qb + 1] = static_cast<int32_t>(m.q_col_idx.size());
   }
 
   // Transposed lists by counting sort over kb; iterating qb ascending keeps each column ascending.

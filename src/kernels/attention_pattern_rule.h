@@ -5,10 +5,10 @@
 // bit for bit. Two passes: with null outputs it only counts (the GPU sizes its CSR by a prefix sum of
 // the counts), then the same call with outputs fills.
 //
-// Cost per query block: O(entries + r^2) with r = num_random_blocks (random, bigbird), no allocation.
-// The random draw runs the header's partial Fisher-Yates without materialising the candidate list:
-// positions [0, r) live in a[0..r), positions >= r that a swap touched in a small (key, value) table;
-// both in caller-provided scratch of random_draw_scratch_words(config, num_blocks) int32 per call.
+// Cost per query block: O(entries + r log r) with r = num_random_blocks (random, bigbird), no
+// allocation. The random draw runs the header's partial Fisher-Yates without materialising the
+// candidate list: positions [0, r) live in a[0..r), positions >= r that a swap touched in a small hash
+// table; both in caller-provided scratch of random_draw_scratch_words(config, num_blocks) int32 per call.
 // Invariants: config validated (validate_attn_pattern), 0 <= qb < num_blocks, seq_len > 0.
 #pragma once
 #include <cstdint>
@@ -60,31 +60,65 @@ SMT_HOST_DEVICE inline bool uses_window(AttnPatternKind kind) {
   return kind == AttnPatternKind::kLocal || kind == AttnPatternKind::kBigBird;
 }
 
-// int32 words of scratch one pattern_row call needs: 3 r' with r' = min(r, num_blocks) for the
-// patterns with random blocks (a draw is materialised only when r < n <= num_blocks - 1), else 0.
+// Slots of the open-addressing table of touched positions >= r: a power of two >= 2 r (load <= 1/2).
+SMT_HOST_DEVICE inline int64_t draw_table_slots(int64_t r) {
+  int64_t slots = 2;
+  while (slots < 2 * r) slots *= 2;
+  return slots;
+}
+
+// int32 words of scratch one pattern_row call needs: r + 2 draw_table_slots(r) (< 9 r) for the
+// patterns with random blocks when some query block materialises a draw (0 < r < n, n <= num_blocks -
+// 1), else 0.
 SMT_HOST_DEVICE inline int64_t random_draw_scratch_words(const AttnPatternConfig& c, int64_t num_blocks) {
-  if (!uses_random_blocks(c.kind) || c.num_random_blocks <= 0) return 0;
-  return 3 * min64(c.num_random_blocks, num_blocks);
+  const int64_t r = c.num_random_blocks;
+  if (!uses_random_blocks(c.kind) || r <= 0 || r >= num_blocks - 1) return 0;
+  return r + 2 * draw_table_slots(r);
 }
 
 // Candidate p (0-based) of query block qb: the key blocks {kb != qb, kb < qb if causal} ascending.
 SMT_HOST_DEVICE inline int64_t random_candidate(int64_t p, int64_t qb) { return p < qb ? p : p + 1; }
 
+// Ascending heap sort of a[0..n) (no recursion, no allocation).
+SMT_HOST_DEVICE inline void heap_sort(int32_t* a, int64_t n) {
+  auto sift_down = [a](int64_t root, int64_t end) {
+    while (2 * root + 1 < end) {
+      int64_t child = 2 * root + 1;
+      if (child + 1 < end && a[child] < a[child + 1]) ++child;
+      if (!(a[root] < a[child])) return;
+      const int32_t t = a[root];
+      a[root] = a[child];
+      a[child] = t;
+      root = child;
+    }
+  };
+  for (int64_t i = n / 2 - 1; i >= 0; --i) sift_down(i, n);
+  for (int64_t end = n - 1; end > 0; --end) {
+    const int32_t t = a[0];
+    a[0] = a[end];
+    a[end] = t;
+    sift_down(0, end);
+  }
+}
+
 // The random draw of the header for query block qb: candidates {kb != qb, kb < qb if causal}, n of
 // them; when r >= n every candidate is drawn and -1 is returned (nothing written); else the partial
 // Fisher-Yates with Rng(seed, (layer << 32) | qb) -- for i in [0, r): j = i + rng.below(n - i);
 // swap(c[i], c[j]) -- and the r drawn blocks c[0..r) are written ascending to scratch[0..r), r returned.
-// scratch holds 3 r words: [0, r) the positions < r, [r, 2r) keys and [2r, 3r) values of the touched
-// positions >= r (each swap touches at most one such position, so r entries suffice).
+// scratch holds random_draw_scratch_words words: [0, r) the positions < r, then the keys and the values
+// of an open-addressing table (linear probing, key -1 = empty) of the touched positions >= r (each swap
+// touches at most one such position: at most r keys).
 SMT_HOST_DEVICE inline int64_t draw_random_blocks(int64_t qb, int64_t num_blocks, bool causal, int64_t r,
                                                   uint64_t seed, int64_t layer, int32_t* scratch) {
   const int64_t n = causal ? qb : num_blocks - 1;
   if (r >= n) return -1;
+  if (r <= 0) return 0;  // no scratch is given for r = 0
+  const int64_t slots = draw_table_slots(r);
   int32_t* a = scratch;
   int32_t* keys = scratch + r;
-  int32_t* vals = scratch + 2 * r;
-  int64_t touched = 0;
+  int32_t* vals = scratch + r + slots;
   for (int64_t p = 0; p < r; ++p) a[p] = static_cast<int32_t>(random_candidate(p, qb));
+  for (int64_t s = 0; s < slots; ++s) keys[s] = -1;
   Rng rng(seed, (static_cast<uint64_t>(layer) << 32) | static_cast<uint64_t>(qb));
   for (int64_t i = 0; i < r; ++i) {
     const int64_t j = i + static_cast<int64_t>(rng.below(static_cast<uint64_t>(n - i)));
@@ -94,19 +128,14 @@ SMT_HOST_DEVICE inline int64_t draw_random_blocks(int64_t qb, int64_t num_blocks
       a[j] = t;
       continue;
     }
-    int64_t slot = 0;
-    while (slot < touched && keys[slot] != j) ++slot;
-    const int32_t value_j = slot < touched ? vals[slot] : static_cast<int32_t>(random_candidate(j, qb));
-    if (slot == touched) keys[touched++] = static_cast<int32_t>(j);
+    int64_t slot = j & (slots - 1);
+    while (keys[slot] != -1 && keys[slot] != j) slot = (slot + 1) & (slots - 1);
+    const int32_t value_j = keys[slot] == j ? vals[slot] : static_cast<int32_t>(random_candidate(j, qb));
+    keys[slot] = static_cast<int32_t>(j);
     vals[slot] = a[i];
     a[i] = value_j;
   }
-  for (int64_t i = 1; i < r; ++i) {  // insertion sort: r is small
-    const int32_t v = a[i];
-    int64_t p = i;
-    for (; p > 0 && a[p - 1] > v; --p) a[p] = a[p - 1];
-    a[p] = v;
-  }
+  heap_sort(a, r);
   return r;
 }
 

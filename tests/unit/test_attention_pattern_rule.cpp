@@ -301,19 +301,36 @@ TEST(AttentionPatternRule, CountPassEqualsFillPassAndListsAreAscending) {
   }
 }
 
-TEST(AttentionPatternRule, ScratchWordsOnlyForRandomPatterns) {
+TEST(AttentionPatternRule, ScratchWordsOnlyForRandomPatternsThatDraw) {
+  EXPECT_EQ(pattern::draw_table_slots(1), 2);
+  EXPECT_EQ(pattern::draw_table_slots(5), 16);
+  EXPECT_EQ(pattern::draw_table_slots(8), 16);
   auto c = make(AttnPatternKind::kRandom, false, 4);
   c.num_random_blocks = 5;
-  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 15);
-  EXPECT_EQ(pattern::random_draw_scratch_words(c, 3), 9);  // r >= n there: bounded by the blocks
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16);
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 7), 5 + 2 * 16);  // r = nb - 2: the last query block draws
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 6), 0);           // r >= n = nb - 1 for every query block
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 3), 0);
   c.kind = AttnPatternKind::kBigBird;
-  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 15);
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16);
   c.num_random_blocks = 0;
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 0);
   for (auto k : {AttnPatternKind::kDense, AttnPatternKind::kLocal, AttnPatternKind::kBlockSparse}) {
     auto d = make(k, true, 4);
     d.num_random_blocks = 5;
     EXPECT_EQ(pattern::random_draw_scratch_words(d, 100), 0);
+  }
+}
+
+TEST(AttentionPatternRule, HeapSortSortsAscending) {
+  Rng rng(3, 4);
+  for (int n : {0, 1, 2, 3, 10, 101}) {
+    std::vector<int32_t> v(n);
+    for (auto& x : v) x = static_cast<int32_t>(rng.below(50));
+    std::vector<int32_t> expect = v;
+    std::sort(expect.begin(), expect.end());
+    pattern::heap_sort(v.data(), n);
+    EXPECT_EQ(v, expect) << "n " << n;
   }
 }
 

@@ -16,45 +16,51 @@ namespace smt::gpu {
 namespace {
 
 constexpr int kThreads = 128;
+// Random-draw scratch of all threads together at most this (threads walk the query blocks grid-stride).
+constexpr int64_t kScratchBudgetBytes = int64_t{64} << 20;
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // counts[qb] = entries of query block qb for qb < num_blocks; counts[num_blocks] = 0 (so that the
-// exclusive scan of num_blocks + 1 counts ends with the total). scratch: scratch_words per query block.
+// exclusive scan of num_blocks + 1 counts ends with the total). Thread t uses
+// scratch[t * scratch_words, (t + 1) * scratch_words) for every query block it walks.
 __global__ void count_entries_kernel(AttnPatternConfig config, int seq_len, int layer, int num_blocks,
                                      int64_t scratch_words, int32_t* scratch, int64_t* counts) {
-  const int64_t qb = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (qb > num_blocks) return;
-  if (qb == num_blocks) {
-    counts[qb] = 0;
-    return;
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int32_t* my_scratch = scratch_words > 0 ? scratch + thread * scratch_words : nullptr;
+  for (int64_t qb = thread; qb <= num_blocks; qb += stride) {
+    counts[qb] = qb == num_blocks ? 0
+                                  : pattern::pattern_row(config, seq_len, layer, static_cast<int>(qb), my_scratch,
+                                                         nullptr, nullptr, nullptr);
   }
-  int32_t* my_scratch = scratch_words > 0 ? scratch + qb * scratch_words : nullptr;
-  counts[qb] = pattern::pattern_row(config, seq_len, layer, static_cast<int>(qb), my_scratch, nullptr, nullptr, nullptr);
 }
 
 // Fills the entries of query block qb at row_ptr64[qb] (the scan of the counts), row_ptr as int32, and
 // per entry its query block and its own index (the values the radix sort carries). A row whose fill
-// count differs from its scanned count (impossible unless the rule is not deterministic) raises *bad.
+// count differs from its scanned count (impossible unless the rule were not deterministic) raises *bad
+// and writes no row or index (those stay 0 from the memset: the later kernels read in bounds).
 __global__ void fill_entries_kernel(AttnPatternConfig config, int seq_len, int layer, int num_blocks,
                                     int64_t scratch_words, int32_t* scratch, const int64_t* row_ptr64,
                                     int32_t* row_ptr, int32_t* cols, uint8_t* kinds, uint8_t* fulls,
                                     int32_t* row_of_entry, int32_t* entry_index, int* bad) {
-  const int64_t qb = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (qb > num_blocks) return;
-  const int64_t start = row_ptr64[qb];
-  row_ptr[qb] = static_cast<int32_t>(start);
-  if (qb == num_blocks) return;
-  int32_t* my_scratch = scratch_words > 0 ? scratch + qb * scratch_words : nullptr;
-  const int count = pattern::pattern_row(config, seq_len, layer, static_cast<int>(qb), my_scratch, cols + start,
-                                         kinds + start, fulls + start);
-  if (count != row_ptr64[qb + 1] - start) {
-    atomicExch(bad, 1);
-    return;
-  }
-  for (int i = 0; i < count; ++i) {
-    row_of_entry[start + i] = static_cast<int32_t>(qb);
-    entry_index[start + i] = static_cast<int32_t>(start + i);
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int32_t* my_scratch = scratch_words > 0 ? scratch + thread * scratch_words : nullptr;
+  for (int64_t qb = thread; qb <= num_blocks; qb += stride) {
+    const int64_t start = row_ptr64[qb];
+    row_ptr[qb] = static_cast<int32_t>(start);
+    if (qb == num_blocks) continue;
+    const int count = pattern::pattern_row(config, seq_len, layer, static_cast<int>(qb), my_scratch, cols + start,
+                                           kinds + start, fulls + start);
+    if (count != row_ptr64[qb + 1] - start) {
+      atomicExch(bad, 1);
+      continue;
+    }
+    for (int i = 0; i < count; ++i) {
+      row_of_entry[start + i] = static_cast<int32_t>(qb);
+      entry_index[start + i] = static_cast<int32_t>(start + i);
+    }
   }
 }
 
@@ -91,12 +97,19 @@ DeviceBlockMask build_block_mask_on_device(const AttnPatternConfig& config, int 
   const int nb = static_cast<int>(nb64);  // <= seq_len
   const int64_t scratch_words = pattern::random_draw_scratch_words(config, nb64);
 
+  // One thread per query block (and one for the end of the CSR), fewer when the random-draw scratch of
+  // so many threads would pass kScratchBudgetBytes (the threads then walk the query blocks grid-stride).
+  int64_t row_threads = nb64 + 1;
+  if (scratch_words > 0)
+    row_threads = pattern::max64(kThreads, pattern::min64(row_threads, kScratchBudgetBytes / (4 * scratch_words)));
+  const unsigned row_grid = blocks_for(row_threads);
+  StreamBuffer<int32_t> scratch(static_cast<size_t>(scratch_words * row_grid * kThreads), stream);
+
   // Pass 1: count per query block, exclusive scan over num_blocks + 1 counts.
-  StreamBuffer<int32_t> scratch(static_cast<size_t>(scratch_words * nb64), stream);
   StreamBuffer<int64_t> counts(static_cast<size_t>(nb64 + 1), stream);
   StreamBuffer<int64_t> row_ptr64(static_cast<size_t>(nb64 + 1), stream);
-  count_entries_kernel<<<blocks_for(nb64 + 1), kThreads, 0, stream>>>(config, seq_len, layer, nb, scratch_words,
-                                                                       scratch.data(), counts.data());
+  count_entries_kernel<<<row_grid, kThreads, 0, stream>>>(config, seq_len, layer, nb, scratch_words, scratch.data(),
+                                                          counts.data());
   SMT_CUDA_CHECK_LAUNCH();
   size_t scan_bytes = 0;
   SMT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, counts.data(), row_ptr64.data(), nb64 + 1, stream));
@@ -132,7 +145,11 @@ DeviceBlockMask build_block_mask_on_device(const AttnPatternConfig& config, int 
   StreamBuffer<int32_t> entry_index(static_cast<size_t>(nnz), stream);
   StreamBuffer<int> bad(1, stream);
   SMT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, sizeof(int), stream));
-  fill_entries_kernel<<<blocks_for(nb64 + 1), kThreads, 0, stream>>>(
+  if (nnz > 0) {
+    SMT_CUDA_CHECK(cudaMemsetAsync(row_of_entry.data(), 0, static_cast<size_t>(nnz) * sizeof(int32_t), stream));
+    SMT_CUDA_CHECK(cudaMemsetAsync(entry_index.data(), 0, static_cast<size_t>(nnz) * sizeof(int32_t), stream));
+  }
+  fill_entries_kernel<<<row_grid, kThreads, 0, stream>>>(
       config, seq_len, layer, nb, scratch_words, scratch.data(), row_ptr64.data(), d.q_row_ptr.data(),
       d.q_col_idx.data(), d.q_kind.data(), d.q_is_full.data(), row_of_entry.data(), entry_index.data(), bad.data());
   SMT_CUDA_CHECK_LAUNCH();

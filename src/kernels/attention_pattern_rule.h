@@ -5,8 +5,8 @@
 // bit for bit. Two passes: with null outputs it only counts (the GPU sizes its CSR by a prefix sum of
 // the counts), then the same call with outputs fills.
 //
-// Cost per query block: O(entries + r log r) with r = num_random_blocks (random, bigbird), no
-// allocation. The random draw runs the header's partial Fisher-Yates without materialising the
+// Cost per query block: O(entries + r + num_blocks / 32) with r = num_random_blocks (random, bigbird),
+// no allocation. The random draw runs the header's partial Fisher-Yates without materialising the
 // candidate list: positions [0, r) live in a[0..r), positions >= r that a swap touched in a small hash
 // table; both in caller-provided scratch of random_draw_scratch_words(config, num_blocks) int32 per call.
 // Invariants: config validated (validate_attn_pattern), 0 <= qb < num_blocks, seq_len > 0.
@@ -67,47 +67,54 @@ SMT_HOST_DEVICE inline int64_t draw_table_slots(int64_t r) {
   return slots;
 }
 
-// int32 words of scratch one pattern_row call needs: r + 2 draw_table_slots(r) (< 9 r) for the
-// patterns with random blocks when some query block materialises a draw (0 < r < n, n <= num_blocks -
-// 1), else 0.
+// Words of the bitmap of drawn key blocks (one bit per key block).
+SMT_HOST_DEVICE inline int64_t draw_bitmap_words(int64_t num_blocks) { return (num_blocks + 31) / 32; }
+
+// int32 words of scratch one pattern_row call needs: r + 2 draw_table_slots(r) + draw_bitmap_words
+// for the patterns with random blocks when some query block materialises a draw (0 < r < n,
+// n <= num_blocks - 1), else 0.
 SMT_HOST_DEVICE inline int64_t random_draw_scratch_words(const AttnPatternConfig& c, int64_t num_blocks) {
   const int64_t r = c.num_random_blocks;
   if (!uses_random_blocks(c.kind) || r <= 0 || r >= num_blocks - 1) return 0;
-  return r + 2 * draw_table_slots(r);
+  return r + 2 * draw_table_slots(r) + draw_bitmap_words(num_blocks);
+}
+
+// Index of the lowest set bit of x != 0.
+SMT_HOST_DEVICE inline int lowest_bit(uint32_t x) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(static_cast<int>(x)) - 1;
+#else
+  return __builtin_ctz(x);
+#endif
+}
+
+// Smallest set bit >= from in a bitmap of num_bits bits (num_bits if none).
+SMT_HOST_DEVICE inline int64_t next_set_bit(const uint32_t* bitmap, int64_t num_bits, int64_t from) {
+  if (from >= num_bits) return num_bits;
+  const int64_t words = (num_bits + 31) / 32;
+  int64_t w = from >> 5;
+  uint32_t bits = bitmap[w] & (~0u << (from & 31));
+  while (bits == 0) {
+    if (++w >= words) return num_bits;
+    bits = bitmap[w];
+  }
+  const int64_t bit = (w << 5) + lowest_bit(bits);
+  return bit < num_bits ? bit : num_bits;
 }
 
 // Candidate p (0-based) of query block qb: the key blocks {kb != qb, kb < qb if causal} ascending.
 SMT_HOST_DEVICE inline int64_t random_candidate(int64_t p, int64_t qb) { return p < qb ? p : p + 1; }
 
-// Ascending heap sort of a[0..n) (no recursion, no allocation).
-SMT_HOST_DEVICE inline void heap_sort(int32_t* a, int64_t n) {
-  auto sift_down = [a](int64_t root, int64_t end) {
-    while (2 * root + 1 < end) {
-      int64_t child = 2 * root + 1;
-      if (child + 1 < end && a[child] < a[child + 1]) ++child;
-      if (!(a[root] < a[child])) return;
-      const int32_t t = a[root];
-      a[root] = a[child];
-      a[child] = t;
-      root = child;
-    }
-  };
-  for (int64_t i = n / 2 - 1; i >= 0; --i) sift_down(i, n);
-  for (int64_t end = n - 1; end > 0; --end) {
-    const int32_t t = a[0];
-    a[0] = a[end];
-    a[end] = t;
-    sift_down(0, end);
-  }
-}
-
 // The random draw of the header for query block qb: candidates {kb != qb, kb < qb if causal}, n of
 // them; when r >= n every candidate is drawn and -1 is returned (nothing written); else the partial
 // Fisher-Yates with Rng(seed, (layer << 32) | qb) -- for i in [0, r): j = i + rng.below(n - i);
-// swap(c[i], c[j]) -- and the r drawn blocks c[0..r) are written ascending to scratch[0..r), r returned.
-// scratch holds random_draw_scratch_words words: [0, r) the positions < r, then the keys and the values
-// of an open-addressing table (linear probing, key -1 = empty) of the touched positions >= r (each swap
-// touches at most one such position: at most r keys).
+// swap(c[i], c[j]) -- takes c[0..r), r is returned and the drawn key blocks are the set bits of the
+// bitmap draw_bitmap(scratch, r). scratch holds random_draw_scratch_words words: [0, r) the positions
+// < r, then the keys and the values of an open-addressing table (linear probing, key -1 = empty) of the
+// touched positions >= r (each swap touches at most one such position: at most r keys), then the bitmap.
+SMT_HOST_DEVICE inline uint32_t* draw_bitmap(int32_t* scratch, int64_t r) {
+  return reinterpret_cast<uint32_t*>(scratch + r + 2 * draw_table_slots(r));
+}
 SMT_HOST_DEVICE inline int64_t draw_random_blocks(int64_t qb, int64_t num_blocks, bool causal, int64_t r,
                                                   uint64_t seed, int64_t layer, int32_t* scratch) {
   const int64_t n = causal ? qb : num_blocks - 1;
@@ -135,7 +142,9 @@ SMT_HOST_DEVICE inline int64_t draw_random_blocks(int64_t qb, int64_t num_blocks
     vals[slot] = a[i];
     a[i] = value_j;
   }
-  heap_sort(a, r);
+  uint32_t* bitmap = draw_bitmap(scratch, r);
+  for (int64_t w = 0; w < draw_bitmap_words(num_blocks); ++w) bitmap[w] = 0;
+  for (int64_t p = 0; p < r; ++p) bitmap[a[p] >> 5] |= 1u << (a[p] & 31);
   return r;
 }
 
@@ -160,18 +169,17 @@ SMT_HOST_DEVICE inline int pattern_row(const AttnPatternConfig& c, int seq_len, 
     w_lo = max64(0, t.q_lo - window) / bs;
     w_hi = (causal ? t.q_hi : min64(n_tokens - 1, t.q_hi + window)) / bs;
   }
-  // Random draw: all candidates (drawn < 0) or drawn ascending blocks in scratch[0..drawn).
+  // Random draw: all candidates (drawn < 0) or the set bits of a bitmap (drawn >= 0).
   int64_t drawn = 0;
   if (uses_random_blocks(c.kind)) drawn = draw_random_blocks(q, nb, causal, c.num_random_blocks, c.seed, layer, scratch);
-  int64_t draw_cursor = 0;
-  // Smallest drawn block >= kb (nb if none); kb never decreases between calls.
+  const uint32_t* drawn_bits = drawn > 0 ? draw_bitmap(scratch, drawn) : nullptr;
+  // Smallest drawn block >= kb (nb if none).
   auto next_drawn = [&](int64_t kb) -> int64_t {
     if (drawn < 0) {
       const int64_t k = kb == q ? kb + 1 : kb;
       return (causal && k >= q) || k >= nb ? nb : k;
     }
-    while (draw_cursor < drawn && scratch[draw_cursor] < kb) ++draw_cursor;
-    return draw_cursor < drawn ? scratch[draw_cursor] : nb;
+    return drawn == 0 ? nb : next_set_bit(drawn_bits, nb, kb);
   };
   // Smallest kWhole block >= kb (nb if none).
   auto next_whole = [&](int64_t kb) -> int64_t {

@@ -266,7 +266,11 @@ TEST(AttentionPatternRule, DrawEqualsFullFisherYatesSorted) {
                 continue;
               }
               ASSERT_EQ(drawn, r);
-              EXPECT_EQ(std::vector<int32_t>(scratch.begin(), scratch.begin() + r), expect)
+              std::vector<int32_t> got;
+              const uint32_t* bits = pattern::draw_bitmap(scratch.data(), r);
+              for (int kb = 0; kb < nb; ++kb)
+                if ((bits[kb / 32] >> (kb % 32)) & 1u) got.push_back(kb);
+              EXPECT_EQ(got, expect)
                   << "nb " << nb << " causal " << causal << " r " << r << " qb " << qb << " seed " << seed;
               EXPECT_EQ(scratch.back(), -77) << "scratch overrun";
               ++compared;
@@ -307,12 +311,12 @@ TEST(AttentionPatternRule, ScratchWordsOnlyForRandomPatternsThatDraw) {
   EXPECT_EQ(pattern::draw_table_slots(8), 16);
   auto c = make(AttnPatternKind::kRandom, false, 4);
   c.num_random_blocks = 5;
-  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16);
-  EXPECT_EQ(pattern::random_draw_scratch_words(c, 7), 5 + 2 * 16);  // r = nb - 2: the last query block draws
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16 + 4);
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 7), 5 + 2 * 16 + 1);  // r = nb - 2: the last query block draws
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 6), 0);           // r >= n = nb - 1 for every query block
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 3), 0);
   c.kind = AttnPatternKind::kBigBird;
-  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16);
+  EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16 + 4);
   c.num_random_blocks = 0;
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 0);
   for (auto k : {AttnPatternKind::kDense, AttnPatternKind::kLocal, AttnPatternKind::kBlockSparse}) {
@@ -322,16 +326,15 @@ TEST(AttentionPatternRule, ScratchWordsOnlyForRandomPatternsThatDraw) {
   }
 }
 
-TEST(AttentionPatternRule, HeapSortSortsAscending) {
-  Rng rng(3, 4);
-  for (int n : {0, 1, 2, 3, 10, 101}) {
-    std::vector<int32_t> v(n);
-    for (auto& x : v) x = static_cast<int32_t>(rng.below(50));
-    std::vector<int32_t> expect = v;
-    std::sort(expect.begin(), expect.end());
-    pattern::heap_sort(v.data(), n);
-    EXPECT_EQ(v, expect) << "n " << n;
-  }
+TEST(AttentionPatternRule, NextSetBitWalksTheBitmap) {
+  // Bits 0, 31, 32, 70, 99 of a 100-bit map (4 words).
+  const uint32_t bitmap[4] = {1u | (1u << 31), 1u, 1u << (70 - 64), 1u << (99 - 96)};
+  const std::vector<std::pair<int, int>> from_to = {{0, 0},   {1, 31},  {31, 31}, {32, 32}, {33, 70},
+                                                    {70, 70}, {71, 99}, {99, 99}, {100, 100}, {150, 100}};
+  for (const auto& [from, to] : from_to) EXPECT_EQ(pattern::next_set_bit(bitmap, 100, from), to) << from;
+  const uint32_t empty[2] = {0, 0};
+  EXPECT_EQ(pattern::next_set_bit(empty, 40, 0), 40);
+  EXPECT_EQ(pattern::next_set_bit(empty, 40, 39), 40);
 }
 
 // Random123's known-answer vectors for Philox4x32-10 (kat_vectors: counter, key -> output).

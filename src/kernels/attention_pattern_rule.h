@@ -2,8 +2,8 @@
 // pattern_row(config, seq_len, layer, qb, ...) lists the key blocks of query block qb ascending, each
 // with its kind (kWhole / kWindow) and full flag. build_block_mask (CPU) and
 // gpu::build_block_mask_on_device (one CUDA thread per query block) both call it, so the two agree
-// bit for bit. Two passes: with null outputs it only counts (the GPU sizes its CSR by a prefix sum of
-// the counts), then the same call with outputs fills.
+// bit for bit. With null outputs it only counts: the GPU counts every row first and sizes its CSR by a
+// prefix sum of the counts, then fills with the same call; the CPU fills one row at a time.
 //
 // Cost per query block: O(entries + r + num_blocks / 32) with r = num_random_blocks (random, bigbird),
 // no allocation. The random draw runs the header's partial Fisher-Yates without materialising the

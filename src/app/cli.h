@@ -43,5 +43,6 @@ int cmd_eval(int argc, char** argv);
 int cmd_bench_compare(int argc, char** argv);  // smt bench compare (cmd_bench_compare.cpp)
 int cmd_bench_exchange(int argc, char** argv);   // smt bench exchange (src/app/cmd_bench_exchange.cpp)
 int cmd_bench_attention(int argc, char** argv);  // smt bench attention (src/app/cmd_bench_attention.cpp)
+int cmd_bench_moe(int argc, char** argv);        // smt bench moe (src/app/cmd_bench_moe.cpp)
 
 }  // namespace smt

@@ -1,5 +1,6 @@
 // `smt train`: load data, build the model, run the optimizer loop, log metrics.jsonl, then
 // evaluate on the held-out split and append the {"event":"final"} record.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cerrno>
@@ -14,6 +15,7 @@
 #include "app/numeric_guard.h"
 #include "app/parallel_run.h"
 #include "app/signals.h"
+#include "app/train_backend.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/threads.h"
@@ -75,8 +77,6 @@ JsonObject eval_json(const EvalSummary& s) {
 int cmd_train(int argc, char** argv) {
   RunConfig cfg;
   if (!parse_run_config(argc, argv, "train", "--config FILE [--section.key=value ...]", cfg)) return 0;
-  SMT_USAGE_CHECK(cfg.device == "cpu", "device = ", cfg.device,
-                  ": training on the GPU is not implemented yet (the CUDA ops exist; the model does not use them)");
   // One process, or one rank of an mpirun/srun job: the ranks split the experts and the global batch.
   std::unique_ptr<Communicator> world = make_world_communicator();
   const bool is_root = world->rank() == 0;
@@ -84,6 +84,7 @@ int cmd_train(int argc, char** argv) {
   check_same_config_on_all_ranks(*world, cfg.to_ini());
   const ParallelContext par =
       make_parallel_context(std::move(world), cfg.parallel.expert_parallel, cfg.model.experts, cfg.train.batch_size);
+  const int cuda_device = cfg.device == "cuda" ? cuda_device_for_rank(par) : -1;  // refused here, before any write
   // Threads: all cores for one process; under several ranks per node, the node's cores shared.
   int threads = cfg.train.threads;
   if (threads == 0 && par.world->local_size() > 1)
@@ -143,10 +144,13 @@ int cmd_train(int argc, char** argv) {
     std::ofstream truncate(metrics_path);  // a fresh run starts a fresh metrics file
   }
   if (is_root) std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
+  // The loop trains through the backend; `model` stays the host copy for checkpoints and evaluation.
+  const std::unique_ptr<TrainBackend> backend =
+      cuda_device >= 0 ? make_cuda_backend(model, cfg, cuda_device) : make_cpu_backend(model);
   log_info("smt train: " + std::to_string(model.num_params()) + " parameters, " + data.train.name + " " +
            std::to_string(data.train.examples.size()) + " examples, " + data.heldout.name + " " +
            std::to_string(data.heldout.examples.size()) + " examples, attention " + cfg.model.attention +
-           ", " + std::to_string(num_threads()) + " threads" +
+           ", " + backend->describe() + ", " + std::to_string(num_threads()) + " host threads" +
            (par.distributed() ? " per rank, " + par.describe() : ""));
 
   const std::string checkpoint_dir = cfg.checkpoint_dir();
@@ -156,9 +160,10 @@ int cmd_train(int argc, char** argv) {
     state.step = step;
     state.cursor = loader.cursor();
     state.last_metrics_json = last_record;
-    gather_experts(model);  // collective: rank 0 writes the whole model in its global shapes
+    Model& host = backend->synced_host_model();
+    gather_experts(host);  // collective: rank 0 writes the whole model in its global shapes
     if (!is_root) return;
-    save_checkpoint(checkpoint_dir + "/" + checkpoint_file_name(step), model, cfg, state);
+    save_checkpoint(checkpoint_dir + "/" + checkpoint_file_name(step), host, cfg, state);
     prune_checkpoints(checkpoint_dir, cfg.checkpoint.keep);
     saved_step = step;
     saved_path = checkpoint_dir + "/" + checkpoint_file_name(step);
@@ -175,6 +180,7 @@ int cmd_train(int argc, char** argv) {
   Progress progress(is_root ? cfg.train.steps : 0);
   Timer total_timer;
   double window_tokens = 0, window_seconds = 0;
+  double peak_device_bytes = -1;  // the largest device memory in use after a step (cuda only)
   const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
   const int64_t first_step = state.step + 1;
   for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
@@ -184,18 +190,24 @@ int cmd_train(int argc, char** argv) {
     const Batch global_batch = loader.next();  // every rank draws the global batch, trains on its rows
     const auto [first_row, last_row] = par.batch_shard(global_batch.batch_size);
     const Batch batch = par.distributed() ? slice_rows(global_batch, first_row, last_row) : global_batch;
-    model.zero_grads();
-    LossParts loss = model.forward(batch);
+    backend->zero_grads();
+    LossParts loss = backend->forward(batch);
     loss.total = numeric_guard.hook_loss(step, loss.total);
     double grad_norm = std::numeric_limits<double>::quiet_NaN();
     if (std::isfinite(loss.total)) {  // the loss is global: every rank takes the same branch
-      model.backward();
-      numeric_guard.inject_into_gradients(step, model);
-      grad_norm = gradient_norm(model);  // collective under several ranks
+      backend->backward();
+      if (const int64_t off = numeric_guard.injection_offset(step, model.layout()); off >= 0)
+        backend->poison_gradient(off);
+      grad_norm = backend->gradient_norm();  // collective under several ranks
     }
-    if (numeric_guard.skip_step(step, loss.total, grad_norm, model)) continue;  // no update, no checkpoint at a bad step
-    apply_update(model, cfg.train, step, grad_norm);
+    const auto name_bad_gradient = [&] {
+      const std::string bad = backend->first_non_finite_gradient();
+      return bad.empty() ? std::string("a tensor held by another rank") : bad;  // expert slices held elsewhere
+    };
+    if (numeric_guard.skip_step(step, loss.total, grad_norm, name_bad_gradient)) continue;  // no update, no checkpoint
+    backend->apply_update(cfg.train, step, grad_norm);
     const double dt = step_timer.seconds();
+    peak_device_bytes = std::max(peak_device_bytes, backend->device_memory_used_bytes());
     state.tokens_seen += tokens_per_step;
     window_tokens += static_cast<double>(tokens_per_step);
     window_seconds += dt;
@@ -207,14 +219,14 @@ int cmd_train(int argc, char** argv) {
           .add("aux_loss", loss.aux).add("z_loss", loss.z).add("lr", static_cast<double>(learning_rate_at(cfg.train, step)))
           .add("grad_norm", grad_norm).add("tokens_per_s", tokens_per_s).add("step_s", dt);
       std::vector<std::string> per_layer;
-      for (const auto& r : model.routing()) {
+      for (const auto& r : backend->routing()) {
         if (!r.is_moe) continue;
         JsonObject lr;
         lr.add("tokens_per_expert", r.tokens_per_expert).add("dropped", r.dropped);
         per_layer.push_back(lr.str());
       }
       rec.add_raw("moe_layers", json_array(per_layer));
-      if (par.distributed()) rec.add("parallel", parallel_step_record(par, model.exchange_stats(), dt));
+      if (par.distributed()) rec.add("parallel", parallel_step_record(par, backend->exchange_stats(), dt));
       if (is_root) append_jsonl(metrics_path, rec);
       last_record = rec.str();
       window_tokens = window_seconds = 0;
@@ -234,10 +246,11 @@ int cmd_train(int argc, char** argv) {
 
   EvalSummary summary;
   if (cfg.model.head == "classifier") {
-    gather_experts(model);  // every rank holds the full model and evaluates a share of the set
-    model.set_parallel(nullptr);
+    Model& host = backend->synced_host_model();  // evaluated on the host (CPU) copy
+    gather_experts(host);  // every rank holds the full model and evaluates a share of the set
+    host.set_parallel(nullptr);
     const Predictions pred =
-        predict_on_all_ranks(model, data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size, *par.world);
+        predict_on_all_ranks(host, data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size, *par.world);
     summary = summarize(pred, data.heldout);
     log_info(format_summary(summary, "held-out evaluation (" + data.heldout.name + ")"));
   }
@@ -247,6 +260,7 @@ int cmd_train(int argc, char** argv) {
       .add("tokens_per_s", (cfg.train.steps - first_step + 1) * static_cast<double>(tokens_per_step) / train_seconds);
   if (cfg.model.head == "classifier") rec.merge(eval_json(summary));
   if (par.distributed()) rec.add("world_size", par.world_size()).add("expert_parallel", par.expert_parallel);
+  if (peak_device_bytes >= 0) rec.add("device", backend->describe()).add("device_memory_peak_GiB", peak_device_bytes / (1u << 30));
   if (is_root) append_jsonl(metrics_path, rec);
   log_info("run folder: " + cfg.run_dir);
   return 0;

@@ -24,6 +24,7 @@ void print_usage() {
       "  generate   write synthetic claims as JSONL: smt generate --out FILE\n"
       "  bench      time training steps: smt bench step --config FILE\n"
       "             compare attention patterns: smt bench compare --config FILE\n"
+      "             one MoE layer (benchmark B2): smt bench moe [--device cpu|cuda]\n"
       "  inspect    describe a checkpoint: smt inspect FILE [--json]\n"
       "  export     write a checkpoint's parameters: smt export FILE --format safetensors --out OUT\n");
 }

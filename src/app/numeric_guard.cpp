@@ -3,14 +3,13 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
-#include "model/finite_check.h"
-#include "model/model.h"
 
 namespace smt {
 
@@ -32,18 +31,19 @@ double NumericGuard::hook_loss(int64_t step, double loss) const {
   return hook_active(step) && hook_tensor_ == "loss" ? std::numeric_limits<double>::quiet_NaN() : loss;
 }
 
-void NumericGuard::inject_into_gradients(int64_t step, Model& model) const {
-  if (!hook_active(step) || hook_tensor_ == "loss") return;
-  const auto& spec = hook_tensor_.empty() ? model.layout().tensors().front() : model.layout().at(hook_tensor_);
-  model.grads()[spec.offset + spec.numel / 2] = std::numeric_limits<float>::quiet_NaN();
+int64_t NumericGuard::injection_offset(int64_t step, const ParamLayout& layout) const {
+  if (!hook_active(step) || hook_tensor_ == "loss") return -1;
+  const auto& spec = hook_tensor_.empty() ? layout.tensors().front() : layout.at(hook_tensor_);
+  return spec.offset + spec.numel / 2;
 }
 
-bool NumericGuard::skip_step(int64_t step, double loss, double grad_norm, Model& model) {
+bool NumericGuard::skip_step(int64_t step, double loss, double grad_norm,
+                             const std::function<std::string()>& first_non_finite_gradient) {
   std::string bad;
   if (!std::isfinite(loss)) {
     bad = "loss";
   } else if (!std::isfinite(grad_norm)) {
-    bad = first_non_finite_tensor(model.layout(), model.grads());
+    bad = first_non_finite_gradient();
     if (bad.empty()) bad = "a tensor held by another rank";  // expert slices this rank does not hold
   }
   if (bad.empty()) {

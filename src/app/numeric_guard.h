@@ -9,26 +9,30 @@
 // default the first tensor; "loss" makes the loss NaN instead) at those steps. Never set outside tests.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
-namespace smt {
+#include "model/param_layout.h"
 
-class Model;
+namespace smt {
 
 class NumericGuard {
  public:
   // metrics_path "": no skipped_step records (ranks other than 0).
   NumericGuard(int64_t max_bad_steps, std::string checkpoint_dir, std::string metrics_path);
 
-  // Test hook: writes the injected NaN into a gradient (after the backward, before gradient_norm).
-  void inject_into_gradients(int64_t step, Model& model) const;
+  // Test hook: the gradient element (offset into the layout) that gets the injected NaN at `step`
+  // (after the backward, before gradient_norm), or -1 for none.
+  int64_t injection_offset(int64_t step, const ParamLayout& layout) const;
   // Whether step `step` must be skipped, given its loss and the global gradient norm from
   // gradient_norm() (NaN when the loss was not finite and no backward ran). Both are the same on
   // every rank (the loss and the norm are reduced over all ranks, and NaN survives the sums), so
   // every rank decides alike without a collective. The gradients are scanned for the tensor to
   // name only when the norm is not finite. Handles the warning, the metrics record and the stop
-  // (throws Error).
-  bool skip_step(int64_t step, double loss, double grad_norm, Model& model);
+  // (throws Error). first_non_finite_gradient() names the first bad gradient tensor this rank holds
+  // ("" if none); it is called only when grad_norm is not finite.
+  bool skip_step(int64_t step, double loss, double grad_norm,
+                 const std::function<std::string()>& first_non_finite_gradient);
   // For the loss: applies the test hook's "loss" injection.
   double hook_loss(int64_t step, double loss) const;
 

@@ -4,8 +4,12 @@
 // a null gradient pointer means "not needed", as on the CPU. Every launch and library call is checked
 // (smt::Error). Ops that return a host value (cross_entropy_forward, sum_squares) synchronise the stream.
 // Temporaries are stream-ordered (cudaMallocAsync). Element index ranges fit int64.
+// Precision: the GEMM ops take their A/B operands as GemmOperand (a device pointer tagged fp32 or bf16,
+// converting implicitly from const float* and const __nv_bfloat16*); accumulation (CUBLAS_COMPUTE_32F) and
+// every output stay fp32. An fp32 call is exactly the fp32 op it always was.
 #pragma once
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -18,6 +22,27 @@
 #include "kernels/moe.h"
 
 namespace smt::gpu {
+
+// ---- precision: GEMM operand types and casts ----
+// kFp32: fp32 operands. kBf16: bf16 operands (fp32 values rounded to nearest even), fp32 accumulation and
+// fp32 outputs; the fp32 master copies are never modified.
+enum class Precision { kFp32, kBf16 };
+const char* precision_name(Precision p);  // "fp32" | "bf16"
+
+// A GEMM operand: device pointer + element type. Not from nullptr (ambiguous on purpose: operands are required).
+struct GemmOperand {
+  const void* ptr;
+  Precision dtype;
+  GemmOperand(const float* p) : ptr(p), dtype(Precision::kFp32) {}          // NOLINT: implicit on purpose
+  GemmOperand(const __nv_bfloat16* p) : ptr(p), dtype(Precision::kBf16) {}  // NOLINT: implicit on purpose
+};
+
+// out[i] = bf16(in[i]) (round to nearest even; CPU reference smt::bf16_bits_from_float in core/bf16.h).
+void cast_fp32_to_bf16(__nv_bfloat16* out, const float* in, int64_t n, cudaStream_t stream);
+// out[i] = float(in[i]) (exact).
+void cast_bf16_to_fp32(float* out, const __nv_bfloat16* in, int64_t n, cudaStream_t stream);
+// A stream-ordered bf16 copy of in [n].
+StreamBuffer<__nv_bfloat16> to_bf16(const float* in, int64_t n, cudaStream_t stream);
 
 // ---- embedding: tokens [T] (device int32), table [V, d], out [T, d] ----
 void embedding_forward(float* out, const int32_t* tokens, const float* table, int64_t T, int64_t d,
@@ -41,9 +66,11 @@ void rope_backward(float* dx, const float* dout, int64_t B, int64_t N, int64_t H
                    cudaStream_t stream);
 
 // ---- gelu (tanh approximation, the CPU float path's rational tanh with fmaf) ----
-void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream);
+// out_bf16 / d_bf16 (nullable): also write the result rounded to bf16 there (fused cast for a following
+// bf16-operand GEMM); the fp32 result is the same either way.
+void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream, __nv_bfloat16* out_bf16 = nullptr);
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n, cudaStream_t stream);
-void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream);
+void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream, __nv_bfloat16* d_bf16 = nullptr);
 
 // ---- cross entropy: logits, probs [M, C]; targets [M] (device int32, < 0 = ignored) ----
 // Returns the sum of -log p[target] (double, deterministic reduction), synchronises the stream;
@@ -59,19 +86,22 @@ void mean_pool_forward(float* out, const float* x, const uint8_t* valid, int64_t
 void mean_pool_backward(float* dx, const float* dout, const uint8_t* valid, int64_t B, int64_t N, int64_t d,
                         cudaStream_t stream);
 
-// ---- linear / matmul through cuBLAS (cublasGemmEx, fp32 in/out, CUBLAS_COMPUTE_32F: no TF32 unless the
-// handle's math mode or NVIDIA_TF32_OVERRIDE asks for it) ----
-// Row-major C [M, N] = op(A) op(B) (+ beta C): A is [M, K] (or [K, M] when trans_a), lda its row stride.
-void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+// ---- linear / matmul through cuBLAS (cublasGemmEx, CUBLAS_COMPUTE_32F, fp32 C; fp32 operands: no TF32 unless
+// the handle's math mode or NVIDIA_TF32_OVERRIDE asks for it; bf16 operands: CUDA_R_16BF A/B, fp32 C) ----
+// Row-major C [M, N] = alpha op(A) op(B) + beta C: A is [M, K] (or [K, M] when trans_a), lda its row stride.
+// A and B must have the same dtype (throws otherwise).
+void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A,
+                    int64_t lda, GemmOperand B, int64_t ldb, float beta, float* C, int64_t ldc,
                     cublasHandle_t handle, cudaStream_t stream);
-void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t n_in,
-                    int64_t n_out, bool accumulate, cublasHandle_t handle, cudaStream_t stream);
-void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
+// x and w of the same dtype. With bf16 operands the backward rounds dy to bf16 (a stream temporary) for its
+// GEMMs; db is summed from the fp32 dy.
+void linear_forward(float* y, GemmOperand x, GemmOperand w, const float* b, int64_t M, int64_t n_in, int64_t n_out,
+                    bool accumulate, cublasHandle_t handle, cudaStream_t stream);
+void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
                      int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream);
-void matmul_transposed_forward(float* y, const float* x, const float* w, int64_t M, int64_t k, int64_t n,
+void matmul_transposed_forward(float* y, GemmOperand x, GemmOperand w, int64_t M, int64_t k, int64_t n,
                                cublasHandle_t handle, cudaStream_t stream);
-void matmul_transposed_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t M,
+void matmul_transposed_backward(float* dx, float* dw, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
                                 int64_t k, int64_t n, cublasHandle_t handle, cudaStream_t stream);
 // out[j] += sum_i a[i, j]; per-256-row-block partials then block order (deterministic).
 void add_column_sums(float* out, const float* a, int64_t M, int64_t n, cudaStream_t stream);
@@ -84,15 +114,32 @@ void router_topk_backward(float* dlogits, const float* dtopk_weight, const float
                           const float* probs, const int32_t* topk_idx, const float* topk_weight, int64_t T, int64_t E,
                           int64_t k, cudaStream_t stream);
 
-// A RoutingPlan (built on the host by smt::cpu::build_routing_plan) uploaded to the device.
+// A RoutingPlan on the device: uploaded from the host (upload_routing_plan, blocking copies) or built
+// on the device (build_routing_plan_on_device). Device arrays may be longer than their used length
+// (they are reused between calls); the lengths are the ones given here.
 struct DeviceRoutingPlan {
   int64_t num_tokens = 0, num_experts = 0, top_k = 0, num_rows = 0;
   DeviceBuffer<int64_t> token_of_row;         // [R]
   DeviceBuffer<int64_t> row_of_assignment;    // [T*k], -1 = dropped
   DeviceBuffer<int64_t> expert_row_offset;    // [E+1] (device copy)
   std::vector<int64_t> expert_row_offset_host;  // [E+1] (host copy: GEMM sizes)
+  // Filled by build_routing_plan_on_device only:
+  std::vector<int64_t> num_tokens_per_expert_host;  // [E] kept
+  std::vector<int64_t> num_routed_per_expert_host;  // [E] before dropping
+  DeviceBuffer<int32_t> rank_in_expert;             // [T*k] scratch: position among the expert's assignments
+  DeviceBuffer<int64_t> routed_counts;              // [E+1] scratch
 };
 DeviceRoutingPlan upload_routing_plan(const cpu::RoutingPlan& plan);  // blocking copies
+// The same plan as cpu::build_routing_plan(topk_idx, T, E, k, capacity) (one process, no
+// num_routed_before), built from device topk_idx [T, k] into `plan` (its buffers reused when large
+// enough). E <= 64. Synchronises once (the per-expert counts come to the host); throws if an index is
+// outside [0, E).
+void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                                  int64_t capacity, cudaStream_t stream);
+// The router's loss gradients as the CPU model builds them: d_probs [T, E] = float(aux_scale *
+// num_routed_per_expert[e]) (overwritten), d_lse [T] = float(z_coeff * 2 * lse[t] / T) (overwritten).
+void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std::vector<int64_t>& num_routed_per_expert,
+                       double aux_scale, double z_coeff, int64_t T, int64_t E, cudaStream_t stream);
 
 // rows [R, d] = x[token_of_row]
 void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
@@ -107,20 +154,35 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 
 // Experts' FFN over expert-contiguous rows. expert_row_offset is a HOST array [E+1] (e.g.
 // DeviceRoutingPlan::expert_row_offset_host). The per-expert GEMMs are ONE cublasGemmGroupedBatchedEx call
-// per GEMM kind (experts with no rows left out); if cuBLAS refuses it (status != success) the op falls back
-// to one cublasGemmEx per expert and says so once on stderr (see experts_gemm_backend()).
+// per GEMM kind (experts with no rows left out); the backends, tried in this order until cuBLAS accepts
+// one (each refusal said once on stderr, see experts_gemm_backend()):
+//   fp32: "grouped" (fp32 A/B/C), "loop" (one cublasGemmEx per expert);
+//   bf16: "grouped" (bf16 A/B, fp32 C: not in cuBLAS's documented type table for the grouped call, so
+//         expected to be refused, kept for a cuBLAS that accepts it), "grouped_bf16_out" (bf16 A/B/C with
+//         fp32 accumulation into a bf16 staging buffer, then one kernel C = beta C + float(staging) that
+//         also applies the GELU (forward: hidden and its bf16 copy; backward: dhidden *= gelu'(hidden_pre)
+//         and its bf16 copy), so no separate GELU pass runs on this backend),
+//         "loop" (one cublasGemmEx per expert, bf16 A/B, fp32 C).
 // Shapes as smt::cpu::experts_forward: rows, out [R, d]; hidden_pre, hidden [R, f]; w1 [E, d, f]; b1 [E, f];
-// w2 [E, f, d]; b2 [E, d] (biases nullable).
-void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, const float* w1, const float* b1,
-                     const float* w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
-                     int64_t f, cublasHandle_t handle, cudaStream_t stream);
-// scratch [R, f] device working memory (overwritten).
+// w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32).
+// precision kFp32: w1, w2 fp32. kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream
+// temporaries) or pre-rounded bf16 copies (used as they are); rows and hidden are rounded to bf16 before
+// their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32.
+void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
+                     GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
+                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32);
+// scratch [R, f] device working memory (overwritten; holds the fp32 dhidden). kBf16: dout, rows, hidden and
+// dhidden are rounded to bf16 before their GEMMs; every gradient is fp32 and accumulated (+=).
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
-                      const float* rows, const float* hidden_pre, const float* hidden, const float* w1,
-                      const float* w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
-                      cublasHandle_t handle, cudaStream_t stream);
-// "grouped" (cublasGemmGroupedBatchedEx), "loop" (after a refusal), or "unused" before the first expert GEMM.
-std::string experts_gemm_backend();
+                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
+                      const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
+                      cudaStream_t stream, Precision precision = Precision::kFp32);
+// The backend the last expert GEMMs of that precision used: "grouped", "grouped_bf16_out" (bf16 only),
+// "loop", or "unused" before the first call.
+std::string experts_gemm_backend(Precision precision = Precision::kFp32);
+// Tests: start the next expert GEMMs of that precision at `backend` ("auto" = the first of the list above;
+// the later fallbacks still apply on a refusal). Throws on an unknown name.
+void set_experts_gemm_backend(Precision precision, const std::string& backend);
 
 // ---- optimiser ----
 // One fused elementwise kernel; bias corrections computed on the host in double (as the CPU).

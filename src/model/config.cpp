@@ -120,7 +120,9 @@ po::options_description run_config_options(RunConfig& c) {
   r.add_options()
       ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
-      ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda");
+      ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda")
+      ("precision", po::value(&c.precision)->default_value(c.precision),
+       "GEMM operands: auto (fp32 on cpu, bf16 on cuda) | fp32 | bf16 (cuda only; fp32 accumulation and master weights)");
   all.add(m).add(t).add(dd).add(ck).add(pp).add(r);
   return all;
 }
@@ -165,6 +167,10 @@ void RunConfig::validate() const {
   SMT_USAGE_CHECK(data.long_context_chars >= 0, "data.long_context_chars must be >= 0");
   SMT_USAGE_CHECK(parallel.expert_parallel >= 0, "parallel.expert_parallel must be >= 0 (0 = automatic)");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
+  SMT_USAGE_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
+                  "precision must be auto, fp32 or bf16, got '", precision, "'");
+  SMT_USAGE_CHECK(precision != "bf16" || device == "cuda",
+                  "precision = bf16 needs device = cuda (the CPU path computes in fp32)");
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");
 #endif
@@ -173,7 +179,8 @@ void RunConfig::validate() const {
   const std::pair<const char*, const std::string*> strings[] = {
       {"model.head", &M.head}, {"model.attention", &M.attention}, {"model.init_from", &M.init_from},
       {"data.source", &data.source}, {"data.path", &data.path}, {"data.fields", &data.fields},
-      {"checkpoint.dir", &checkpoint.dir}, {"run.dir", &run_dir}, {"device", &device}};
+      {"checkpoint.dir", &checkpoint.dir}, {"run.dir", &run_dir}, {"device", &device},
+      {"precision", &precision}};
   for (const auto& [key, value] : strings) {
     const std::string& v = *value;
     SMT_USAGE_CHECK(v.find_first_of("#\n\r") == std::string::npos &&

@@ -96,6 +96,10 @@ struct RunConfig {
   std::string run_dir = "runs/default";
   uint64_t seed = 1234;
   std::string device = "cpu";  // cpu | cuda
+  // GEMM operand precision: auto | fp32 | bf16. auto = fp32 on the CPU, bf16 on the GPU (bf16 operands,
+  // fp32 accumulation, fp32 master weights and optimizer state). bf16 needs device = cuda.
+  std::string precision = "auto";
+  std::string resolved_precision() const { return precision != "auto" ? precision : device == "cuda" ? "bf16" : "fp32"; }
 
   AttnPatternConfig attention_pattern() const;
   std::string checkpoint_dir() const { return checkpoint.dir.empty() ? run_dir + "/checkpoints" : checkpoint.dir; }

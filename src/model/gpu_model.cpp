@@ -156,10 +156,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       SMT_CUDA_CHECK(cudaMemsetAsync(A.topk_idx.data(), 0, T * k * sizeof(int32_t), s));
       upload(A.topk_w, std::vector<float>(static_cast<size_t>(T * k), 1.0f), s);
     }
-    const std::vector<int32_t> topk_host = download(A.topk_idx.data(), static_cast<size_t>(T * k), s);
-    A.plan = cpu::build_routing_plan(topk_host.data(), T, E, k, capacity);
-    A.dplan = gpu::upload_routing_plan(A.plan);
-    const int64_t R = A.plan.num_rows();
+    gpu::build_routing_plan_on_device(A.dplan, A.topk_idx.data(), T, E, k, capacity, s);
+    const int64_t R = A.dplan.num_rows;
     ensure(A.rows, R * d);
     ensure(A.hidden_pre, R * f);
     ensure(A.hidden, R * f);
@@ -173,18 +171,17 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
 
     LayerRouting& Rt = routing_[l];
     Rt.is_moe = moe;
-    Rt.tokens_per_expert = A.plan.num_tokens_per_expert;
-    Rt.routed_per_expert = A.plan.num_routed_per_expert;
-    Rt.dropped = A.plan.num_dropped();
+    Rt.tokens_per_expert = A.dplan.num_tokens_per_expert_host;
+    Rt.routed_per_expert = A.dplan.num_routed_per_expert_host;
+    Rt.dropped = T * k - R;
     if (moe) {
       DeviceBuffer<float>& psum = psum_;
       zero(psum, E, s);
       gpu::add_column_sums(psum.data(), A.router_probs.data(), T, E, s);
       const std::vector<float> p_sum = download(psum.data(), static_cast<size_t>(E), s);
-      A.router_lse_host = download(A.router_lse.data(), static_cast<size_t>(T), s);
-      double balance = 0, zsum = 0;
-      for (int64_t e = 0; e < E; ++e) balance += static_cast<double>(A.plan.num_routed_per_expert[e]) * p_sum[e];
-      for (int64_t t = 0; t < T; ++t) zsum += static_cast<double>(A.router_lse_host[t]) * A.router_lse_host[t];
+      const double zsum = gpu::sum_squares(A.router_lse.data(), T, s);
+      double balance = 0;
+      for (int64_t e = 0; e < E; ++e) balance += static_cast<double>(A.dplan.num_routed_per_expert_host[e]) * p_sum[e];
       loss.aux += aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T) * balance;
       loss.z += z_coeff_ * zsum / T;
     }
@@ -254,7 +251,7 @@ void GpuModel::backward() {
     const std::string pre = "layers." + std::to_string(l) + ".";
     const bool moe = ParamLayout::layer_is_moe(config_, l);
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
-    const int64_t R = A.plan.num_rows();
+    const int64_t R = A.dplan.num_rows;
     zero(d_rows_out, R * d, s);
     zero(d_topk_w, T * k, s);
     gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(), A.dplan,
@@ -268,22 +265,18 @@ void GpuModel::backward() {
     zero(d_m, T * d, s);
     gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
     if (moe) {
-      // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / T (host-built).
+      // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / T.
       const double aux_scale = aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T);
-      std::vector<float> d_probs_host(static_cast<size_t>(T * E)), d_lse_host(static_cast<size_t>(T));
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t e = 0; e < E; ++e)
-          d_probs_host[t * E + e] = static_cast<float>(aux_scale * A.plan.num_routed_per_expert[e]);
-      for (int64_t t = 0; t < T; ++t) d_lse_host[t] = static_cast<float>(z_coeff_ * 2.0 * A.router_lse_host[t] / T);
       DeviceBuffer<float>&d_probs = d_probs_, &d_lse = d_lse_, &d_router_logits = d_router_logits_;
-      upload(d_probs, d_probs_host, s);
-      upload(d_lse, d_lse_host, s);
+      ensure(d_probs, T * E);
+      ensure(d_lse, T);
+      gpu::router_loss_grads(d_probs.data(), d_lse.data(), A.router_lse.data(), A.dplan.num_routed_per_expert_host,
+                             aux_scale, static_cast<double>(z_coeff_), T, E, s);
       zero(d_router_logits, T * E, s);
       gpu::router_topk_backward(d_router_logits.data(), d_topk_w.data(), d_probs.data(), d_lse.data(),
                                 A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(), T, E, k, s);
       gpu::linear_backward(d_m.data(), g(pre + "router"), nullptr, d_router_logits.data(), A.m.data(), p(pre + "router"),
                            T, d, E, handle_, s);
-      SMT_CUDA_CHECK(cudaStreamSynchronize(s));  // the host vectors above must outlive their uploads
     }
     gpu::rmsnorm_backward(dx.data(), g(pre + "ffn_norm"), d_m.data(), A.x_mid.data(), p(pre + "ffn_norm"),
                           A.rstd2.data(), T, d, s);
@@ -309,12 +302,14 @@ void GpuModel::backward() {
   gpu::embedding_backward(g("embedding"), dx.data(), tokens_.data(), T, d, s);
 }
 
-double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
+double gradient_norm(GpuModel& model) {
+  // The gradients are one contiguous range of the arena: one deterministic reduction over all of it.
+  return std::sqrt(gpu::sum_squares(model.grads(), model.layout().total(), model.stream()));
+}
+
+void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, double grad_norm) {
   cudaStream_t s = model.stream();
-  double sq = 0;
-  for (const auto& t : model.layout().tensors()) sq += gpu::sum_squares(model.grads() + t.offset, t.numel, s);
-  const double norm = std::sqrt(sq);
-  const float grad_scale = clip_scale(train, norm);
+  const float grad_scale = clip_scale(train, grad_norm);
   cpu::AdamWParams hp = adamw_params_at(train, step);
   for (const auto& t : model.layout().tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
@@ -322,6 +317,11 @@ double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
                       model.adam_v() + t.offset, t.numel, hp, step, grad_scale, s);
   }
   SMT_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step) {
+  const double norm = gradient_norm(model);
+  apply_update(model, train, step, norm);
   return norm;
 }
 

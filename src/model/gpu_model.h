@@ -2,8 +2,8 @@
 // backward as smt::Model (model.h, README.md in this folder) step by step with the smt::gpu ops,
 // parameters | grads | adam_m | adam_v in one device arena with the same ParamLayout, so a host
 // Model uploads into it and downloads from it (initialisation, checkpoints). The routing plan is
-// built on the host from the downloaded top-k choices (as on the CPU), so capacity and dropping
-// are identical. Activations stay on the device between forward and backward.
+// built on the device (gpu::build_routing_plan_on_device: the CPU's plan exactly, so capacity and
+// dropping are identical). Activations stay on the device between forward and backward.
 #pragma once
 #ifdef SMT_CUDA
 #include <cublas_v2.h>
@@ -52,9 +52,7 @@ class GpuModel {
     DeviceBuffer<float> x_in, a, rstd1, q, k, v, o, lse, x_mid, m, rstd2;  // [T,d] / [T] / [B,H,N]
     DeviceBuffer<float> router_logits, router_probs, router_lse, topk_w;   // [T,E] [T,E] [T] [T,k]
     DeviceBuffer<int32_t> topk_idx;                                         // [T,k]
-    std::vector<float> router_lse_host;                                     // [T]
-    cpu::RoutingPlan plan;
-    gpu::DeviceRoutingPlan dplan;
+    gpu::DeviceRoutingPlan dplan;  // built on the device from topk_idx
     DeviceBuffer<float> rows, hidden_pre, hidden, rows_out;                 // [R,d] [R,f] [R,f] [R,d]
   };
   float* p(const std::string& name) { return params() + layout_.at(name).offset; }
@@ -87,8 +85,12 @@ class GpuModel {
   } scratch_;
 };
 
-// Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor).
+// Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor), and its
+// two halves as on the CPU: gradient_norm (one reduction over the whole gradient range of the arena,
+// NaN/Inf if any gradient is) and apply_update (clip with that norm, AdamW per tensor). Both synchronise.
 double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step);
+double gradient_norm(GpuModel& model);
+void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, double grad_norm);
 
 }  // namespace smt
 #endif  // SMT_CUDA

@@ -17,12 +17,14 @@ expect 2 "cannot read config file" -- train --config "$tmp/missing.ini"
 expect 2 "unrecognised\|unrecognized" -- train --config "$cfg" --no.such=1
 expect 2 "unknown command" -- frobnicate
 expect 2 "attention" -- train --config "$cfg" --model.attention=starburst --run.dir "$tmp/r7"
-for r in r1 r2 r3 r4 r5 r6 r7; do
+expect 2 "precision must be auto, fp32 or bf16" -- train --config "$cfg" --precision=fp16 --run.dir "$tmp/r8"
+expect 2 "precision = bf16 needs device = cuda" -- train --config "$cfg" --precision=bf16 --run.dir "$tmp/r9"
+for r in r1 r2 r3 r4 r5 r6 r7 r8 r9; do
   [ -e "$tmp/$r" ] && { echo "FAIL: run folder $r was created by a rejected run"; fails=$((fails+1)); }
 done
 # --help lists every option with its default.
 "$smt" train --help >"$tmp/help" 2>&1 || { echo "FAIL: train --help exit $?"; fails=$((fails+1)); }
-for key in model.d_model model.capacity_factor model.attention train.steps train.seq_len data.source run.dir seed device; do
+for key in model.d_model model.capacity_factor model.attention train.steps train.seq_len data.source run.dir seed device precision; do
   grep -q -- "--$key" "$tmp/help" || { echo "FAIL: --help does not list --$key"; fails=$((fails+1)); }
 done
 grep -q "(=1234)" "$tmp/help" || { echo "FAIL: --help does not show the seed default"; fails=$((fails+1)); }

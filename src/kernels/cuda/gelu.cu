@@ -1,80 +1,54 @@
-// CUDA GELU (tanh approximation): forward, accumulating backward, in-place backward; elementwise.
-// Invariants: tanh is the CPU float path's rational approximation (Eigen's fast tanh, FMA clamp) evaluated
-// with fmaf, so GPU and CPU (Release, FMA) agree to a few ulp.
+// CUDA GELU (tanh approximation): forward, accumulating backward, in-place backward; elementwise; forward and
+// in-place backward can also write their result rounded to bf16 (the operand of a following bf16 GEMM).
+// Invariants: the elementwise functions are those of gelu_device.cuh (shared with the experts' fused epilogue).
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gelu_device.cuh"
 #include "kernels/gpu_ops.h"
 
 namespace smt::gpu {
 namespace {
 
-constexpr float kTanhClamp = 7.99881172180175781f;
-constexpr float kA1 = 4.89352455891786e-03f, kA3 = 6.37261928875436e-04f, kA5 = 1.48572235717979e-05f,
-                kA7 = 5.12229709037114e-08f, kA9 = -8.60467152213735e-11f, kA11 = 2.00018790482477e-13f,
-                kA13 = -2.76076847742355e-16f;
-constexpr float kB0 = 4.89352518554385e-03f, kB2 = 2.26843463243900e-03f, kB4 = 1.18534705686654e-04f,
-                kB6 = 1.19825839466702e-06f;
-constexpr float kC = 0.7978845608028654f, kK = 0.044715f, kK3 = static_cast<float>(3 * 0.044715);
+using detail::gelu_grad;
+using detail::gelu_value;
 
-__device__ __forceinline__ float tanh_approx(float x) {
-  const float xc = x > kTanhClamp ? kTanhClamp : (x < -kTanhClamp ? -kTanhClamp : x);
-  const float x2 = xc * xc;
-  float p = fmaf(kA13, x2, kA11);
-  p = fmaf(p, x2, kA9);
-  p = fmaf(p, x2, kA7);
-  p = fmaf(p, x2, kA5);
-  p = fmaf(p, x2, kA3);
-  p = fmaf(p, x2, kA1);
-  p = p * xc;
-  float q = fmaf(kB6, x2, kB4);
-  q = fmaf(q, x2, kB2);
-  q = fmaf(q, x2, kB0);
-  return p / q;
-}
-__device__ __forceinline__ float gelu_value(float x) {
-  const float x2 = x * x;
-  const float t = tanh_approx(kC * fmaf(kK * x2, x, x));
-  const float h = 0.5f * x;
-  return fmaf(h, t, h);
-}
-__device__ __forceinline__ float gelu_grad(float x) {
-  const float x2 = x * x;
-  const float t = tanh_approx(kC * fmaf(kK * x2, x, x));
-  const float h = 0.5f * x;
-  const float sech2 = fmaf(-t, t, 1.0f);
-  return fmaf(0.5f, t, 0.5f) + h * sech2 * kC * fmaf(kK3, x2, 1.0f);
-}
-
-// 0: out = gelu(x); 1: out += gelu'(x) dout; 2: out = gelu'(x) out.
+// 0: out = gelu(x); 1: out += gelu'(x) dout; 2: out = gelu'(x) out. out_bf16 (nullable, modes 0 and 2):
+// also the result rounded to bf16.
 template <int kMode>
-__global__ void gelu_kernel(float* out, const float* dout, const float* x, int64_t n) {
+__global__ void gelu_kernel(float* out, const float* dout, const float* x, int64_t n, __nv_bfloat16* out_bf16) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     if (kMode == 0) {
-      out[i] = gelu_value(x[i]);
+      const float v = gelu_value(x[i]);
+      out[i] = v;
+      if (out_bf16 != nullptr) out_bf16[i] = __float2bfloat16_rn(v);
     } else if (kMode == 1) {
       out[i] += gelu_grad(x[i]) * dout[i];
     } else {
-      out[i] = gelu_grad(x[i]) * out[i];
+      const float v = gelu_grad(x[i]) * out[i];
+      out[i] = v;
+      if (out_bf16 != nullptr) out_bf16[i] = __float2bfloat16_rn(v);
     }
   }
 }
 
 }  // namespace
 
-void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream) {
+void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream, __nv_bfloat16* out_bf16) {
   if (n <= 0) return;
-  gelu_kernel<0><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, nullptr, x, n);
+  gelu_kernel<0><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(out, nullptr, x, n, out_bf16);
   SMT_CUDA_CHECK_LAUNCH();
 }
 
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n, cudaStream_t stream) {
   if (n <= 0 || dx == nullptr) return;
-  gelu_kernel<1><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(dx, dout, x, n);
+  gelu_kernel<1><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(dx, dout, x, n, nullptr);
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream) {
+void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream, __nv_bfloat16* d_bf16) {
   if (n <= 0) return;
-  gelu_kernel<2><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(d, nullptr, x, n);
+  gelu_kernel<2><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(d, nullptr, x, n, d_bf16);
   SMT_CUDA_CHECK_LAUNCH();
 }
 

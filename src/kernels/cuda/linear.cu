@@ -1,8 +1,11 @@
-// CUDA dense linear layer and transposed matmul through cuBLAS (cublasGemmEx, fp32, CUBLAS_COMPUTE_32F),
-// row-major via the transpose trick (row-major C = A B  <=>  column-major C^T = B^T A^T: swap the operands
-// and M/N, keep the transpose flags); bias broadcast and deterministic column sums as small kernels.
-// Invariants: weights [in, out]; backward accumulates (beta = 1) into every non-null output.
+// CUDA dense linear layer and transposed matmul through cuBLAS (cublasGemmEx, CUBLAS_COMPUTE_32F, fp32 C;
+// A/B fp32 or bf16 as their GemmOperand says), row-major via the transpose trick (row-major C = A B  <=>
+// column-major C^T = B^T A^T: swap the operands and M/N, keep the transpose flags); bias broadcast and
+// deterministic column sums as small kernels.
+// Invariants: weights [in, out]; backward accumulates (beta = 1) into every non-null output; with bf16
+// operands the backward's dy is rounded to bf16 once (stream temporary) and bias gradients use the fp32 dy.
 #include <climits>
+#include <optional>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/gpu_ops.h"
@@ -45,18 +48,36 @@ int to_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
+cudaDataType_t cuda_type(Precision p) { return p == Precision::kBf16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+void check_same_dtype(GemmOperand a, GemmOperand b, const char* who) {
+  SMT_CHECK(a.dtype == b.dtype, who, ": operands of different precision (", precision_name(a.dtype), " and ",
+            precision_name(b.dtype), ")");
+}
+
+// dy as an operand of the same precision as x/w: itself (fp32) or a bf16 copy kept alive in `holder`.
+GemmOperand grad_operand(const float* dy, int64_t n, Precision p,
+                         std::optional<StreamBuffer<__nv_bfloat16>>& holder, cudaStream_t stream) {
+  if (p == Precision::kFp32) return GemmOperand(dy);
+  holder.emplace(static_cast<size_t>(n), stream);
+  cast_fp32_to_bf16(holder->data(), dy, n, stream);
+  return GemmOperand(static_cast<const __nv_bfloat16*>(holder->data()));
+}
+
 }  // namespace
 
-void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A,
+                    int64_t lda, GemmOperand B, int64_t ldb, float beta, float* C, int64_t ldc,
                     cublasHandle_t handle, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
+  check_same_dtype(A, B, "gpu::gemm_row_major");
+  const cudaDataType_t ab_type = cuda_type(A.dtype);
   SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
   // Column-major view: C^T [N, M] = op(B)^T [N, K] * op(A)^T [K, M].
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  SMT_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, to_int(N, "N"), to_int(M, "M"), to_int(K, "K"), &alpha, B,
-                                CUDA_R_32F, to_int(ldb, "ldb"), A, CUDA_R_32F, to_int(lda, "lda"), &beta, C,
+  SMT_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, to_int(N, "N"), to_int(M, "M"), to_int(K, "K"), &alpha, B.ptr,
+                                ab_type, to_int(ldb, "ldb"), A.ptr, ab_type, to_int(lda, "lda"), &beta, C,
                                 CUDA_R_32F, to_int(ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
@@ -73,9 +94,10 @@ void add_column_sums(float* out, const float* a, int64_t M, int64_t n, cudaStrea
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t n_in,
-                    int64_t n_out, bool accumulate, cublasHandle_t handle, cudaStream_t stream) {
+void linear_forward(float* y, GemmOperand x, GemmOperand w, const float* b, int64_t M, int64_t n_in, int64_t n_out,
+                    bool accumulate, cublasHandle_t handle, cudaStream_t stream) {
   if (M <= 0 || n_out <= 0) return;
+  check_same_dtype(x, w, "gpu::linear_forward");
   float beta = accumulate ? 1.0f : 0.0f;
   if (b != nullptr) {
     bias_rows_kernel<<<detail::grid_for(M * n_out), detail::kThreads, 0, stream>>>(y, b, M, n_out, accumulate);
@@ -89,19 +111,24 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, in
   gemm_row_major(false, false, M, n_out, n_in, 1.0f, x, n_in, w, n_out, beta, y, n_out, handle, stream);
 }
 
-void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
+void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
                      int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream) {
   if (M <= 0 || n_out <= 0) return;
+  check_same_dtype(x, w, "gpu::linear_backward");
+  const bool gemms = (dx != nullptr || dw != nullptr) && n_in > 0;
+  std::optional<StreamBuffer<__nv_bfloat16>> dy_bf16;
+  const GemmOperand g = gemms ? grad_operand(dy, M * n_out, x.dtype, dy_bf16, stream) : GemmOperand(dy);
   if (dx != nullptr && n_in > 0)  // dx [M, n_in] += dy [M, n_out] @ W^T
-    gemm_row_major(false, true, M, n_in, n_out, 1.0f, dy, n_out, w, n_out, 1.0f, dx, n_in, handle, stream);
+    gemm_row_major(false, true, M, n_in, n_out, 1.0f, g, n_out, w, n_out, 1.0f, dx, n_in, handle, stream);
   if (dw != nullptr && n_in > 0)  // dW [n_in, n_out] += x^T @ dy
-    gemm_row_major(true, false, n_in, n_out, M, 1.0f, x, n_in, dy, n_out, 1.0f, dw, n_out, handle, stream);
+    gemm_row_major(true, false, n_in, n_out, M, 1.0f, x, n_in, g, n_out, 1.0f, dw, n_out, handle, stream);
   if (db != nullptr) add_column_sums(db, dy, M, n_out, stream);
 }
 
-void matmul_transposed_forward(float* y, const float* x, const float* w, int64_t M, int64_t k, int64_t n,
+void matmul_transposed_forward(float* y, GemmOperand x, GemmOperand w, int64_t M, int64_t k, int64_t n,
                                cublasHandle_t handle, cudaStream_t stream) {
   if (M <= 0 || n <= 0) return;
+  check_same_dtype(x, w, "gpu::matmul_transposed_forward");
   if (k <= 0) {
     SMT_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * M * n, stream));
     return;
@@ -109,13 +136,17 @@ void matmul_transposed_forward(float* y, const float* x, const float* w, int64_t
   gemm_row_major(false, true, M, n, k, 1.0f, x, k, w, k, 0.0f, y, n, handle, stream);
 }
 
-void matmul_transposed_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t M,
+void matmul_transposed_backward(float* dx, float* dw, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
                                 int64_t k, int64_t n, cublasHandle_t handle, cudaStream_t stream) {
   if (M <= 0 || n <= 0 || k <= 0) return;
+  check_same_dtype(x, w, "gpu::matmul_transposed_backward");
+  if (dx == nullptr && dw == nullptr) return;
+  std::optional<StreamBuffer<__nv_bfloat16>> dy_bf16;
+  const GemmOperand g = grad_operand(dy, M * n, x.dtype, dy_bf16, stream);
   if (dx != nullptr)  // dx [M, k] += dy [M, n] @ w [n, k]
-    gemm_row_major(false, false, M, k, n, 1.0f, dy, n, w, k, 1.0f, dx, k, handle, stream);
+    gemm_row_major(false, false, M, k, n, 1.0f, g, n, w, k, 1.0f, dx, k, handle, stream);
   if (dw != nullptr)  // dw [n, k] += dy^T @ x
-    gemm_row_major(true, false, n, k, M, 1.0f, dy, n, x, k, 1.0f, dw, k, handle, stream);
+    gemm_row_major(true, false, n, k, M, 1.0f, g, n, x, k, 1.0f, dw, k, handle, stream);
 }
 
 }  // namespace smt::gpu

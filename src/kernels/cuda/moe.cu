@@ -1,14 +1,20 @@
 // CUDA Mixture-of-Experts ops: router softmax + top-k (one thread per token, E <= 64), the routing plan
 // upload, token permutation into expert rows and back (per token / per row, no atomics), and the experts'
 // FFN with cuBLAS grouped GEMMs (cublasGemmGroupedBatchedEx: one call per GEMM kind over the experts that
-// have rows; per-expert cublasGemmEx loop only as a fallback if cuBLAS refuses the grouped call).
+// have rows; per-expert cublasGemmEx loop only as a fallback if cuBLAS refuses the grouped call), with fp32
+// or bf16 operands (fp32 accumulation and outputs; see gpu_ops.h for the bf16 backends).
 // Invariants: the same float operations and tie rule (lower expert index) as the CPU router; the
 // backward in double per token; segmented bias / bias-gradient kernels find the expert by binary search.
+#include <cuda_bf16.h>
+
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gelu_device.cuh"
 #include "kernels/gpu_ops.h"
 
 namespace smt::gpu {
@@ -192,75 +198,209 @@ __global__ void expert_column_sums_kernel(float* db, const float* a, const int64
 
 // ---- grouped GEMM over experts ----
 
-// One row-major problem C = op(A) op(B) + beta C (alpha = 1).
+// One row-major problem C = op(A) op(B) + beta C (alpha = 1); A and B of the precision run_gemms is given.
 struct GemmProblem {
   bool trans_a, trans_b;
   int64_t M, N, K;
-  const float* A;
+  const void* A;
   int64_t lda;
-  const float* B;
+  const void* B;
   int64_t ldb;
   float beta;
   float* C;
   int64_t ldc;
 };
 
-std::atomic<int> g_backend{0};  // 0 unused, 1 grouped, 2 loop
-std::once_flag g_fallback_note;
+// Backend state per precision (index 0 fp32, 1 bf16). Values: kUnused, then the backend in use.
+enum Backend : int { kUnused = 0, kGrouped = 1, kGroupedBf16Out = 2, kLoop = 3 };
+std::atomic<int> g_backend[2] = {kUnused, kUnused};
+std::once_flag g_refusal_note[2][3];  // [precision][backend refused - 1]
 
-void run_gemms(const std::vector<GemmProblem>& problems, cublasHandle_t handle, cudaStream_t stream) {
-  const int G = static_cast<int>(problems.size());
-  if (G == 0) return;
-  if (g_backend.load() != 2) {
-    std::vector<cublasOperation_t> ta(G), tb(G);
-    std::vector<int> m(G), n(G), kk(G), lda(G), ldb(G), ldc(G), group_size(G, 1);
-    std::vector<float> alpha(G, 1.0f), beta(G);
-    std::vector<const void*> ptrs(3 * static_cast<size_t>(G));  // [A' ... | B' ... | C ...]
-    for (int g = 0; g < G; ++g) {
-      const GemmProblem& p = problems[g];
-      SMT_CHECK(p.M > 0 && p.N > 0 && p.K > 0 && p.M <= INT32_MAX && p.N <= INT32_MAX && p.K <= INT32_MAX &&
-                    p.lda <= INT32_MAX && p.ldb <= INT32_MAX && p.ldc <= INT32_MAX,
-                "experts GEMM: sizes out of range");
-      // Column-major: C^T [N, M] = op(B)^T op(A)^T.
-      ta[g] = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-      tb[g] = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-      m[g] = static_cast<int>(p.N);
-      n[g] = static_cast<int>(p.M);
-      kk[g] = static_cast<int>(p.K);
-      lda[g] = static_cast<int>(p.ldb);
-      ldb[g] = static_cast<int>(p.lda);
-      ldc[g] = static_cast<int>(p.ldc);
-      beta[g] = p.beta;
-      ptrs[g] = p.B;
-      ptrs[G + g] = p.A;
-      ptrs[2 * G + g] = p.C;
+int pidx(Precision p) { return p == Precision::kBf16 ? 1 : 0; }
+
+void note_refusal(Precision p, Backend refused, Backend next, cublasStatus_t st) {
+  static const char* const names[] = {"unused", "cublasGemmGroupedBatchedEx (fp32 C)",
+                                      "cublasGemmGroupedBatchedEx (bf16 C)", "loop"};
+  std::call_once(g_refusal_note[pidx(p)][refused - 1], [&] {
+    std::fprintf(stderr, "smt: %s experts GEMM: %s refused (%s); using %s from now\n", precision_name(p),
+                 names[refused], ::smt::detail::cublas_status_string(st),
+                 next == kLoop ? "one cublasGemmEx per expert" : names[next]);
+  });
+}
+
+// GELU fused into the staged backend's fold (the separate GELU pass is then skipped). Pointers are the bases
+// that correspond to the C base `c_base` (same row-major layout as C: element o of C <-> element o of each).
+//   kForward:  C is hidden_pre: g = gelu(C) -> g_base (hidden), bf16(g) -> bf16_base (nullable).
+//   kBackward: C is dhidden: C *= gelu'(x_base) (hidden_pre), bf16(C) -> bf16_base (nullable).
+struct GeluEpilogue {
+  enum Mode : int { kNone = 0, kForward = 1, kBackward = 2 } mode = kNone;
+  const float* c_base = nullptr;
+  const float* x_base = nullptr;
+  float* g_base = nullptr;
+  __nv_bfloat16* bf16_base = nullptr;
+};
+
+// C [M, N] (row stride ldc) = beta C + float(S) with S compact [M, N] bf16; beta == 0 does not read C. Then the
+// GELU epilogue (gelu mode, X, G, Gb at C's offset; see GeluEpilogue).
+struct StagedOutput {
+  float* C;
+  const __nv_bfloat16* S;
+  int64_t M, N, ldc;
+  float beta;
+  int gelu;
+  const float* X;
+  float* G;
+  __nv_bfloat16* Gb;
+};
+
+// grid (x: grid-stride over a problem's M*N, y: problem).
+__global__ void staged_output_kernel(const StagedOutput* problems) {
+  const StagedOutput p = problems[blockIdx.y];
+  const int64_t total = p.M * p.N;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / p.N, c = i - r * p.N, o = r * p.ldc + c;
+    const float s = __bfloat162float(p.S[i]);
+    float v = p.beta == 0.0f ? s : fmaf(p.beta, p.C[o], s);
+    if (p.gelu == GeluEpilogue::kBackward) v = detail::gelu_grad(p.X[o]) * v;
+    p.C[o] = v;
+    if (p.gelu == GeluEpilogue::kForward) {
+      const float g = detail::gelu_value(v);
+      p.G[o] = g;
+      if (p.Gb != nullptr) p.Gb[o] = __float2bfloat16_rn(g);
+    } else if (p.gelu == GeluEpilogue::kBackward && p.Gb != nullptr) {
+      p.Gb[o] = __float2bfloat16_rn(v);
     }
-    StreamBuffer<const void*> dptrs(ptrs.size(), stream);
-    // Pageable source: returns once the host data is staged, so `ptrs` may go out of scope after it.
-    SMT_CUDA_CHECK(
-        cudaMemcpyAsync(dptrs.data(), ptrs.data(), sizeof(void*) * ptrs.size(), cudaMemcpyHostToDevice, stream));
-    SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
-    const void* const* a_arr = dptrs.data();
-    const void* const* b_arr = dptrs.data() + G;
-    void* const* c_arr = const_cast<void* const*>(dptrs.data() + 2 * G);
-    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
-        handle, ta.data(), tb.data(), m.data(), n.data(), kk.data(), alpha.data(), a_arr, CUDA_R_32F, lda.data(),
-        b_arr, CUDA_R_32F, ldb.data(), beta.data(), c_arr, CUDA_R_32F, ldc.data(), G, group_size.data(),
-        CUBLAS_COMPUTE_32F);
-    if (st == CUBLAS_STATUS_SUCCESS) {
-      g_backend.store(1);
-      return;
-    }
-    std::call_once(g_fallback_note, [&] {
-      std::fprintf(stderr,
-                   "smt: cublasGemmGroupedBatchedEx refused (%s); experts use one cublasGemmEx per expert from now\n",
-                   ::smt::detail::cublas_status_string(st));
-    });
-    g_backend.store(2);
   }
+}
+
+// One cublasGemmGroupedBatchedEx over `problems` (A/B of type ab_type; C of type c_type at c_ptrs[g] with
+// leading dimension c_ld[g], beta c_beta[g]). Returns cuBLAS's status (a refusal is not an error here).
+cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataType_t ab_type, cudaDataType_t c_type,
+                            const std::vector<void*>& c_ptrs, const std::vector<int>& c_ld,
+                            const std::vector<float>& c_beta, cublasHandle_t handle, cudaStream_t stream) {
+  const int G = static_cast<int>(problems.size());
+  std::vector<cublasOperation_t> ta(G), tb(G);
+  std::vector<int> m(G), n(G), kk(G), lda(G), ldb(G), group_size(G, 1);
+  std::vector<float> alpha(G, 1.0f);
+  std::vector<const void*> ptrs(3 * static_cast<size_t>(G));  // [A' ... | B' ... | C ...]
+  for (int g = 0; g < G; ++g) {
+    const GemmProblem& p = problems[g];
+    // Column-major: C^T [N, M] = op(B)^T op(A)^T.
+    ta[g] = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    tb[g] = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    m[g] = static_cast<int>(p.N);
+    n[g] = static_cast<int>(p.M);
+    kk[g] = static_cast<int>(p.K);
+    lda[g] = static_cast<int>(p.ldb);
+    ldb[g] = static_cast<int>(p.lda);
+    ptrs[g] = p.B;
+    ptrs[G + g] = p.A;
+    ptrs[2 * G + g] = c_ptrs[g];
+  }
+  StreamBuffer<const void*> dptrs(ptrs.size(), stream);
+  // Pageable source: returns once the host data is staged, so `ptrs` may go out of scope after it.
+  SMT_CUDA_CHECK(
+      cudaMemcpyAsync(dptrs.data(), ptrs.data(), sizeof(void*) * ptrs.size(), cudaMemcpyHostToDevice, stream));
+  SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const void* const* a_arr = dptrs.data();
+  const void* const* b_arr = dptrs.data() + G;
+  void* const* c_arr = const_cast<void* const*>(dptrs.data() + 2 * G);
+  return cublasGemmGroupedBatchedEx(handle, ta.data(), tb.data(), m.data(), n.data(), kk.data(), alpha.data(), a_arr,
+                                    ab_type, lda.data(), b_arr, ab_type, ldb.data(), c_beta.data(), c_arr, c_type,
+                                    c_ld.data(), G, group_size.data(), CUBLAS_COMPUTE_32F);
+}
+
+// bf16 A/B, bf16 C into one compact staging buffer (beta 0, fp32 accumulation inside cuBLAS), then one
+// kernel folds the staged results into the fp32 outputs with each problem's beta.
+cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const GeluEpilogue& gelu,
+                                cublasHandle_t handle, cudaStream_t stream) {
+  const int G = static_cast<int>(problems.size());
+  int64_t staged = 0, max_mn = 0;
+  for (const GemmProblem& p : problems) staged += p.M * p.N, max_mn = std::max(max_mn, p.M * p.N);
+  StreamBuffer<__nv_bfloat16> stage(static_cast<size_t>(staged), stream);
+  std::vector<void*> c_ptrs(G);
+  std::vector<int> c_ld(G);
+  std::vector<float> zero_beta(G, 0.0f);
+  std::vector<StagedOutput> outs(G);
+  int64_t off = 0;
+  for (int g = 0; g < G; ++g) {
+    const GemmProblem& p = problems[g];
+    c_ptrs[g] = stage.data() + off;
+    c_ld[g] = static_cast<int>(p.N);  // row-major [M, N] compact = column-major [N, M] with ld N
+    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta, gelu.mode, nullptr, nullptr, nullptr};
+    if (gelu.mode != GeluEpilogue::kNone) {
+      const int64_t o = p.C - gelu.c_base;  // the problem's offset in every epilogue array
+      if (gelu.x_base != nullptr) outs[g].X = gelu.x_base + o;
+      if (gelu.g_base != nullptr) outs[g].G = gelu.g_base + o;
+      if (gelu.bf16_base != nullptr) outs[g].Gb = gelu.bf16_base + o;
+    }
+    off += p.M * p.N;
+  }
+  const cublasStatus_t st =
+      grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  StreamBuffer<StagedOutput> douts(outs.size(), stream);
+  SMT_CUDA_CHECK(cudaMemcpyAsync(douts.data(), outs.data(), sizeof(StagedOutput) * outs.size(),
+                                 cudaMemcpyHostToDevice, stream));
+  staged_output_kernel<<<dim3(detail::grid_for(max_mn), static_cast<unsigned>(G)), detail::kThreads, 0, stream>>>(
+      douts.data());
+  SMT_CUDA_CHECK_LAUNCH();
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// Runs the problems on the first backend cuBLAS accepts. Returns true if `gelu` (nullable) was applied by the
+// staged backend's fold; false if the caller must run the GELU pass itself.
+bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cublasHandle_t handle,
+               cudaStream_t stream, const GeluEpilogue* gelu = nullptr) {
+  const int G = static_cast<int>(problems.size());
+  if (G == 0) return false;
   for (const GemmProblem& p : problems)
-    gemm_row_major(p.trans_a, p.trans_b, p.M, p.N, p.K, 1.0f, p.A, p.lda, p.B, p.ldb, p.beta, p.C, p.ldc, handle,
-                   stream);
+    SMT_CHECK(p.M > 0 && p.N > 0 && p.K > 0 && p.M <= INT32_MAX && p.N <= INT32_MAX && p.K <= INT32_MAX &&
+                  p.lda <= INT32_MAX && p.ldb <= INT32_MAX && p.ldc <= INT32_MAX,
+              "experts GEMM: sizes out of range");
+  SMT_CHECK(G <= 65535, "experts GEMM: too many experts for the grid: ", G);
+  std::atomic<int>& state = g_backend[pidx(precision)];
+  const bool bf16 = precision == Precision::kBf16;
+  int b = state.load();
+  if (b == kUnused) b = kGrouped;
+  if (b == kGrouped) {
+    std::vector<void*> c_ptrs(G);
+    std::vector<int> c_ld(G);
+    std::vector<float> beta(G);
+    for (int g = 0; g < G; ++g) {
+      c_ptrs[g] = problems[g].C;
+      c_ld[g] = static_cast<int>(problems[g].ldc);
+      beta[g] = problems[g].beta;
+    }
+    const cublasStatus_t st = grouped_call(problems, bf16 ? CUDA_R_16BF : CUDA_R_32F, CUDA_R_32F, c_ptrs, c_ld, beta,
+                                           handle, stream);
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      state.store(kGrouped);
+      return false;
+    }
+    b = bf16 ? kGroupedBf16Out : kLoop;
+    note_refusal(precision, kGrouped, static_cast<Backend>(b), st);
+  }
+  if (b == kGroupedBf16Out) {
+    SMT_CHECK(bf16, "experts GEMM: the bf16-output grouped backend needs bf16 operands");
+    const cublasStatus_t st = grouped_bf16_out(problems, gelu != nullptr ? *gelu : GeluEpilogue{}, handle, stream);
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      state.store(kGroupedBf16Out);
+      return gelu != nullptr && gelu->mode != GeluEpilogue::kNone;
+    }
+    b = kLoop;
+    note_refusal(precision, kGroupedBf16Out, kLoop, st);
+  }
+  state.store(kLoop);
+  for (const GemmProblem& p : problems) {
+    const GemmOperand A = bf16 ? GemmOperand(static_cast<const __nv_bfloat16*>(p.A))
+                               : GemmOperand(static_cast<const float*>(p.A));
+    const GemmOperand B = bf16 ? GemmOperand(static_cast<const __nv_bfloat16*>(p.B))
+                               : GemmOperand(static_cast<const float*>(p.B));
+    gemm_row_major(p.trans_a, p.trans_b, p.M, p.N, p.K, 1.0f, A, p.lda, B, p.ldb, p.beta, p.C, p.ldc, handle, stream);
+  }
+  return false;
 }
 
 void check_offsets(const int64_t* offsets, int64_t E, const char* who) {
@@ -279,12 +419,24 @@ StreamBuffer<int64_t> upload_offsets(const int64_t* offsets, int64_t E, cudaStre
 
 }  // namespace
 
-std::string experts_gemm_backend() {
-  switch (g_backend.load()) {
-    case 1: return "grouped";
-    case 2: return "loop";
+std::string experts_gemm_backend(Precision precision) {
+  switch (g_backend[pidx(precision)].load()) {
+    case kGrouped: return "grouped";
+    case kGroupedBf16Out: return "grouped_bf16_out";
+    case kLoop: return "loop";
     default: return "unused";
   }
+}
+
+void set_experts_gemm_backend(Precision precision, const std::string& backend) {
+  int b;
+  if (backend == "auto") b = kUnused;
+  else if (backend == "grouped") b = kGrouped;
+  else if (backend == "grouped_bf16_out" && precision == Precision::kBf16) b = kGroupedBf16Out;
+  else if (backend == "loop") b = kLoop;
+  else throw Error(::smt::detail::concat("set_experts_gemm_backend: unknown ", precision_name(precision),
+                                         " backend '", backend, "'"));
+  g_backend[pidx(precision)].store(b);
 }
 
 void router_topk_forward(float* probs, int32_t* topk_idx, float* topk_weight, float* lse, const float* logits,
@@ -372,12 +524,54 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
   }
 }
 
-void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, const float* w1, const float* b1,
-                     const float* w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
-                     int64_t f, cublasHandle_t handle, cudaStream_t stream) {
+namespace {
+
+// The experts' weights as operands of `precision`: fp32 weights as they are (kFp32) or rounded to bf16 into
+// `holder` once (kBf16); pre-rounded bf16 weights as they are (kBf16 only).
+const void* weight_operand(GemmOperand w, int64_t n, Precision precision,
+                           std::optional<StreamBuffer<__nv_bfloat16>>& holder, cudaStream_t stream, const char* who) {
+  SMT_CHECK(w.ptr != nullptr, who, ": null expert weights");
+  if (w.dtype == precision) return w.ptr;
+  SMT_CHECK(precision == Precision::kBf16, who, ": bf16 weights given for an fp32 call");
+  holder.emplace(static_cast<size_t>(n), stream);
+  cast_fp32_to_bf16(holder->data(), static_cast<const float*>(w.ptr), n, stream);
+  return holder->data();
+}
+
+// x [n] as an operand of `precision`: itself (kFp32) or a bf16 copy in `holder` (kBf16).
+const void* activation_operand(const float* x, int64_t n, Precision precision,
+                               std::optional<StreamBuffer<__nv_bfloat16>>& holder, cudaStream_t stream) {
+  if (precision == Precision::kFp32) return x;
+  holder.emplace(static_cast<size_t>(n), stream);
+  cast_fp32_to_bf16(holder->data(), x, n, stream);
+  return holder->data();
+}
+
+// Element offset of row r0 of a [*, width] matrix of `precision`, as a byte-correct pointer.
+const void* at(const void* base, int64_t elements, Precision precision) {
+  const size_t bytes = precision == Precision::kBf16 ? sizeof(__nv_bfloat16) : sizeof(float);
+  return static_cast<const char*>(base) + static_cast<size_t>(elements) * bytes;
+}
+
+}  // namespace
+
+void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
+                     GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
+                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision) {
   check_offsets(expert_row_offset, E, "gpu::experts_forward");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
+  const Precision P = precision;
+  std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, rows_h, hidden_h;
+  const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_forward");
+  const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_forward");
+  // bf16 copies cover rows [base, base + R) only; index them relative to base.
+  const void* X = activation_operand(rows + base * d, R * d, P, rows_h, stream);
+  const void* H = hidden + base * f;
+  if (P == Precision::kBf16) {
+    hidden_h.emplace(static_cast<size_t>(R * f), stream);
+    H = hidden_h->data();
+  }
   StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
   if (b1 != nullptr) {
     expert_bias_rows_kernel<<<detail::grid_for(R * f), detail::kThreads, 0, stream>>>(hidden_pre, b1, offsets.data(),
@@ -386,58 +580,102 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
   }
   std::vector<GemmProblem> g1, g2;
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0;
+    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
     if (n == 0) continue;
-    g1.push_back({false, false, n, f, d, rows + r0 * d, d, w1 + e * d * f, f, b1 ? 1.0f : 0.0f, hidden_pre + r0 * f,
-                  f});
-    g2.push_back({false, false, n, d, f, hidden + r0 * f, f, w2 + e * f * d, d, b2 ? 1.0f : 0.0f, out + r0 * d, d});
+    g1.push_back({false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, b1 ? 1.0f : 0.0f,
+                  hidden_pre + r0 * f, f});
+    g2.push_back({false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, b2 ? 1.0f : 0.0f,
+                  out + r0 * d, d});
   }
-  run_gemms(g1, handle, stream);
-  gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream);
+  GeluEpilogue fwd_gelu;
+  fwd_gelu.mode = GeluEpilogue::kForward;
+  fwd_gelu.c_base = hidden_pre + base * f;
+  fwd_gelu.g_base = hidden + base * f;
+  fwd_gelu.bf16_base = P == Precision::kBf16 ? hidden_h->data() : nullptr;
+  if (!run_gemms(g1, P, handle, stream, &fwd_gelu))
+    gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream, fwd_gelu.bf16_base);
   if (b2 != nullptr) {
     expert_bias_rows_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
                                                                                     static_cast<int>(E), d);
     SMT_CUDA_CHECK_LAUNCH();
   }
-  run_gemms(g2, handle, stream);
+  run_gemms(g2, P, handle, stream);
 }
 
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
-                      const float* rows, const float* hidden_pre, const float* hidden, const float* w1,
-                      const float* w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
-                      cublasHandle_t handle, cudaStream_t stream) {
+                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
+                      const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
+                      cudaStream_t stream, Precision precision) {
   check_offsets(expert_row_offset, E, "gpu::experts_backward");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
-  StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
+  const Precision P = precision;
   const bool need_dh = drows != nullptr || dw1 != nullptr || db1 != nullptr;
-  std::vector<GemmProblem> g_dh, g_dw2, g_drows, g_dw1;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0;
-    if (n == 0) continue;
-    // dh [n, f] = dout [n, d] @ w2[e]^T  (w2[e] is [f, d])
-    g_dh.push_back({false, true, n, f, d, dout + r0 * d, d, w2 + e * f * d, d, 0.0f, scratch + r0 * f, f});
-    // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
-    g_dw2.push_back({true, false, f, d, n, hidden + r0 * f, f, dout + r0 * d, d, 1.0f, dw2 + e * f * d, d});
-    // drows [n, d] += dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
-    g_drows.push_back({false, true, n, d, f, scratch + r0 * f, f, w1 + e * d * f, f, 1.0f, drows + r0 * d, d});
-    // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
-    g_dw1.push_back({true, false, d, f, n, rows + r0 * d, d, scratch + r0 * f, f, 1.0f, dw1 + e * d * f, f});
+  SMT_CHECK(!need_dh || scratch != nullptr, "gpu::experts_backward: scratch is required for drows/dw1/db1");
+  StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
+  std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, dout_h, hidden_h, rows_h, dh_h;
+  // Operands (bf16 copies cover rows [base, base + R) and are indexed relative to base).
+  const void* DOUT = nullptr;
+  if (dw2 != nullptr || need_dh) DOUT = activation_operand(dout + base * d, R * d, P, dout_h, stream);
+  if (dw2 != nullptr) {  // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
+    const void* HID = activation_operand(hidden + base * f, R * f, P, hidden_h, stream);
+    std::vector<GemmProblem> g_dw2;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
+      if (n == 0) continue;
+      g_dw2.push_back({true, false, f, d, n, at(HID, rel * f, P), f, at(DOUT, rel * d, P), d, 1.0f, dw2 + e * f * d, d});
+    }
+    run_gemms(g_dw2, P, handle, stream);
   }
   const unsigned cols_d = static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads);
   const unsigned cols_f = static_cast<unsigned>((f + detail::kThreads - 1) / detail::kThreads);
-  if (dw2 != nullptr) run_gemms(g_dw2, handle, stream);
   if (db2 != nullptr) {
     expert_column_sums_kernel<<<dim3(cols_d, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(
         db2, dout, offsets.data(), d);
     SMT_CUDA_CHECK_LAUNCH();
   }
   if (!need_dh) return;
-  SMT_CHECK(scratch != nullptr, "gpu::experts_backward: scratch is required for drows/dw1/db1");
-  run_gemms(g_dh, handle, stream);
-  gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream);
-  if (drows != nullptr) run_gemms(g_drows, handle, stream);
-  if (dw1 != nullptr) run_gemms(g_dw1, handle, stream);
+  const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_backward");
+  // dh [n, f] = dout [n, d] @ w2[e]^T  (w2[e] is [f, d]), fp32 into scratch
+  std::vector<GemmProblem> g_dh;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
+    if (n == 0) continue;
+    g_dh.push_back({false, true, n, f, d, at(DOUT, rel * d, P), d, at(W2, e * f * d, P), d, 0.0f, scratch + r0 * f, f});
+  }
+  const void* DH = scratch + base * f;
+  if (P == Precision::kBf16) {
+    dh_h.emplace(static_cast<size_t>(R * f), stream);
+    DH = dh_h->data();
+  }
+  GeluEpilogue bwd_gelu;
+  bwd_gelu.mode = GeluEpilogue::kBackward;
+  bwd_gelu.c_base = scratch + base * f;
+  bwd_gelu.x_base = hidden_pre + base * f;
+  bwd_gelu.bf16_base = P == Precision::kBf16 ? dh_h->data() : nullptr;
+  if (!run_gemms(g_dh, P, handle, stream, &bwd_gelu))
+    gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream, bwd_gelu.bf16_base);
+  w2_h.reset();  // stream-ordered free: after the GEMMs above
+  if (drows != nullptr) {  // drows [n, d] += dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
+    const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_backward");
+    std::vector<GemmProblem> g_drows;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
+      if (n == 0) continue;
+      g_drows.push_back({false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f, 1.0f, drows + r0 * d, d});
+    }
+    run_gemms(g_drows, P, handle, stream);
+  }
+  if (dw1 != nullptr) {  // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
+    const void* X = activation_operand(rows + base * d, R * d, P, rows_h, stream);
+    std::vector<GemmProblem> g_dw1;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
+      if (n == 0) continue;
+      g_dw1.push_back({true, false, d, f, n, at(X, rel * d, P), d, at(DH, rel * f, P), f, 1.0f, dw1 + e * d * f, f});
+    }
+    run_gemms(g_dw1, P, handle, stream);
+  }
   if (db1 != nullptr) {
     expert_column_sums_kernel<<<dim3(cols_f, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(
         db1, scratch, offsets.data(), f);

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The prepared script for a session that has the GPU machine (device time is scarce: two calls of
+# about 5 minutes each). Run from the repository root there, with build/cuda carried over and
+# torch installed; everything goes under $OUT (default ./gpu_session_out).
+#   bash bench/gpu_session.sh check   # correctness: GPU tests, 2 ranks on one GPU, sanitizer,
+#                                     # smt train on the GPU vs the CPU, a 65,536-token B1 step
+#   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1, B3
+# Each step has its own time limit so one hang cannot eat the call; a summary of exit codes ends
+# each part (summary.txt). Nothing here needs ../shared or the network.
+set -u
+part=${1:?usage: bench/gpu_session.sh check|bench}
+OUT=${OUT:-$PWD/gpu_session_out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+smt=build/cuda/smt
+tests=build/cuda/smt_gpu_tests
+summary="$OUT/summary-$part.txt"
+: >"$summary"
+step() {  # step NAME SECONDS command...: runs with a time limit, log in $OUT/NAME.log
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  printf '%-18s exit %3d  %4ds\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$summary"
+  tail -4 "$OUT/$name.log" | sed 's/^/    /'
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+ldd "$smt" "$tests" | grep "not found" && echo "warning: unresolved libraries" | tee -a "$summary"
+
+case "$part" in
+  check)
+    step gpu_tests 150 "$tests" --gtest_output="json:$OUT/gpu_tests.json"
+    step comm_mpi2 40 mpirun --oversubscribe -np 2 "$tests" --gtest_filter='GpuComm.Staged*'
+    step train_device 60 bash tests/cli/train_device.sh "$smt" .
+    # The synthetic task on the GPU; the CPU's held-out accuracy for this config is in bench/RESULTS.md.
+    step synthetic_gpu 90 "$smt" train --config configs/synthetic-tiny.ini --device=cuda --run.dir "$OUT/synthetic-gpu"
+    grep '"final"' "$OUT/synthetic-gpu/metrics.jsonl" >>"$summary" 2>/dev/null
+    # Issue 7: one training step of the B1 model at 65,536 tokens with the local pattern.
+    step b1_65k 60 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-65k" --train.steps=2 \
+      --train.seq_len=65536 --train.batch_size=1 --train.log_every=1
+    grep '"final"' "$OUT/b1-65k/metrics.jsonl" >>"$summary" 2>/dev/null
+    CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    step memcheck 150 "$CS" --tool memcheck --error-exitcode 9 "$tests" \
+      --gtest_filter='-*LongSequence*:*Large*'
+    ;;
+  bench)
+    [ -x bench/run_b2.sh ] && step b2 100 bash bench/run_b2.sh "$OUT/b2"
+    step b1 200 bash bench/run_b1.sh "$OUT/b1" 12
+    step b3 200 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
+    ;;
+  *) echo "unknown part $part (check | bench)"; exit 2 ;;
+esac
+cat "$summary"

@@ -1,0 +1,53 @@
+// What the training loop drives: the CPU Model itself, or a GpuModel on one CUDA device with the
+// host Model as its mirror. The loop (cmd_train.cpp) is the same for both; the host Model is what
+// checkpoints are written from and loaded into, and what evaluation reads.
+//
+// Invariant: after synced_host_model() the host Model's parameters and AdamW moments equal the
+// training copy's (for the CPU backend they are the same memory).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/batch.h"
+#include "model/config.h"
+#include "model/model.h"
+
+namespace smt {
+
+struct ParallelContext;
+
+class TrainBackend {
+ public:
+  virtual ~TrainBackend() = default;
+  virtual std::string describe() const = 0;  // for the start-up log line
+  virtual void zero_grads() = 0;
+  virtual LossParts forward(const Batch& batch) = 0;
+  virtual void backward() = 0;
+  virtual double gradient_norm() = 0;  // collective under several ranks
+  virtual void apply_update(const TrainConfig& train, int64_t step, double grad_norm) = 0;
+  virtual const std::vector<LayerRouting>& routing() const = 0;
+  virtual const ExchangeStats& exchange_stats() const = 0;
+  // Test hook of the numeric guard: gradient element `offset` (layout order) becomes NaN.
+  virtual void poison_gradient(int64_t offset) = 0;
+  // The first gradient tensor (layout order) with a NaN/Inf, "" if none.
+  virtual std::string first_non_finite_gradient() = 0;
+  // The host Model, brought up to date with the training copy (see the invariant above).
+  virtual Model& synced_host_model() = 0;
+  // Device memory in use (bytes, cudaMemGetInfo: total - free on this rank's device), -1 on the CPU.
+  virtual double device_memory_used_bytes() const { return -1; }
+  // The host Model's parameters and moments were replaced (checkpoint loaded): take them over.
+  virtual void host_model_changed() = 0;
+};
+
+std::unique_ptr<TrainBackend> make_cpu_backend(Model& model);
+
+// device = cuda. cuda_device_for_rank() picks this rank's device (local rank modulo the visible
+// devices) and throws UsageError (exit 2) in a build without CUDA, with no usable device, or under
+// several ranks (expert parallelism over NCCL is not wired into training yet): call it before
+// anything is written. make_cuda_backend() puts a GpuModel on that device, initialised from `host`.
+int cuda_device_for_rank(const ParallelContext& par);
+std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device);
+
+}  // namespace smt

@@ -1,0 +1,112 @@
+// The CUDA training backend: a GpuModel on this rank's device, the host Model as mirror for
+// checkpoints and evaluation (see train_backend.h). Without SMT_CUDA: a clear refusal.
+#include "app/train_backend.h"
+
+#include "core/error.h"
+#include "parallel/parallel_context.h"
+
+#ifdef SMT_CUDA
+#include <cuda_runtime.h>
+
+#include <limits>
+
+#include "core/cuda_check.h"
+#include "model/finite_check.h"
+#include "model/gpu_model.h"
+#endif
+
+namespace smt {
+
+#ifdef SMT_CUDA
+namespace {
+
+class CudaBackend final : public TrainBackend {
+ public:
+  CudaBackend(Model& host, const RunConfig& config, int device) : host_(host), device_(device) {
+    SMT_CUDA_CHECK(cudaSetDevice(device_));
+    cudaDeviceProp prop{};
+    SMT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    device_name_ = prop.name;
+    SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gpu_ = std::make_unique<GpuModel>(config.model, config.train.aux_loss_coeff, config.train.z_loss_coeff, config.seed,
+                                      stream_);
+    gpu_->upload_from(host_);
+  }
+  ~CudaBackend() override {
+    gpu_.reset();  // its buffers and cuBLAS handle use the stream
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string describe() const override {
+    return "cuda device " + std::to_string(device_) + " (" + device_name_ + "), fp32";
+  }
+  void zero_grads() override { gpu_->zero_grads(); }
+  LossParts forward(const Batch& batch) override { return gpu_->forward(batch); }
+  void backward() override { gpu_->backward(); }
+  double gradient_norm() override { return smt::gradient_norm(*gpu_); }
+  void apply_update(const TrainConfig& train, int64_t step, double grad_norm) override {
+    smt::apply_update(*gpu_, train, step, grad_norm);
+  }
+  const std::vector<LayerRouting>& routing() const override { return gpu_->routing(); }
+  const ExchangeStats& exchange_stats() const override { return no_exchange_; }
+  void poison_gradient(int64_t offset) override {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    SMT_CUDA_CHECK(cudaMemcpyAsync(gpu_->grads() + offset, &nan, sizeof nan, cudaMemcpyHostToDevice, stream_));
+    SMT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `nan` lives on this stack frame
+  }
+  std::string first_non_finite_gradient() override {
+    const std::vector<float> grads = gpu_->download_grads();
+    return first_non_finite_tensor(gpu_->layout(), grads.data());
+  }
+  Model& synced_host_model() override {
+    gpu_->download_to(host_);
+    return host_;
+  }
+  void host_model_changed() override { gpu_->upload_from(host_); }
+  double device_memory_used_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    SMT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return static_cast<double>(total_bytes - free_bytes);
+  }
+
+ private:
+  Model& host_;
+  int device_;
+  std::string device_name_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<GpuModel> gpu_;
+  ExchangeStats no_exchange_;
+};
+
+}  // namespace
+
+int cuda_device_for_rank(const ParallelContext& par) {
+  SMT_USAGE_CHECK(!par.distributed(), "device = cuda with ", par.world_size(),
+                  " ranks: training on the GPU runs one rank for now (expert parallelism over NCCL is not wired "
+                  "into training yet); use -np 1 or device = cpu");
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  SMT_USAGE_CHECK(err == cudaSuccess && count > 0, "device = cuda, but no CUDA device is usable here (",
+                  err == cudaSuccess ? "none visible" : cudaGetErrorString(err), ")");
+  return par.world->local_rank() % count;
+}
+
+std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device) {
+  return std::make_unique<CudaBackend>(host, config, device);
+}
+
+#else
+
+int cuda_device_for_rank(const ParallelContext&) {
+  throw UsageError("device = cuda, but this smt was built without CUDA (use the cuda preset)");
+}
+
+std::unique_ptr<TrainBackend> make_cuda_backend(Model&, const RunConfig&, int) {
+  throw UsageError("device = cuda, but this smt was built without CUDA (use the cuda preset)");
+}
+
+#endif
+
+}  // namespace smt

@@ -1,0 +1,392 @@
+// GPU tests of the bf16-operand ops: the fp32 -> bf16 cast against the host rounding (bit-exact), and every
+// bf16 GEMM op (gemm_row_major, linear, matmul_transposed, the experts' FFN on each grouped backend) forward
+// and backward against the CPU fp32 reference on random inputs.
+// Tolerances:
+//   cast, gelu's fused bf16 copy: bit-exact (NaN: both NaN).
+//   bf16 ops vs the CPU fp32 reference: norm-relative ||gpu - cpu|| / ||cpu|| <= 1e-2 (kBf16Tol).
+//   gemm_row_major vs the CPU product of the bf16-ROUNDED inputs in double: <= 1e-5 (fp32 accumulation), and
+//   its distance to the unrounded fp32 product must exceed 1e-5 (the operands really were bf16).
+// Skips every test with a visible "no CUDA device" message where no device is usable.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_env.h"
+#include "core/bf16.h"
+#include "core/cuda_check.h"
+#include "core/device_buffer.h"
+#include "core/error.h"
+#include "kernels/gelu.h"
+#include "kernels/gpu_ops.h"
+#include "kernels/linear.h"
+#include "kernels/moe.h"
+
+namespace smt {
+namespace {
+
+constexpr double kBf16Tol = 1e-2;
+using gpu::Precision;
+
+class GpuBf16 : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+    SMT_CUDA_CHECK(cudaStreamCreate(&stream));
+    SMT_CUBLAS_CHECK(cublasCreate(&handle));
+    SMT_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+    SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
+  }
+  void TearDown() override {
+    if (stream != nullptr) (void)cudaStreamSynchronize(stream);
+    if (handle != nullptr) cublasDestroy(handle);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+    handle = nullptr;
+    stream = nullptr;
+  }
+  void sync() { SMT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+  // A device bf16 copy of host fp32 values (rounded by the GPU cast kernel).
+  DeviceBuffer<__nv_bfloat16> bf16_of(const DeviceBuffer<float>& x) {
+    DeviceBuffer<__nv_bfloat16> out(x.size());
+    gpu::cast_fp32_to_bf16(out.data(), x.data(), static_cast<int64_t>(x.size()), stream);
+    return out;
+  }
+
+  cudaStream_t stream = nullptr;
+  cublasHandle_t handle = nullptr;
+};
+
+std::vector<float> rand_vec(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    do {
+      x = dist(gen);
+    } while (std::fabs(x) < 1e-3f);
+  }
+  return v;
+}
+
+std::vector<float> rounded(std::vector<float> v) {
+  for (auto& x : v) x = round_to_bf16(x);
+  return v;
+}
+
+double rel_err(const std::vector<float>& gpu, const std::vector<float>& ref) {
+  EXPECT_EQ(gpu.size(), ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size() && i < gpu.size(); ++i) {
+    if (!std::isfinite(gpu[i])) return std::numeric_limits<double>::infinity();
+    num += (double(gpu[i]) - ref[i]) * (double(gpu[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+void expect_rel(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& ref,
+                double tol = kBf16Tol) {
+  const double e = rel_err(gpu, ref);
+  EXPECT_LE(e, tol) << what << ": ||gpu - cpu|| / ||cpu|| = " << e;
+  std::printf("[smt gpu tests] %-40s rel err %.3e (tol %.0e)\n", what.c_str(), e, tol);
+}
+
+std::vector<float> host(const DeviceBuffer<float>& d) { return copy_to_host(d); }
+
+// Row-major C = alpha op(A) op(B) + beta C in double (the exact reference of the fp32-accumulated GEMM).
+std::vector<float> gemm_ref(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const std::vector<float>& A,
+                            int64_t lda, const std::vector<float>& B, int64_t ldb, float beta, std::vector<float> C,
+                            int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t p = 0; p < K; ++p) {
+        const double a = ta ? A[p * lda + i] : A[i * lda + p];
+        const double b = tb ? B[j * ldb + p] : B[p * ldb + j];
+        s += a * b;
+      }
+      C[i * ldc + j] = static_cast<float>(alpha * s + double(beta) * C[i * ldc + j]);
+    }
+  return C;
+}
+
+// =====================================================================================================
+// Casts (bit-exact against core/bf16.h)
+// =====================================================================================================
+TEST_F(GpuBf16, CastMatchesHostRounding) {
+  std::vector<float> x = rand_vec(100000, 1, -1e4f, 1e4f);
+  std::mt19937 gen(2);
+  for (int i = 0; i < 20000; ++i) x.push_back(std::bit_cast<float>(static_cast<uint32_t>(gen())));  // any bits
+  for (uint32_t u : {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3fffffffu, 0x7f7fffffu, 0x7f7f7fffu, 0x00018000u,
+                     0x00008001u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u})
+    x.push_back(std::bit_cast<float>(u));
+  const int64_t n = static_cast<int64_t>(x.size());
+  auto d_x = copy_to_device(x);
+  DeviceBuffer<__nv_bfloat16> d_b(n);
+  DeviceBuffer<float> d_back(n);
+  gpu::cast_fp32_to_bf16(d_b.data(), d_x.data(), n, stream);
+  gpu::cast_bf16_to_fp32(d_back.data(), d_b.data(), n, stream);
+  sync();
+  std::vector<uint16_t> bits(n);
+  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), d_b.data(), n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  const std::vector<float> back = host(d_back);
+  int64_t bad = 0, first = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t want = bf16_bits_from_float(x[i]);
+    const bool ok = std::isnan(x[i]) ? std::isnan(float_from_bf16_bits(bits[i])) && std::isnan(back[i])
+                                     : bits[i] == want && std::bit_cast<uint32_t>(back[i]) == uint32_t(want) << 16;
+    if (!ok && bad++ == 0) first = i;
+  }
+  EXPECT_EQ(bad, 0) << "first mismatch at " << first << ": x bits 0x" << std::hex
+                    << (first >= 0 ? std::bit_cast<uint32_t>(x[first]) : 0u) << " gpu 0x"
+                    << (first >= 0 ? bits[first] : 0) << " host 0x" << (first >= 0 ? bf16_bits_from_float(x[first]) : 0);
+}
+
+TEST_F(GpuBf16, GeluFusedBf16CopyIsTheRoundedResult) {
+  const int64_t n = 50001;
+  const auto x = rand_vec(n, 3, -4.0f, 4.0f);
+  auto d_x = copy_to_device(x);
+  DeviceBuffer<float> d_plain(n), d_fused(n), d_d1(n), d_d2(n);
+  DeviceBuffer<__nv_bfloat16> d_b(n), d_db(n);
+  gpu::gelu_forward(d_plain.data(), d_x.data(), n, stream);
+  gpu::gelu_forward(d_fused.data(), d_x.data(), n, stream, d_b.data());
+  const auto g = rand_vec(n, 4);
+  auto d_g1 = copy_to_device(g);
+  auto d_g2 = copy_to_device(g);
+  gpu::gelu_backward_inplace(d_g1.data(), d_x.data(), n, stream);
+  gpu::gelu_backward_inplace(d_g2.data(), d_x.data(), n, stream, d_db.data());
+  sync();
+  const auto plain = host(d_plain), fused = host(d_fused), g1 = host(d_g1), g2 = host(d_g2);
+  std::vector<uint16_t> b(n), db(n);
+  SMT_CUDA_CHECK(cudaMemcpy(b.data(), d_b.data(), n * 2, cudaMemcpyDeviceToHost));
+  SMT_CUDA_CHECK(cudaMemcpy(db.data(), d_db.data(), n * 2, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(std::memcmp(plain.data(), fused.data(), n * sizeof(float)), 0) << "fp32 gelu changed by the bf16 copy";
+  EXPECT_EQ(std::memcmp(g1.data(), g2.data(), n * sizeof(float)), 0) << "fp32 gelu backward changed by the bf16 copy";
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += (b[i] != bf16_bits_from_float(plain[i])) + (db[i] != bf16_bits_from_float(g1[i]));
+  EXPECT_EQ(bad, 0);
+  std::vector<float> ref(n);
+  cpu::gelu_forward<float>(ref.data(), x.data(), n);
+  expect_rel("gelu forward (fp32 part)", plain, ref, 1e-5);
+}
+
+// =====================================================================================================
+// gemm_row_major with bf16 operands, every transpose combination, alpha/beta, padded leading dimensions
+// =====================================================================================================
+TEST_F(GpuBf16, GemmRowMajorBf16) {
+  const int64_t M = 70, N = 45, K = 130;
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    SCOPED_TRACE("trans_a " + std::to_string(ta) + " trans_b " + std::to_string(tb));
+    const int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+    const int64_t lda = a_cols + 3, ldb = b_cols + 5, ldc = N + 2;
+    const auto A = rand_vec(a_rows * lda, 10 + t), B = rand_vec(b_rows * ldb, 20 + t), C0 = rand_vec(M * ldc, 30 + t);
+    const float alpha = 0.75f, beta = 0.5f;
+    const auto exact_fp32 = gemm_ref(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, ldc);
+    const auto exact_rounded = gemm_ref(ta, tb, M, N, K, alpha, rounded(A), lda, rounded(B), ldb, beta, C0, ldc);
+    auto dA = copy_to_device(A), dB = copy_to_device(B), dC = copy_to_device(C0);
+    auto bA = bf16_of(dA), bB = bf16_of(dB);
+    gpu::gemm_row_major(ta, tb, M, N, K, alpha, bA.data(), lda, bB.data(), ldb, beta, dC.data(), ldc, handle, stream);
+    sync();
+    const auto C = host(dC);
+    expect_rel("gemm bf16 vs fp32 reference", C, exact_fp32);
+    expect_rel("gemm bf16 vs rounded-input reference", C, exact_rounded, 1e-5);
+    EXPECT_GT(rel_err(C, exact_fp32), 1e-5) << "result indistinguishable from fp32 operands";
+  }
+  // Operands of different precision are refused.
+  DeviceBuffer<float> f32(16), c(16);
+  DeviceBuffer<__nv_bfloat16> b16(16);
+  EXPECT_THROW(gpu::gemm_row_major(false, false, 4, 4, 4, 1.0f, f32.data(), 4, b16.data(), 4, 0.0f, c.data(), 4,
+                                   handle, stream),
+               Error);
+}
+
+// =====================================================================================================
+// linear and matmul_transposed with bf16 operands, forward and backward, against the CPU fp32 ops
+// =====================================================================================================
+TEST_F(GpuBf16, LinearBf16) {
+  const int64_t M = 96, n_in = 80, n_out = 72;
+  const auto x = rand_vec(M * n_in, 40), w = rand_vec(n_in * n_out, 41, -0.3f, 0.3f), b = rand_vec(n_out, 42);
+  auto d_x = copy_to_device(x), d_w = copy_to_device(w), d_b = copy_to_device(b);
+  auto bx = bf16_of(d_x), bw = bf16_of(d_w);
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+    const auto y0 = rand_vec(M * n_out, 43);
+    std::vector<float> y_c = y0;
+    cpu::linear_forward<float>(y_c.data(), x.data(), w.data(), b.data(), M, n_in, n_out, accumulate);
+    auto d_y = copy_to_device(y0);
+    gpu::linear_forward(d_y.data(), bx.data(), bw.data(), d_b.data(), M, n_in, n_out, accumulate, handle, stream);
+    sync();
+    expect_rel("linear_forward bf16", host(d_y), y_c);
+  }
+  const auto dy = rand_vec(M * n_out, 44);
+  const auto dx0 = rand_vec(M * n_in, 45), dw0 = rand_vec(n_in * n_out, 46), db0 = rand_vec(n_out, 47);
+  std::vector<float> dx_c = dx0, dw_c = dw0, db_c = db0;
+  cpu::linear_backward<float>(dx_c.data(), dw_c.data(), db_c.data(), dy.data(), x.data(), w.data(), M, n_in, n_out);
+  auto d_dy = copy_to_device(dy), d_dx = copy_to_device(dx0), d_dw = copy_to_device(dw0), d_db = copy_to_device(db0);
+  gpu::linear_backward(d_dx.data(), d_dw.data(), d_db.data(), d_dy.data(), bx.data(), bw.data(), M, n_in, n_out, handle,
+                       stream);
+  sync();
+  // The accumulated buffers start random, so compare the increments (what the bf16 GEMMs computed).
+  auto minus = [](std::vector<float> a, const std::vector<float>& b) {
+    for (size_t i = 0; i < a.size(); ++i) a[i] -= b[i];
+    return a;
+  };
+  expect_rel("linear_backward dx increment", minus(host(d_dx), dx0), minus(dx_c, dx0));
+  expect_rel("linear_backward dw increment", minus(host(d_dw), dw0), minus(dw_c, dw0));
+  expect_rel("linear_backward db (fp32 dy)", host(d_db), db_c, 1e-5);
+  EXPECT_THROW(gpu::linear_forward(d_dx.data(), d_x.data(), bw.data(), nullptr, M, n_in, n_out, false, handle, stream),
+               Error);
+}
+
+TEST_F(GpuBf16, MatmulTransposedBf16) {
+  const int64_t M = 64, k = 48, n = 100;
+  const auto x = rand_vec(M * k, 50), w = rand_vec(n * k, 51);
+  auto d_x = copy_to_device(x), d_w = copy_to_device(w);
+  auto bx = bf16_of(d_x), bw = bf16_of(d_w);
+  std::vector<float> y_c(M * n);
+  cpu::matmul_transposed_forward<float>(y_c.data(), x.data(), w.data(), M, k, n);
+  DeviceBuffer<float> d_y(M * n);
+  gpu::matmul_transposed_forward(d_y.data(), bx.data(), bw.data(), M, k, n, handle, stream);
+  sync();
+  expect_rel("matmul_transposed_forward bf16", host(d_y), y_c);
+  const auto dy = rand_vec(M * n, 52);
+  std::vector<float> dx_c(M * k, 0.0f), dw_c(n * k, 0.0f);
+  cpu::matmul_transposed_backward<float>(dx_c.data(), dw_c.data(), dy.data(), x.data(), w.data(), M, k, n);
+  auto d_dy = copy_to_device(dy);
+  DeviceBuffer<float> d_dx(M * k), d_dw(n * k);
+  d_dx.memset_bytes(0);
+  d_dw.memset_bytes(0);
+  gpu::matmul_transposed_backward(d_dx.data(), d_dw.data(), d_dy.data(), bx.data(), bw.data(), M, k, n, handle, stream);
+  sync();
+  expect_rel("matmul_transposed_backward dx", host(d_dx), dx_c);
+  expect_rel("matmul_transposed_backward dw", host(d_dw), dw_c);
+}
+
+// =====================================================================================================
+// Experts' FFN in bf16 on every grouped backend, forward and backward, against the CPU fp32 reference
+// =====================================================================================================
+std::vector<int32_t> random_topk(int64_t T, int64_t E, int64_t k, uint64_t seed, int64_t skip_expert) {
+  std::mt19937_64 gen(seed);
+  std::vector<int32_t> idx(T * k);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      int32_t e;
+      bool again;
+      do {
+        e = static_cast<int32_t>(gen() % E);
+        again = e == skip_expert;
+        for (int64_t i = 0; i < j; ++i) again = again || idx[t * k + i] == e;
+      } while (again);
+      idx[t * k + j] = e;
+    }
+  return idx;
+}
+
+TEST_F(GpuBf16, ExpertsBf16EveryBackend) {
+  const int64_t T = 300, E = 4, k = 2, d = 64, f = 96;
+  const auto topk = random_topk(T, E, k, 60, /*skip_expert=*/1);  // expert 1 has no rows
+  const cpu::RoutingPlan plan = cpu::build_routing_plan(topk.data(), T, E, k, 0);
+  ASSERT_EQ(plan.num_tokens_per_expert[1], 0);
+  const int64_t R = plan.num_rows();
+  const int64_t* offsets = plan.expert_row_offset.data();
+  const auto rows = rand_vec(R * d, 61), w1 = rand_vec(E * d * f, 62, -0.3f, 0.3f), b1 = rand_vec(E * f, 63);
+  const auto w2 = rand_vec(E * f * d, 64, -0.3f, 0.3f), b2 = rand_vec(E * d, 65), dout = rand_vec(R * d, 66);
+  auto d_rows = copy_to_device(rows), d_w1 = copy_to_device(w1), d_b1 = copy_to_device(b1), d_w2 = copy_to_device(w2),
+       d_b2 = copy_to_device(b2), d_dout = copy_to_device(dout);
+  auto bw1 = bf16_of(d_w1), bw2 = bf16_of(d_w2);
+
+  std::vector<float> out_c(R * d), hp_c(R * f), h_c(R * f);
+  cpu::experts_forward<float>(out_c.data(), hp_c.data(), h_c.data(), rows.data(), w1.data(), b1.data(), w2.data(),
+                              b2.data(), offsets, E, d, f);
+  std::vector<float> drows_c(R * d, 0.0f), dw1_c(E * d * f, 0.0f), db1_c(E * f, 0.0f), dw2_c(E * f * d, 0.0f),
+      db2_c(E * d, 0.0f), scratch_c(R * f);
+  cpu::experts_backward<float>(drows_c.data(), dw1_c.data(), db1_c.data(), dw2_c.data(), db2_c.data(), scratch_c.data(),
+                               dout.data(), rows.data(), hp_c.data(), h_c.data(), w1.data(), w2.data(), offsets, E, d,
+                               f);
+
+  for (const std::string start : {"auto", "grouped", "grouped_bf16_out", "loop"}) {
+    for (bool precast : {false, true}) {
+      SCOPED_TRACE("backend " + start + (precast ? ", pre-cast bf16 weights" : ", fp32 weights cast in the call"));
+      gpu::set_experts_gemm_backend(Precision::kBf16, start);
+      const gpu::GemmOperand W1 = precast ? gpu::GemmOperand(bw1.data()) : gpu::GemmOperand(d_w1.data());
+      const gpu::GemmOperand W2 = precast ? gpu::GemmOperand(bw2.data()) : gpu::GemmOperand(d_w2.data());
+      DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
+      gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), W1, d_b1.data(), W2, d_b2.data(),
+                           offsets, E, d, f, handle, stream, Precision::kBf16);
+      sync();
+      const std::string used_fwd = gpu::experts_gemm_backend(Precision::kBf16);
+      expect_rel("experts bf16 hidden_pre [" + used_fwd + "]", host(d_hp), hp_c);
+      expect_rel("experts bf16 hidden [" + used_fwd + "]", host(d_h), h_c);
+      expect_rel("experts bf16 out [" + used_fwd + "]", host(d_out), out_c);
+
+      DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_db1(E * f), d_dw2(E * f * d), d_db2(E * d), d_scr(R * f);
+      for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_db1, &d_dw2, &d_db2}) b->memset_bytes(0);
+      gpu::experts_backward(d_drows.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(), d_scr.data(),
+                            d_dout.data(), d_rows.data(), d_hp.data(), d_h.data(), W1, W2, offsets, E, d, f, handle,
+                            stream, Precision::kBf16);
+      sync();
+      const std::string used = gpu::experts_gemm_backend(Precision::kBf16);
+      expect_rel("experts bf16 drows [" + used + "]", host(d_drows), drows_c);
+      expect_rel("experts bf16 dw1 [" + used + "]", host(d_dw1), dw1_c);
+      expect_rel("experts bf16 db1 [" + used + "]", host(d_db1), db1_c);
+      expect_rel("experts bf16 dw2 [" + used + "]", host(d_dw2), dw2_c);
+      expect_rel("experts bf16 db2 (fp32 dout)", host(d_db2), db2_c, 1e-5);
+      // The empty expert's weight gradients stay exactly zero.
+      const auto dw1_g = host(d_dw1);
+      for (int64_t i = 1 * d * f; i < 2 * d * f; ++i) ASSERT_EQ(dw1_g[i], 0.0f) << "expert 1 dw1 at " << i;
+      EXPECT_NE(used, "unused");
+      if (start == "loop") EXPECT_EQ(used, "loop");
+      std::printf("[smt gpu tests] experts bf16 backend: asked %s, used %s\n", start.c_str(), used.c_str());
+    }
+  }
+  gpu::set_experts_gemm_backend(Precision::kBf16, "auto");
+  // An fp32 call refuses bf16 weights; unknown backend names are refused.
+  DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
+  EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), nullptr,
+                                    bw2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32),
+               Error);
+  EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kFp32, "grouped_bf16_out"), Error);
+  EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kBf16, "cutlass"), Error);
+}
+
+// The fp32 path does not depend on the bf16 backend state: fp32 calls under two different bf16 states give the
+// same bits, within the fp32 GEMM tolerance of the CPU.
+TEST_F(GpuBf16, ExpertsFp32UnaffectedByBf16State) {
+  const int64_t T = 120, E = 3, k = 2, d = 32, f = 40;
+  const auto topk = random_topk(T, E, k, 70, -1);
+  const cpu::RoutingPlan plan = cpu::build_routing_plan(topk.data(), T, E, k, 0);
+  const int64_t R = plan.num_rows();
+  const auto rows = rand_vec(R * d, 71), w1 = rand_vec(E * d * f, 72, -0.3f, 0.3f), w2 = rand_vec(E * f * d, 73, -0.3f, 0.3f);
+  auto d_rows = copy_to_device(rows), d_w1 = copy_to_device(w1), d_w2 = copy_to_device(w2);
+  std::vector<float> out_c(R * d), hp_c(R * f), h_c(R * f);
+  cpu::experts_forward<float>(out_c.data(), hp_c.data(), h_c.data(), rows.data(), w1.data(), nullptr, w2.data(),
+                              nullptr, plan.expert_row_offset.data(), E, d, f);
+  std::vector<std::vector<float>> outs;
+  for (const std::string bf16_state : {"loop", "grouped_bf16_out"}) {
+    gpu::set_experts_gemm_backend(Precision::kBf16, bf16_state);
+    DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
+    gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), d_w1.data(), nullptr, d_w2.data(),
+                         nullptr, plan.expert_row_offset.data(), E, d, f, handle, stream);
+    sync();
+    outs.push_back(host(d_out));
+    expect_rel("experts fp32 out", outs.back(), out_c, 1e-4);
+  }
+  gpu::set_experts_gemm_backend(Precision::kBf16, "auto");
+  EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(float)), 0);
+  EXPECT_NE(gpu::experts_gemm_backend(Precision::kFp32), "grouped_bf16_out");
+}
+
+}  // namespace
+}  // namespace smt

@@ -112,6 +112,35 @@ TEST(GpuAttentionPattern, EveryPatternMatchesCpuBitForBit) {
   EXPECT_GT(compared, 1000);
 }
 
+// A short run of every pattern (what bench/gpu_session.sh runs under compute-sanitizer memcheck, where
+// the full sweep above is left out for time).
+TEST(GpuAttentionPattern, EachPatternOnceMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (bool causal : {true, false}) {
+    std::vector<AttnPatternConfig> configs = {make(AttnPatternKind::kDense, causal, 64),
+                                              make(AttnPatternKind::kBlockSparse, causal, 64)};
+    auto local = make(AttnPatternKind::kLocal, causal, 64);
+    local.window = 100;
+    configs.push_back(local);
+    auto random = make(AttnPatternKind::kRandom, causal, 64);
+    random.num_random_blocks = 4;
+    random.seed = 31;
+    configs.push_back(random);
+    auto bigbird = make(AttnPatternKind::kBigBird, causal, 64);
+    bigbird.window = 70;
+    bigbird.num_random_blocks = 3;
+    bigbird.num_global_blocks = 1;
+    bigbird.seed = 32;
+    configs.push_back(bigbird);
+    for (const auto& c : configs) {
+      const BlockMask m = build_block_mask(c, 1000, 2);  // 16 blocks, the last one clipped
+      const gpu::DeviceBlockMask d = gpu::build_block_mask_on_device(c, 1000, 2, nullptr);
+      expect_device_equals_cpu(d, m, describe(c, 1000, 2));
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
 TEST(GpuAttentionPattern, LongSequencesMatchCpu) {
   SKIP_WITHOUT_GPU();
   // The B3 grid's long rows: 16k and 64k tokens, block 64 and 128, random ~20% density.

@@ -3,12 +3,14 @@
 # PyTorch's SDPA / FlexAttention on exactly the same masks, then one comparison table.
 #   bash bench/run_b3.sh OUT_DIR [extra smt bench attention flags, e.g. --seq 4096,16384]
 # Needs build/cuda/smt (cuda preset) and python3 with torch >= 2.5 (FlexAttention).
+# smt runs its bf16 flash kernels (SMT_B3_KERNEL=reference times the fp32 reference kernels instead;
+# SMT_B3_DQ=deterministic the deterministic dq pass).
 set -euo pipefail
 out=${1:?usage: bench/run_b3.sh OUT_DIR [smt bench attention flags]}; shift
 mkdir -p "$out"
 smt=${SMT_BIN:-build/cuda/smt}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-"$smt" bench attention --device cuda --json "$out/smt.jsonl" --dump-masks "$out/masks.jsonl" "$@" | tee "$out/smt.txt"
+"$smt" bench attention --device cuda --kernel "${SMT_B3_KERNEL:-flash}" --dq "${SMT_B3_DQ:-atomic}" --json "$out/smt.jsonl" --dump-masks "$out/masks.jsonl" "$@" | tee "$out/smt.txt"
 python3 "$(dirname "$0")/torch_attention.py" "$out/masks.jsonl" --json "$out/torch.jsonl" | tee "$out/torch.txt"
 python3 - "$out" <<'PY' | tee "$out/compare.txt"
 import json, sys

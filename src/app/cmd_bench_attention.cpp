@@ -1,8 +1,11 @@
 // `smt bench attention --device cpu|cuda`: the sparse-attention kernels over the B3 grid of
 // BENCHMARKS.md (patterns x sequence length x head dim, 16 heads, block 128 on the GPU), forward
 // and backward timed separately, one row per case with element and block density, useful
-// TFLOP/s (only allowed pairs; backward counted as 2.5x the forward), buffer memory, and the
-// speed-up against smt's own dense kernel at the same size. Everything printed is measured.
+// TFLOP/s (only allowed pairs; backward counted as 2.5x the forward), peak memory, and the
+// speed-up against smt's own dense kernel (the same kernel on the dense pattern, same size).
+// On the GPU, --kernel flash (the default: bf16 tensor-core kernels, kernels/flash_attention.h)
+// or reference (the fp32 kernels of gpu_ops.h); the CPU has its fp32 kernels only.
+// Everything printed is measured.
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <cmath>
@@ -24,6 +27,8 @@
 #include <cuda_runtime.h>
 
 #include "core/cuda_check.h"
+#include "core/device_buffer.h"
+#include "kernels/flash_attention.h"
 #include "kernels/gpu_ops.h"
 #endif
 
@@ -133,11 +138,67 @@ Timing time_cpu(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int war
 }
 
 #ifdef SMT_CUDA
-Timing time_cuda(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int warmup, int repeat, uint64_t seed) {
+// Peak device memory of one timed case: the drop in free memory while its buffers are allocated
+// (cudaMemGetInfo) plus the stream-ordered pool's high-water mark of the kernels' temporaries.
+class PeakMemory {
+ public:
+  PeakMemory() {
+    int dev = 0;
+    SMT_CUDA_CHECK(cudaDeviceSynchronize());
+    SMT_CUDA_CHECK(cudaGetDevice(&dev));
+    SMT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool_, dev));
+    SMT_CUDA_CHECK(cudaMemPoolTrimTo(pool_, 0));
+    uint64_t zero = 0;
+    SMT_CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &zero));
+    size_t total = 0;
+    SMT_CUDA_CHECK(cudaMemGetInfo(&free0_, &total));
+  }
+  void buffers_allocated() {
+    size_t free1 = 0, total = 0;
+    SMT_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+    buffers_ = free0_ > free1 ? free0_ - free1 : 0;
+  }
+  double mib() const {
+    uint64_t used_high = 0;
+    SMT_CUDA_CHECK(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &used_high));
+    return static_cast<double>(buffers_ + used_high) / (1 << 20);
+  }
+
+ private:
+  cudaMemPool_t pool_{};
+  size_t free0_ = 0, buffers_ = 0;
+};
+
+// Times fwd() and bwd() with events on the default stream: median over `repeat` after `warmup`.
+template <typename Fwd, typename Bwd>
+void time_events(Fwd fwd, Bwd bwd, int warmup, int repeat, Timing* r) {
+  cudaEvent_t e0, e1, e2;
+  SMT_CUDA_CHECK(cudaEventCreate(&e0));
+  SMT_CUDA_CHECK(cudaEventCreate(&e1));
+  SMT_CUDA_CHECK(cudaEventCreate(&e2));
+  std::vector<double> tf, tb;
+  for (int it = 0; it < warmup + repeat; ++it) {
+    SMT_CUDA_CHECK(cudaEventRecord(e0, nullptr));
+    fwd();
+    SMT_CUDA_CHECK(cudaEventRecord(e1, nullptr));
+    bwd();
+    SMT_CUDA_CHECK(cudaEventRecord(e2, nullptr));
+    SMT_CUDA_CHECK(cudaEventSynchronize(e2));
+    float f = 0, b = 0;
+    SMT_CUDA_CHECK(cudaEventElapsedTime(&f, e0, e1));
+    SMT_CUDA_CHECK(cudaEventElapsedTime(&b, e1, e2));
+    if (it >= warmup) tf.push_back(f), tb.push_back(b);
+  }
+  for (auto e : {e0, e1, e2}) SMT_CUDA_CHECK(cudaEventDestroy(e));
+  r->fwd_ms = median(tf);
+  r->bwd_ms = median(tb);
+}
+
+// The fp32 reference kernels (gpu::attention_forward / attention_backward).
+Timing time_cuda_reference(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int warmup, int repeat,
+                           uint64_t seed) {
   const int64_t N = mask.seq_len, n = B * N * H * hd;
-  size_t free0 = 0, total = 0;
-  SMT_CUDA_CHECK(cudaDeviceSynchronize());
-  SMT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+  PeakMemory peak;
   std::vector<float> host(n);
   Rng rng(seed, 3);
   DeviceBuffer<float> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n), lse(B * H * N);
@@ -146,34 +207,60 @@ Timing time_cuda(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int wa
     SMT_CUDA_CHECK(cudaMemcpy(buf->data(), host.data(), n * sizeof(float), cudaMemcpyHostToDevice));
   }
   const gpu::DeviceBlockMask dmask = gpu::upload_block_mask(mask);
+  peak.buffers_allocated();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  cudaEvent_t e0, e1, e2;
-  SMT_CUDA_CHECK(cudaEventCreate(&e0));
-  SMT_CUDA_CHECK(cudaEventCreate(&e1));
-  SMT_CUDA_CHECK(cudaEventCreate(&e2));
-  std::vector<double> tf, tb;
-  size_t min_free = free0;
-  for (int it = 0; it < warmup + repeat; ++it) {
-    SMT_CUDA_CHECK(cudaEventRecord(e0, nullptr));
-    gpu::attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), nullptr, dmask, B, H, hd, scale, nullptr);
-    SMT_CUDA_CHECK(cudaEventRecord(e1, nullptr));
-    gpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), o.data(), lse.data(), q.data(), k.data(),
-                            v.data(), nullptr, dmask, B, H, hd, scale, nullptr);
-    SMT_CUDA_CHECK(cudaEventRecord(e2, nullptr));
-    SMT_CUDA_CHECK(cudaEventSynchronize(e2));
-    size_t free_now = 0;
-    SMT_CUDA_CHECK(cudaMemGetInfo(&free_now, &total));
-    min_free = std::min(min_free, free_now);
-    float f = 0, b = 0;
-    SMT_CUDA_CHECK(cudaEventElapsedTime(&f, e0, e1));
-    SMT_CUDA_CHECK(cudaEventElapsedTime(&b, e1, e2));
-    if (it >= warmup) tf.push_back(f), tb.push_back(b);
-  }
-  for (auto e : {e0, e1, e2}) SMT_CUDA_CHECK(cudaEventDestroy(e));
   Timing r;
-  r.fwd_ms = median(tf);
-  r.bwd_ms = median(tb);
-  r.mem_mib = static_cast<double>(free0 - min_free) / (1 << 20);
+  time_events(
+      [&] {
+        gpu::attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), nullptr, dmask, B, H, hd, scale,
+                               nullptr);
+      },
+      [&] {
+        gpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), o.data(), lse.data(), q.data(),
+                                k.data(), v.data(), nullptr, dmask, B, H, hd, scale, nullptr);
+      },
+      warmup, repeat, &r);
+  r.mem_mib = peak.mib();
+  return r;
+}
+
+// The bf16 flash kernels: q, k, v, dout random normal in bf16; bf16 gradients only.
+Timing time_cuda_flash(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int warmup, int repeat,
+                       uint64_t seed, gpu::FlashDqMode dq_mode) {
+  const int64_t N = mask.seq_len, n = B * N * H * hd;
+  PeakMemory peak;
+  DeviceBuffer<gpu::bf16> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n);
+  DeviceBuffer<float> lse(B * H * N);
+  {
+    std::vector<float> host(n);
+    DeviceBuffer<float> staging(n);
+    Rng rng(seed, 3);
+    for (DeviceBuffer<gpu::bf16>* buf : {&q, &k, &v, &dout}) {
+      for (auto& x : host) x = static_cast<float>(rng.normal());
+      SMT_CUDA_CHECK(cudaMemcpy(staging.data(), host.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+      gpu::cast_fp32_to_bf16(buf->data(), staging.data(), n, nullptr);
+    }
+    SMT_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  const gpu::DeviceBlockMask dmask = gpu::upload_block_mask(mask);
+  peak.buffers_allocated();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  gpu::FlashAttentionGrads grads;
+  grads.dq = dq.data();
+  grads.dk = dk.data();
+  grads.dv = dv.data();
+  Timing r;
+  time_events(
+      [&] {
+        gpu::flash_attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), nullptr, dmask, B, H, hd,
+                                     scale, nullptr);
+      },
+      [&] {
+        gpu::flash_attention_backward(grads, dout.data(), o.data(), lse.data(), q.data(), k.data(), v.data(), nullptr,
+                                      dmask, B, H, hd, scale, dq_mode, nullptr);
+      },
+      warmup, repeat, &r);
+  r.mem_mib = peak.mib();
   return r;
 }
 #endif
@@ -181,7 +268,7 @@ Timing time_cuda(const BlockMask& mask, int64_t B, int64_t H, int64_t hd, int wa
 }  // namespace
 
 int cmd_bench_attention(int argc, char** argv) {
-  std::string device = "cpu", seqs, head_dims = "64", patterns, json_path, masks_path;
+  std::string device = "cpu", seqs, head_dims = "64", patterns, json_path, masks_path, kernel, dq_mode = "atomic";
   int64_t heads = 0, batch = 0, block = 0;
   int warmup = 1, repeat = 3, threads = 0;
   bool causal = false;
@@ -189,6 +276,9 @@ int cmd_bench_attention(int argc, char** argv) {
   po::options_description desc(
       "smt bench attention: sparse attention kernels over the B3 grid (BENCHMARKS.md)");
   desc.add_options()("help", "this help")("device", po::value(&device)->default_value(device), "cpu | cuda")(
+      "kernel", po::value(&kernel),
+      "cuda: flash (bf16 tensor cores, default) | reference (fp32); cpu: reference (the only one)")(
+      "dq", po::value(&dq_mode)->default_value(dq_mode), "flash dq reduction: atomic | deterministic")(
       "seq", po::value(&seqs), "sequence lengths, comma-separated (default cuda: 4096,16384,65536; cpu: 1024,4096)")(
       "head-dim", po::value(&head_dims)->default_value(head_dims), "head dims, comma-separated (64,128)")(
       "heads", po::value(&heads)->default_value(0), "heads (0 = 16 on cuda, 4 on cpu)")(
@@ -209,6 +299,13 @@ int cmd_bench_attention(int argc, char** argv) {
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(!gpu, "--device cuda: this smt was built without CUDA (use the cuda preset)");
 #endif
+  if (kernel.empty()) kernel = gpu ? "flash" : "reference";
+  SMT_USAGE_CHECK(kernel == "flash" || kernel == "reference", "--kernel must be flash or reference, got '", kernel,
+                  "'");
+  SMT_USAGE_CHECK(gpu || kernel == "reference", "--kernel flash needs --device cuda (the CPU has the reference only)");
+  SMT_USAGE_CHECK(dq_mode == "atomic" || dq_mode == "deterministic", "--dq must be atomic or deterministic, got '",
+                  dq_mode, "'");
+  const bool flash = kernel == "flash";
   SMT_USAGE_CHECK(warmup >= 0 && repeat > 0 && heads >= 0 && batch >= 0 && block >= 0,
                   "--warmup must be >= 0, --repeat > 0, --heads/--batch/--block >= 0");
   if (seqs.empty()) seqs = gpu ? "4096,16384,65536" : "1024,4096";
@@ -225,8 +322,11 @@ int cmd_bench_attention(int argc, char** argv) {
     }
   }
   for (int64_t hd : hds) SMT_USAGE_CHECK(hd % 2 == 0 && hd <= 128, "--head-dim ", hd, ": even and <= 128 supported");
+  if (flash)
+    for (int64_t hd : hds) SMT_USAGE_CHECK(hd == 64 || hd == 128, "--head-dim ", hd, ": the flash kernel supports 64 and 128");
   if (heads == 0) heads = gpu ? 16 : 4;
   if (block == 0) block = gpu ? 128 : 64;
+  SMT_USAGE_CHECK(!flash || block % 64 == 0, "--block ", block, ": the flash kernel needs a multiple of 64");
   set_num_threads(threads);
   std::ofstream json, masks;
   if (!json_path.empty()) {
@@ -237,9 +337,10 @@ int cmd_bench_attention(int argc, char** argv) {
     masks.open(masks_path);
     SMT_USAGE_CHECK(masks.good(), "--dump-masks: cannot write ", masks_path);
   }
-  std::printf("smt bench attention, device %s%s, %lld heads, block %lld, median of %d (after %d warm-up)\n",
+  const std::string kernel_desc = flash ? "flash bf16, dq " + dq_mode : std::string("reference fp32");
+  std::printf("smt bench attention, device %s%s, kernel %s, %lld heads, block %lld, median of %d (after %d warm-up)\n",
               device.c_str(), gpu ? "" : (" (" + std::to_string(num_threads()) + " threads)").c_str(),
-              static_cast<long long>(heads), static_cast<long long>(block), repeat, warmup);
+              kernel_desc.c_str(), static_cast<long long>(heads), static_cast<long long>(block), repeat, warmup);
   std::printf("%-13s %6s %3s %4s %8s %8s %9s %9s %9s %8s %9s %8s\n", "pattern", "N", "B", "hd", "elem_den",
               "block_den", "fwd_ms", "bwd_ms", "total_ms", "TFLOP/s", "mem_MiB", "vs_dense");
   for (int64_t N : Ns)
@@ -259,7 +360,11 @@ int cmd_bench_attention(int argc, char** argv) {
         }
         Timing t;
 #ifdef SMT_CUDA
-        if (gpu) t = time_cuda(mask, B, heads, hd, warmup, repeat, seed);
+        if (gpu && flash)
+          t = time_cuda_flash(mask, B, heads, hd, warmup, repeat, seed,
+                              dq_mode == "deterministic" ? gpu::FlashDqMode::kDeterministic : gpu::FlashDqMode::kAtomic);
+        else if (gpu)
+          t = time_cuda_reference(mask, B, heads, hd, warmup, repeat, seed);
 #endif
         if (!gpu) t = time_cpu(mask, B, heads, hd, warmup, repeat, seed);
         const double total = t.fwd_ms + t.bwd_ms;
@@ -278,7 +383,7 @@ int cmd_bench_attention(int argc, char** argv) {
         std::fflush(stdout);
         if (json.is_open()) {
           JsonObject o;
-          o.add("impl", "smt").add("device", device).add("pattern", c.label).add("seq_len", N).add("batch", B)
+          o.add("impl", "smt").add("device", device).add("kernel", kernel).add("pattern", c.label).add("seq_len", N).add("batch", B)
               .add("heads", heads).add("head_dim", hd).add("block", block).add("causal", c.pattern.causal)
               .add("element_density", mask.element_density()).add("block_density", mask.block_density())
               .add("fwd_ms", t.fwd_ms).add("bwd_ms", t.bwd_ms).add("total_ms", total).add("useful_tflops", tflops)

@@ -28,8 +28,10 @@ class CudaBackend final : public TrainBackend {
     SMT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
     device_name_ = prop.name;
     SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    const gpu::Precision precision =
+        config.resolved_precision() == "bf16" ? gpu::Precision::kBf16 : gpu::Precision::kFp32;
     gpu_ = std::make_unique<GpuModel>(config.model, config.train.aux_loss_coeff, config.train.z_loss_coeff, config.seed,
-                                      stream_);
+                                      stream_, precision);
     gpu_->upload_from(host_);
   }
   ~CudaBackend() override {
@@ -40,7 +42,9 @@ class CudaBackend final : public TrainBackend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string describe() const override {
-    return "cuda device " + std::to_string(device_) + " (" + device_name_ + "), fp32";
+    return "cuda device " + std::to_string(device_) + " (" + device_name_ + "), " +
+           gpu::precision_name(gpu_->precision()) + " GEMM operands, attention " +
+           (gpu_->uses_flash_attention() ? "flash bf16" : "fp32 kernels");
   }
   void zero_grads() override { gpu_->zero_grads(); }
   LossParts forward(const Batch& batch) override { return gpu_->forward(batch); }

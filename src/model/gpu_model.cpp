@@ -7,6 +7,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "kernels/flash_attention.h"
 
 namespace smt {
 
@@ -40,13 +41,17 @@ void zero(DeviceBuffer<float>& b, size_t n, cudaStream_t s) {
 }  // namespace
 
 GpuModel::GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss_coeff, uint64_t attention_seed,
-                   cudaStream_t stream)
+                   cudaStream_t stream, gpu::Precision precision)
     : config_(config),
       layout_(config),
       aux_coeff_(aux_loss_coeff),
       z_coeff_(z_loss_coeff),
       attention_seed_(attention_seed),
       stream_(stream),
+      precision_(precision),
+      // The tensor-core kernels take head dim 64/128 and mask blocks that are multiples of 64.
+      use_flash_(precision == gpu::Precision::kBf16 && (config.head_dim() == 64 || config.head_dim() == 128) &&
+                 config.block_size % 64 == 0),
       n_(layout_.total()),
       arena_(static_cast<size_t>(4 * layout_.total())) {
   arena_.memset_bytes(0);
@@ -77,6 +82,23 @@ void GpuModel::download_to(Model& host) const {
     SMT_CUDA_CHECK(
         cudaMemcpyAsync(dst[i], base + slot[i] * n_, n_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   SMT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+gpu::GemmOperand GpuModel::w(const std::string& name) {
+  if (precision_ == gpu::Precision::kBf16) return params16_.data() + layout_.at(name).offset;
+  return p(name);
+}
+
+gpu::GemmOperand GpuModel::as_operand(const DeviceBuffer<float>& x32, DeviceBuffer<__nv_bfloat16>& x16, int64_t n) {
+  if (precision_ != gpu::Precision::kBf16) return x32.data();
+  if (x16.size() != static_cast<size_t>(n)) x16 = DeviceBuffer<__nv_bfloat16>(static_cast<size_t>(n));
+  gpu::cast_fp32_to_bf16(x16.data(), x32.data(), n, stream_);
+  return x16.data();
+}
+
+gpu::GemmOperand GpuModel::saved_operand(const DeviceBuffer<float>& x32, const DeviceBuffer<__nv_bfloat16>& x16) const {
+  if (precision_ != gpu::Precision::kBf16) return x32.data();
+  return x16.data();
 }
 
 std::vector<float> GpuModel::download_grads() const { return download(arena_.data() + n_, n_, stream_); }
@@ -110,6 +132,10 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   routing_.assign(config_.layers, LayerRouting{});
   upload(tokens_, batch.tokens, s);
   upload(valid_, batch.valid, s);
+  if (precision_ == gpu::Precision::kBf16) {  // the parameters changed since the last forward (update, upload)
+    if (params16_.size() != static_cast<size_t>(n_)) params16_ = DeviceBuffer<__nv_bfloat16>(static_cast<size_t>(n_));
+    gpu::cast_fp32_to_bf16(params16_.data(), params(), n_, s);
+  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   LossParts loss;
 
@@ -123,22 +149,34 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     const std::string pre = "layers." + std::to_string(l) + ".";
     const bool moe = ParamLayout::layer_is_moe(config_, l);
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
-    for (auto* b : {&A.x_in, &A.a, &A.q, &A.k, &A.v, &A.o, &A.x_mid, &A.m}) ensure(*b, T * d);
+    for (auto* b : {&A.x_in, &A.a, &A.q, &A.k, &A.v, &A.x_mid, &A.m}) ensure(*b, T * d);
+    if (!use_flash_) ensure(A.o, T * d);
     ensure(A.rstd1, T);
     ensure(A.rstd2, T);
     ensure(A.lse, B * H * N);
     copy_d2d(A.x_in.data(), x.data(), T * d, s);
 
     gpu::rmsnorm_forward(A.a.data(), A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s);
-    gpu::linear_forward(tmp.data(), A.a.data(), p(pre + "wq"), nullptr, T, d, d, false, handle_, s);
+    const gpu::GemmOperand a_op = as_operand(A.a, A.a16, T * d);
+    gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
     gpu::rope_forward(A.q.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_forward(tmp.data(), A.a.data(), p(pre + "wk"), nullptr, T, d, d, false, handle_, s);
+    gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
     gpu::rope_forward(A.k.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_forward(A.v.data(), A.a.data(), p(pre + "wv"), nullptr, T, d, d, false, handle_, s);
-    gpu::attention_forward(A.o.data(), A.lse.data(), A.q.data(), A.k.data(), A.v.data(), valid_.data(),
-                           mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
+    if (use_flash_) {  // bf16 tensor-core kernel: o comes out in bf16, the wo GEMM's operand as it is
+      for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
+      gpu::cast_fp32_to_bf16(A.q16.data(), A.q.data(), T * d, s);
+      gpu::cast_fp32_to_bf16(A.k16.data(), A.k.data(), T * d, s);
+      gpu::cast_fp32_to_bf16(A.v16.data(), A.v.data(), T * d, s);
+      gpu::flash_attention_forward(A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(), A.v16.data(), valid_.data(),
+                                   mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    } else {
+      gpu::attention_forward(A.o.data(), A.lse.data(), A.q.data(), A.k.data(), A.v.data(), valid_.data(),
+                             mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    }
     copy_d2d(A.x_mid.data(), A.x_in.data(), T * d, s);
-    gpu::linear_forward(A.x_mid.data(), A.o.data(), p(pre + "wo"), nullptr, T, d, d, /*accumulate=*/true, handle_, s);
+    const gpu::GemmOperand o_op = use_flash_ ? gpu::GemmOperand(A.o16.data()) : as_operand(A.o, A.o16, T * d);
+    gpu::linear_forward(A.x_mid.data(), o_op, w(pre + "wo"), nullptr, T, d, d, /*accumulate=*/true, handle_, s);
 
     gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s);
     ensure(A.topk_idx, T * k);
@@ -163,9 +201,9 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     ensure(A.hidden, R * f);
     ensure(A.rows_out, R * d);
     gpu::permute_forward(A.rows.data(), A.m.data(), A.dplan, d, s);
-    gpu::experts_forward(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), p(pre + "experts.w1"),
-                         p(pre + "experts.b1"), p(pre + "experts.w2"), p(pre + "experts.b2"),
-                         A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s);
+    gpu::experts_forward(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), w(pre + "experts.w1"),
+                         p(pre + "experts.b1"), w(pre + "experts.w2"), p(pre + "experts.b2"),
+                         A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_);
     copy_d2d(x.data(), A.x_mid.data(), T * d, s);
     gpu::unpermute_forward(x.data(), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s);
 
@@ -198,7 +236,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     head_cols_ = V;
     ensure(logits_, T * V);
     ensure(head_probs_, T * V);
-    gpu::matmul_transposed_forward(logits_.data(), h_final_.data(), p("embedding"), T, d, V, handle_, s);
+    gpu::matmul_transposed_forward(logits_.data(), as_operand(h_final_, h_final16_, T * d), w("embedding"), T, d, V,
+                                   handle_, s);
     upload(targets_, with_loss ? batch.lm_targets : std::vector<int32_t>(static_cast<size_t>(T), -1), s);
     loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), T, V, &num_targets_, s);
   } else {
@@ -233,7 +272,8 @@ void GpuModel::backward() {
   zero(d_logits, head_rows_ * head_cols_, s);
   gpu::cross_entropy_backward(d_logits.data(), head_probs_.data(), targets_.data(), head_rows_, head_cols_, task_scale, s);
   if (config_.head == "lm") {
-    gpu::matmul_transposed_backward(d_h.data(), g("embedding"), d_logits.data(), h_final_.data(), p("embedding"), T, d,
+    gpu::matmul_transposed_backward(d_h.data(), g("embedding"), d_logits.data(), saved_operand(h_final_, h_final16_),
+                                    w("embedding"), T, d,
                                     config_.vocab_size, handle_, s);
   } else {
     const int64_t C = config_.num_classes;
@@ -260,8 +300,8 @@ void GpuModel::backward() {
     ensure(d_hidden, R * f);
     gpu::experts_backward(d_rows.data(), g(pre + "experts.w1"), g(pre + "experts.b1"), g(pre + "experts.w2"),
                           g(pre + "experts.b2"), d_hidden.data(), d_rows_out.data(), A.rows.data(), A.hidden_pre.data(),
-                          A.hidden.data(), p(pre + "experts.w1"), p(pre + "experts.w2"),
-                          A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s);
+                          A.hidden.data(), w(pre + "experts.w1"), w(pre + "experts.w2"),
+                          A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_);
     zero(d_m, T * d, s);
     gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
     if (moe) {
@@ -282,20 +322,34 @@ void GpuModel::backward() {
                           A.rstd2.data(), T, d, s);
 
     zero(d_o, T * d, s);
-    gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), A.o.data(), p(pre + "wo"), T, d, d, handle_, s);
+    gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), saved_operand(A.o, A.o16), w(pre + "wo"), T, d,
+                         d, handle_, s);
     zero(dq, T * d, s);
     zero(dk, T * d, s);
     zero(dv, T * d, s);
-    gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
-                            A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    if (use_flash_) {
+      ensure(d_o16_, T * d);
+      gpu::cast_fp32_to_bf16(d_o16_.data(), d_o.data(), T * d, s);
+      gpu::FlashAttentionGrads fg;
+      fg.dq_acc = dq.data();
+      fg.dk_acc = dk.data();
+      fg.dv_acc = dv.data();
+      gpu::flash_attention_backward(fg, d_o16_.data(), A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(),
+                                    A.v16.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale,
+                                    gpu::FlashDqMode::kDeterministic, s);
+    } else {
+      gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
+                              A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+    }
     zero(d_a, T * d, s);
     zero(d_tmp, T * d, s);
     gpu::rope_backward(d_tmp.data(), dq.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_backward(d_a.data(), g(pre + "wq"), nullptr, d_tmp.data(), A.a.data(), p(pre + "wq"), T, d, d, handle_, s);
+    const gpu::GemmOperand a_op = saved_operand(A.a, A.a16);
+    gpu::linear_backward(d_a.data(), g(pre + "wq"), nullptr, d_tmp.data(), a_op, w(pre + "wq"), T, d, d, handle_, s);
     zero(d_tmp, T * d, s);
     gpu::rope_backward(d_tmp.data(), dk.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_backward(d_a.data(), g(pre + "wk"), nullptr, d_tmp.data(), A.a.data(), p(pre + "wk"), T, d, d, handle_, s);
-    gpu::linear_backward(d_a.data(), g(pre + "wv"), nullptr, dv.data(), A.a.data(), p(pre + "wv"), T, d, d, handle_, s);
+    gpu::linear_backward(d_a.data(), g(pre + "wk"), nullptr, d_tmp.data(), a_op, w(pre + "wk"), T, d, d, handle_, s);
+    gpu::linear_backward(d_a.data(), g(pre + "wv"), nullptr, dv.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
     gpu::rmsnorm_backward(dx.data(), g(pre + "attn_norm"), d_a.data(), A.x_in.data(), p(pre + "attn_norm"),
                           A.rstd1.data(), T, d, s);
   }

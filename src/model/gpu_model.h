@@ -21,14 +21,21 @@ namespace smt {
 
 class GpuModel {
  public:
+  // precision kBf16: the GEMMs of the projections, the experts and the LM head take bf16 operands (a bf16
+  // copy of the parameters made at each forward, bf16 copies of their activation inputs) with fp32
+  // accumulation; the router, the classifier head, norms, softmaxes and the optimizer stay fp32. Attention
+  // then runs on the bf16 tensor-core kernels (kernels/flash_attention.h, dq deterministic) where the head
+  // dim is 64 or 128 and the mask block a multiple of 64, else on the fp32 kernels.
   GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss_coeff, uint64_t attention_seed,
-           cudaStream_t stream);
+           cudaStream_t stream, gpu::Precision precision = gpu::Precision::kFp32);
   ~GpuModel();
   GpuModel(const GpuModel&) = delete;
   GpuModel& operator=(const GpuModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
+  gpu::Precision precision() const { return precision_; }
+  bool uses_flash_attention() const { return use_flash_; }
   cudaStream_t stream() const { return stream_; }
 
   // Parameters and both AdamW moments from / to a host model of the same config (blocking).
@@ -54,9 +61,16 @@ class GpuModel {
     DeviceBuffer<int32_t> topk_idx;                                         // [T,k]
     gpu::DeviceRoutingPlan dplan;  // built on the device from topk_idx
     DeviceBuffer<float> rows, hidden_pre, hidden, rows_out;                 // [R,d] [R,f] [R,f] [R,d]
+    DeviceBuffer<__nv_bfloat16> a16, o16;                                   // kBf16: GEMM copies of a, o
+    DeviceBuffer<__nv_bfloat16> q16, k16, v16;                              // flash attention's inputs
   };
   float* p(const std::string& name) { return params() + layout_.at(name).offset; }
   float* g(const std::string& name) { return grads() + layout_.at(name).offset; }
+  // A weight as a GEMM operand: the bf16 copy (kBf16) or the fp32 parameter.
+  gpu::GemmOperand w(const std::string& name);
+  // An activation as a GEMM operand: kBf16 rounds x32 [n] into x16 (kept for the backward).
+  gpu::GemmOperand as_operand(const DeviceBuffer<float>& x32, DeviceBuffer<__nv_bfloat16>& x16, int64_t n);
+  gpu::GemmOperand saved_operand(const DeviceBuffer<float>& x32, const DeviceBuffer<__nv_bfloat16>& x16) const;
   const gpu::DeviceBlockMask& mask(int layer, int seq_len);
 
   ModelConfig config_;
@@ -65,6 +79,10 @@ class GpuModel {
   uint64_t attention_seed_;
   cudaStream_t stream_;
   cublasHandle_t handle_ = nullptr;
+  gpu::Precision precision_;
+  bool use_flash_;  // attention by gpu::flash_attention_* (bf16, tensor cores) instead of the fp32 kernels
+  DeviceBuffer<__nv_bfloat16> params16_;  // kBf16: [n] the parameters rounded at each forward
+  DeviceBuffer<__nv_bfloat16> h_final16_;
   int64_t n_ = 0;
   DeviceBuffer<float> arena_;  // [4 n]
   std::vector<gpu::DeviceBlockMask> masks_;
@@ -83,6 +101,7 @@ class GpuModel {
   struct BackwardScratch {
     DeviceBuffer<float> dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w;
   } scratch_;
+  DeviceBuffer<__nv_bfloat16> d_o16_;
 };
 
 // Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor), and its

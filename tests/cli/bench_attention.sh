@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # smt bench attention on the CPU: one row per pattern with densities and times, the JSON rows
-# agree with the mask (dense density 1, causal about one half), bad flags exit 2.
+# agree with the mask (dense density 1, causal about one half), bad flags exit 2 (among them
+# --kernel flash on the CPU, which has the reference kernels only).
 # usage: bench_attention.sh SMT_BINARY PROJECT_ROOT
 set -u
 smt=$1
@@ -22,6 +23,7 @@ for r in rows:
         assert k in r, f"row without {k}: {r}"
     assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0, r
     assert 0 < r["element_density"] <= r["block_density"] <= 1, r
+    assert r["kernel"] == "reference", r
 dense = [r for r in rows if r["pattern"] == "dense"]
 assert all(r["element_density"] == 1.0 for r in dense), dense
 causal = {r["seq_len"]: r["element_density"] for r in rows if r["pattern"] == "causal"}
@@ -33,4 +35,10 @@ PY
 { [ $rc -eq 2 ] && grep -q "cpu or cuda" "$tmp/err"; } || { echo "FAIL: --device tpu -> $rc: $(cat "$tmp/err")"; fails=$((fails+1)); }
 "$smt" bench attention --seq 0 >"$tmp/err" 2>&1; rc=$?
 [ $rc -eq 2 ] || { echo "FAIL: --seq 0 -> $rc: $(cat "$tmp/err")"; fails=$((fails+1)); }
+"$smt" bench attention --device cpu --kernel flash >"$tmp/err" 2>&1; rc=$?
+{ [ $rc -eq 2 ] && grep -q "needs --device cuda" "$tmp/err"; } || { echo "FAIL: cpu --kernel flash -> $rc: $(cat "$tmp/err")"; fails=$((fails+1)); }
+"$smt" bench attention --kernel fast >"$tmp/err" 2>&1; rc=$?
+{ [ $rc -eq 2 ] && grep -q "flash or reference" "$tmp/err"; } || { echo "FAIL: --kernel fast -> $rc: $(cat "$tmp/err")"; fails=$((fails+1)); }
+"$smt" bench attention --dq sometimes >"$tmp/err" 2>&1; rc=$?
+{ [ $rc -eq 2 ] && grep -q "atomic or deterministic" "$tmp/err"; } || { echo "FAIL: --dq sometimes -> $rc: $(cat "$tmp/err")"; fails=$((fails+1)); }
 [ $fails -eq 0 ]

@@ -99,4 +99,48 @@ INSTANTIATE_TEST_SUITE_P(Configs, GpuModelTest,
                            return std::string(info.param.head) + "_" + info.param.attention;
                          });
 
+// bf16 operands (GpuModel precision kBf16, with the flash attention kernels at block 64 and the fp32
+// attention kernels at block 16) against the fp32 CPU model, one step from the same parameters (96
+// tokens: a partial last block): loss within 2e-2 relative; the whole gradient within 5e-2 norm-relative and each tensor
+// within 0.15 (bf16 keeps 8 bits of mantissa: ~4e-3 per rounding, more where routing near-ties flip).
+TEST(GpuModelBf16, FollowsCpuFp32) {
+  std::string why;
+  if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  struct BfCase { const char* head; int block_size; };  // block 64: flash attention; 16: the fp32 kernels
+  for (const BfCase bc : {BfCase{"classifier", 64}, BfCase{"lm", 64}, BfCase{"lm", 16}}) {
+    const char* head = bc.head;
+    SCOPED_TRACE(testing::Message() << head << ", block " << bc.block_size);
+    smt::ModelConfig c;
+    c.d_model = 128;
+    c.layers = 2;
+    c.heads = 2;
+    c.expert_hidden = 256;
+    c.head = head;
+    c.num_classes = 3;
+    c.attention = "local";
+    c.causal = std::string(head) == "lm";
+    c.block_size = bc.block_size;
+    c.window = 32;
+    cudaStream_t stream;
+    SMT_CUDA_CHECK(cudaStreamCreate(&stream));
+    smt::Model cpu(c, 0.01f, 0.001f, 7);
+    cpu.init_params(13);
+    smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream, smt::gpu::Precision::kBf16);
+    EXPECT_EQ(gpu.uses_flash_attention(), bc.block_size % 64 == 0);
+    gpu.upload_from(cpu);
+    const smt::Batch batch = smt::testing_support::random_padded_batch(4, 96, 3, 123);
+    cpu.zero_grads();
+    gpu.zero_grads();
+    const smt::LossParts lc = cpu.forward(batch), lg = gpu.forward(batch);
+    EXPECT_NEAR(lg.total, lc.total, 2e-2 * std::fabs(lc.total));
+    cpu.backward();
+    gpu.backward();
+    const std::vector<float> gg = gpu.download_grads();
+    EXPECT_LE(norm_rel(gg.data(), cpu.grads(), cpu.layout().total()), 5e-2) << "whole gradient";
+    for (const auto& t : cpu.layout().tensors())
+      EXPECT_LE(norm_rel(gg.data() + t.offset, cpu.grads() + t.offset, t.numel), 0.15) << "gradient of " << t.name;
+    SMT_CUDA_CHECK(cudaStreamDestroy(stream));
+  }
+}
+
 }  // namespace

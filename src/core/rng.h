@@ -1,33 +1,58 @@
 // Philox4x32-10 counter-based RNG (Salmon et al. 2011): the same (key, counter) gives the same
 // numbers on every machine, thread and backend. Rng wraps it as a stream with a 64-bit key
 // (the seed) and a 64-bit position; its state is two integers, so it checkpoints exactly.
+// The integer draws (Rng construction, next_u64, below) are SMT_HOST_DEVICE: a CUDA kernel gets the
+// same numbers as the host for the same (seed, stream, position).
 #pragma once
 #include <array>
 #include <cmath>
 #include <cstdint>
 
+#include "core/host_device.h"
+
 namespace smt {
 
-// Philox4x32-10 block: 4 random 32-bit words for a 128-bit counter and a 64-bit key.
-inline std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> ctr, std::array<uint32_t, 2> key) {
+// Philox4x32-10 on plain words, in place (host and device): ctr becomes the 4 random words for the
+// 128-bit counter ctr and the 64-bit key (k0, k1).
+SMT_HOST_DEVICE inline void philox4x32_inplace(uint32_t (&ctr)[4], uint32_t k0, uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = static_cast<uint64_t>(kM0) * ctr[0];
     const uint64_t p1 = static_cast<uint64_t>(kM1) * ctr[2];
     const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
     const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
-    ctr = {hi1 ^ ctr[1] ^ key[0], lo1, hi0 ^ ctr[3] ^ key[1], lo0};
-    key[0] += kW0;
-    key[1] += kW1;
+    const uint32_t c0 = hi1 ^ ctr[1] ^ k0, c2 = hi0 ^ ctr[3] ^ k1;
+    ctr[0] = c0;
+    ctr[1] = lo1;
+    ctr[2] = c2;
+    ctr[3] = lo0;
+    k0 += kW0;
+    k1 += kW1;
   }
-  return ctr;
 }
 
-// Four words for (seed, stream, index): stream separates uses (layer, purpose), index counts.
+// Philox4x32-10 block: 4 random 32-bit words for a 128-bit counter and a 64-bit key.
+inline std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> ctr, std::array<uint32_t, 2> key) {
+  uint32_t w[4] = {ctr[0], ctr[1], ctr[2], ctr[3]};
+  philox4x32_inplace(w, key[0], key[1]);
+  return {w[0], w[1], w[2], w[3]};
+}
+
+// Four words for (seed, stream, index) into out (host and device): stream separates uses (layer,
+// purpose), index counts.
+SMT_HOST_DEVICE inline void philox_words(uint64_t seed, uint64_t stream, uint64_t index, uint32_t (&out)[4]) {
+  out[0] = static_cast<uint32_t>(index);
+  out[1] = static_cast<uint32_t>(index >> 32);
+  out[2] = static_cast<uint32_t>(stream);
+  out[3] = static_cast<uint32_t>(stream >> 32);
+  philox4x32_inplace(out, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// The same four words as an array (host).
 inline std::array<uint32_t, 4> philox(uint64_t seed, uint64_t stream, uint64_t index) {
-  return philox4x32({static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32),
-                     static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32)},
-                    {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+  uint32_t w[4];
+  philox_words(seed, stream, index, w);
+  return {w[0], w[1], w[2], w[3]};
 }
 
 // Uniform in [0,1) from a 32-bit word (24 bits of mantissa).
@@ -41,17 +66,18 @@ inline double uint_to_unit_double(uint32_t hi, uint32_t lo) {
 class Rng {
  public:
   Rng() = default;
-  Rng(uint64_t seed, uint64_t stream = 0) : seed_(seed), stream_(stream) {}
+  SMT_HOST_DEVICE Rng(uint64_t seed, uint64_t stream = 0) : seed_(seed), stream_(stream) {}
 
-  uint64_t seed() const { return seed_; }
-  uint64_t stream() const { return stream_; }
-  uint64_t position() const { return position_; }
-  void set_position(uint64_t p) { position_ = p; }
+  SMT_HOST_DEVICE uint64_t seed() const { return seed_; }
+  SMT_HOST_DEVICE uint64_t stream() const { return stream_; }
+  SMT_HOST_DEVICE uint64_t position() const { return position_; }
+  SMT_HOST_DEVICE void set_position(uint64_t p) { position_ = p; }
 
   std::array<uint32_t, 4> next_block() { return philox(seed_, stream_, position_++); }
   uint32_t next_u32() { return next_block()[0]; }
-  uint64_t next_u64() {
-    auto b = next_block();
+  SMT_HOST_DEVICE uint64_t next_u64() {
+    uint32_t b[4];
+    philox_words(seed_, stream_, position_++, b);
     return (static_cast<uint64_t>(b[0]) << 32) | b[1];
   }
   // Uniform double in [0,1).
@@ -60,7 +86,7 @@ class Rng {
     return uint_to_unit_double(b[0], b[1]);
   }
   // Uniform integer in [0, n), n > 0 (bias below 2^-32 for n < 2^32: negligible).
-  uint64_t below(uint64_t n) { return next_u64() % n; }
+  SMT_HOST_DEVICE uint64_t below(uint64_t n) { return next_u64() % n; }
   // Standard normal by Box-Muller (one block per draw).
   double normal() {
     auto b = next_block();

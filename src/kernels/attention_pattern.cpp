@@ -1,5 +1,6 @@
 // Builds BlockMask (per query block: key blocks, kind, full/partial; plus the transposed lists)
-// exactly by the rules of attention_pattern.h, which a PyTorch twin reimplements.
+// exactly by the rules of attention_pattern.h, which a PyTorch twin reimplements. The per-query-block
+// rule is pattern::pattern_row (attention_pattern_rule.h), shared with the CUDA builder.
 // Invariants: lists ascending, no entry without an allowed pair, causal never lists kb > qb.
 #include "kernels/attention_pattern.h"
 
@@ -7,7 +8,7 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "core/rng.h"
+#include "kernels/attention_pattern_rule.h"
 
 namespace smt {
 
@@ -17,36 +18,8 @@ constexpr const char* kPatternNames[] = {"dense", "local", "random", "block_spar
 constexpr AttnPatternKind kPatternKinds[] = {AttnPatternKind::kDense, AttnPatternKind::kLocal, AttnPatternKind::kRandom,
                                              AttnPatternKind::kBlockSparse, AttnPatternKind::kBigBird};
 
-// Clipped tile of (qb, kb): rows [q_lo, q_hi], columns [k_lo, k_hi] (inclusive).
-struct Tile {
-  int64_t q_lo, q_hi, k_lo, k_hi;
-};
-
-Tile tile_of(int64_t qb, int64_t kb, int64_t bs, int64_t seq_len) {
-  return {qb * bs, std::min(seq_len, (qb + 1) * bs) - 1, kb * bs, std::min(seq_len, (kb + 1) * bs) - 1};
-}
-
-// Does the position rule (causal, window for kWindow) allow at least one pair of the tile?
-bool tile_has_pair(const Tile& t, bool causal, bool window_kind, int64_t window) {
-  if (causal && t.k_lo > t.q_hi) return false;  // every k > every q
-  if (!window_kind) return true;
-  // Smallest |q - k| over pairs satisfying the causal rule.
-  int64_t min_dist;
-  if (causal) {
-    min_dist = std::max<int64_t>(0, t.q_lo - t.k_hi);  // pairs with k <= q exist (checked above)
-  } else {
-    min_dist = std::max<int64_t>({0, t.k_lo - t.q_hi, t.q_lo - t.k_hi});
-  }
-  return min_dist <= window;
-}
-
-// Does the position rule allow every pair of the tile?
-bool tile_is_full(const Tile& t, bool causal, bool window_kind, int64_t window) {
-  if (causal && t.k_hi > t.q_lo) return false;  // some k > q
-  if (!window_kind) return true;
-  const int64_t max_dist = std::max(t.q_hi - t.k_lo, t.k_hi - t.q_lo);
-  return max_dist <= window;
-}
+using pattern::Tile;
+using pattern::tile_of;
 
 // Allowed pairs of the tile under the position rule (O(rows) for partial tiles).
 int64_t tile_count(const Tile& t, bool causal, bool window_kind, int64_t window, bool full) {
@@ -65,26 +38,9 @@ int64_t tile_count(const Tile& t, bool causal, bool window_kind, int64_t window,
   return count;
 }
 
-// The random draw of the header: candidates {kb != qb, kb < qb if causal}; all of them when
-// r >= n, else a partial Fisher-Yates with Rng(seed, (layer << 32) | qb).
-std::vector<int32_t> draw_random_blocks(int64_t qb, int64_t num_blocks, bool causal, int64_t r, uint64_t seed,
-                                        int64_t layer_idx) {
-  std::vector<int32_t> c;
-  const int64_t end = causal ? qb : num_blocks;
-  for (int64_t kb = 0; kb < end; ++kb)
-    if (kb != qb) c.push_back(static_cast<int32_t>(kb));
-  const int64_t n = static_cast<int64_t>(c.size());
-  if (r >= n) return c;
-  Rng rng(seed, (static_cast<uint64_t>(layer_idx) << 32) | static_cast<uint64_t>(qb));
-  for (int64_t i = 0; i < r; ++i) {
-    const int64_t j = i + static_cast<int64_t>(rng.below(static_cast<uint64_t>(n - i)));
-    std::swap(c[i], c[j]);
-  }
-  c.resize(r);
-  return c;
-}
+}  // namespace
 
-void validate(const AttnPatternConfig& c, int seq_len, int layer_idx) {
+void validate_attn_pattern(const AttnPatternConfig& c, int seq_len, int layer_idx) {
   const std::string name = attn_pattern_name(c.kind);
   SMT_USAGE_CHECK(c.block_size > 0, "attention pattern ", name, ": block_size must be > 0, got ", c.block_size);
   SMT_CHECK(seq_len > 0, "build_block_mask: seq_len must be > 0, got ", seq_len);
@@ -102,8 +58,6 @@ void validate(const AttnPatternConfig& c, int seq_len, int layer_idx) {
     SMT_USAGE_CHECK(c.num_global_blocks >= 0, "attention pattern ", name, ": num_global_blocks must be >= 0, got ",
                     c.num_global_blocks);
 }
-
-}  // namespace
 
 AttnPatternKind parse_attn_pattern(const std::string& name) {
   for (size_t i = 0; i < std::size(kPatternNames); ++i)
@@ -149,70 +103,28 @@ double BlockMask::element_density() const {
 }
 
 BlockMask build_block_mask(const AttnPatternConfig& config, int seq_len, int layer_idx) {
-  validate(config, seq_len, layer_idx);
+  validate_attn_pattern(config, seq_len, layer_idx);
   BlockMask m;
   m.config = config;
   m.seq_len = seq_len;
   m.block_size = config.block_size;
-  const int64_t bs = config.block_size;
-  const int64_t nb = (static_cast<int64_t>(seq_len) + bs - 1) / bs;
+  const int64_t nb = pattern::num_blocks_of(seq_len, config.block_size);
   m.num_blocks = static_cast<int>(nb);
-  const bool causal = config.causal;
-  const int64_t window = config.window;
 
-  constexpr int8_t kNone = -1;
-  std::vector<int8_t> kind(nb);
-  auto mark_whole = [&](int64_t kb) { kind[kb] = BlockMask::kWhole; };
-  auto mark_window_range = [&](int64_t qb) {
-    // Key blocks holding some k with |q - k| <= window for some q of the block (causal: k <= q).
-    const Tile t = tile_of(qb, 0, bs, seq_len);
-    const int64_t k_first = std::max<int64_t>(0, t.q_lo - window);
-    const int64_t k_last = causal ? t.q_hi : std::min<int64_t>(seq_len - 1, t.q_hi + window);
-    for (int64_t kb = k_first / bs; kb <= k_last / bs; ++kb)
-      if (kind[kb] == kNone) kind[kb] = BlockMask::kWindow;
-  };
-
+  // The shared rule (attention_pattern_rule.h), one fill pass per query block into a row buffer (the
+  // GPU counts first to size its lists; the CPU appends instead).
+  std::vector<int32_t> scratch(static_cast<size_t>(pattern::random_draw_scratch_words(config, nb)));
+  std::vector<int32_t> row_cols(nb);
+  std::vector<uint8_t> row_kinds(nb), row_fulls(nb);
   m.q_row_ptr.assign(nb + 1, 0);
   for (int64_t qb = 0; qb < nb; ++qb) {
-    std::fill(kind.begin(), kind.end(), kNone);
-    switch (config.kind) {
-      case AttnPatternKind::kDense:
-        for (int64_t kb = 0; kb < nb; ++kb) mark_whole(kb);
-        break;
-      case AttnPatternKind::kLocal:
-        mark_window_range(qb);
-        break;
-      case AttnPatternKind::kRandom:
-        mark_whole(qb);
-        for (int32_t kb : draw_random_blocks(qb, nb, causal, config.num_random_blocks, config.seed, layer_idx))
-          mark_whole(kb);
-        break;
-      case AttnPatternKind::kBlockSparse: {
-        const int64_t s = config.stride_blocks;
-        for (int64_t kb = 0; kb < nb; ++kb)
-          if (kb / s == qb / s || kb % s == s - 1) mark_whole(kb);
-        break;
-      }
-      case AttnPatternKind::kBigBird: {
-        const int64_t g = config.num_global_blocks;
-        for (int64_t kb = 0; kb < nb; ++kb)
-          if (qb < g || kb < g) mark_whole(kb);
-        for (int32_t kb : draw_random_blocks(qb, nb, causal, config.num_random_blocks, config.seed, layer_idx))
-          mark_whole(kb);
-        mark_window_range(qb);  // only fills blocks not already kWhole
-        break;
-      }
-    }
-    for (int64_t kb = 0; kb < nb; ++kb) {
-      if (kind[kb] == kNone) continue;
-      if (causal && kb > qb) continue;
-      const bool window_kind = kind[kb] == BlockMask::kWindow;
-      const Tile t = tile_of(qb, kb, bs, seq_len);
-      if (!tile_has_pair(t, causal, window_kind, window)) continue;
-      m.q_col_idx.push_back(static_cast<int32_t>(kb));
-      m.q_kind.push_back(static_cast<uint8_t>(kind[kb]));
-      m.q_is_full.push_back(tile_is_full(t, causal, window_kind, window) ? 1 : 0);
-    }
+    const int count = pattern::pattern_row(config, seq_len, layer_idx, static_cast<int>(qb), scratch.data(),
+                                           row_cols.data(), row_kinds.data(), row_fulls.data());
+    SMT_CHECK(static_cast<int64_t>(m.q_col_idx.size()) + count <= INT32_MAX,
+              "build_block_mask: more than 2^31 - 1 block entries (at query block ", qb, ")");
+    m.q_col_idx.insert(m.q_col_idx.end(), row_cols.begin(), row_cols.begin() + count);
+    m.q_kind.insert(m.q_kind.end(), row_kinds.begin(), row_kinds.begin() + count);
+    m.q_is_full.insert(m.q_is_full.end(), row_fulls.begin(), row_fulls.begin() + count);
     m.q_row_ptr[qb + 1] = static_cast<int32_t>(m.q_col_idx.size());
   }
 

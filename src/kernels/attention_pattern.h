@@ -76,7 +76,12 @@ struct BlockMask {
   double element_density() const;
 };
 
-// layer_idx seeds the random blocks (each layer draws its own).
+// Throws UsageError for a bad config (block_size, window, num_random_blocks, stride_blocks,
+// num_global_blocks out of range) and Error for seq_len <= 0 or layer_idx < 0.
+void validate_attn_pattern(const AttnPatternConfig& config, int seq_len, int layer_idx);
+
+// layer_idx seeds the random blocks (each layer draws its own). The per-query-block lists come from
+// pattern::pattern_row (attention_pattern_rule.h), which gpu::build_block_mask_on_device shares.
 BlockMask build_block_mask(const AttnPatternConfig& config, int seq_len, int layer_idx);
 
 }  // namespace smt

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "data/tokenizer.h"
 #include "kernels/flash_attention.h"
+#include "kernels/gpu_attention_pattern.h"
 
 namespace smt {
 
@@ -117,10 +118,9 @@ const gpu::DeviceBlockMask& GpuModel::mask(int layer, int seq_len) {
   if (mask_seq_len_ != seq_len) {
     masks_.clear();
     const AttnPatternConfig pc = config_.attention_pattern(attention_seed_);  // as Model::block_mask
-    for (int l = 0; l < config_.layers; ++l) masks_.push_back(gpu::upload_block_mask(build_block_mask(pc, seq_len, l)));
-    // upload_block_mask copies with cudaMemcpy on the legacy stream, which a non-blocking model stream
-    // does not wait for: finish the copies before any kernel reads the lists.
-    SMT_CUDA_CHECK(cudaDeviceSynchronize());
+    // Built on the device by the rule the CPU model uses (bit for bit the same lists); the builder
+    // synchronises, so the lists are ready for the model's stream.
+    for (int l = 0; l < config_.layers; ++l) masks_.push_back(gpu::build_block_mask_on_device(pc, seq_len, l, stream_));
     mask_seq_len_ = seq_len;
   }
   return masks_[layer];

@@ -109,6 +109,30 @@ __device__ __forceinline__ void load_rows_async(bf16* s, const bf16* g, int64_t 
   }
 }
 
+// The element mask of a score tile held query-major in mma accumulators (this thread: rows qrow_a and
+// qrow_a + 8, columns k0 + j*8 + 2t + {0,1} of NT_N 8-key column groups; keys [k0, k_hi] of the entry e,
+// queries [q0, q_hi]): forbidden pairs (rule, causality, window, key padding, keys past N) become -inf.
+// Nothing is done when the sub-tile is full (relation 2) and its 64 keys are all valid. Used by the
+// forward and by the deterministic dq pass, which see the same tiles.
+template <int NT_N>
+__device__ __forceinline__ void mask_query_major_scores(float (&sc)[NT_N][4], const MaskArgs& m, int e, int b, int q0,
+                                                        int q_hi, int k0, int k_hi, int qrow_a, int t) {
+  const bool win = flash::is_window(m, e);
+  const int rel = entry_tile_relation(m, e, q0, q_hi, k0, k_hi);
+  const uint64_t bits = key_word(m, b, k0);
+  if (rel == 2 && bits == ~0ull) return;
+#pragma unroll
+  for (int j = 0; j < NT_N; ++j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int col = j * 8 + 2 * t + (x & 1);
+      const int qpos = qrow_a + (x >> 1) * 8;
+      const bool ok = ((bits >> col) & 1ull) != 0 &&
+                      (rel == 2 || pair_allowed(qpos, k0 + col, m.causal != 0, win, m.window));
+      if (!ok) sc[j][x] = -INFINITY;
+    }
+}
+
 struct FlashArgs {
   const bf16* q;
   const bf16* k;
@@ -220,23 +244,7 @@ __global__ void __launch_bounds__(WARPS * 32, HD == 64 ? 16 / WARPS : 1) flash_f
     }
 
     // element mask: only partial sub-tiles and sub-tiles with padding / keys past N
-    {
-      const bool win = flash::is_window(m, e);
-      const int rel = entry_tile_relation(m, e, q0, q_hi, k0, min(k0 + BN, N) - 1);
-      const uint64_t bits = key_word(m, b, k0);
-      if (rel != 2 || bits != ~0ull) {
-#pragma unroll
-        for (int j = 0; j < NT_N; ++j)
-#pragma unroll
-          for (int x = 0; x < 4; ++x) {
-            const int col = j * 8 + 2 * t + (x & 1);
-            const int qpos = qrow_a + (x >> 1) * 8;
-            const bool ok = ((bits >> col) & 1ull) != 0 &&
-                            (rel == 2 || pair_allowed(qpos, k0 + col, m.causal != 0, win, m.window));
-            if (!ok) sc[j][x] = -INFINITY;
-          }
-      }
-    }
+    mask_query_major_scores<NT_N>(sc, m, e, b, q0, q_hi, k0, min(k0 + BN, N) - 1, qrow_a, t);
 
     // online softmax (rows g and g + 8 of the warp; a row's 64 columns live in the 4 lanes of a quad)
     float base[2];
@@ -710,23 +718,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dq_kernel(FlashArgs a) {
         mma_bf16(dp[2 * np + 1], df, vf[2], vf[3]);
       }
     }
-    {
-      const bool win = flash::is_window(m, e);
-      const int rel = entry_tile_relation(m, e, q0, q_hi, k0, min(k0 + BN, N) - 1);
-      const uint64_t bits = key_word(m, b, k0);
-      if (rel != 2 || bits != ~0ull) {
-#pragma unroll
-        for (int j = 0; j < NT_N; ++j)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int col = j * 8 + 2 * t + (c & 1);
-            const int qpos = qrow_a + (c >> 1) * 8;
-            const bool ok = ((bits >> col) & 1ull) != 0 &&
-                            (rel == 2 || pair_allowed(qpos, k0 + col, m.causal != 0, win, m.window));
-            if (!ok) sc[j][c] = -INFINITY;
-          }
-      }
-    }
+    mask_query_major_scores<NT_N>(sc, m, e, b, q0, q_hi, k0, min(k0 + BN, N) - 1, qrow_a, t);
     // dS = P (dP - D), P = exp(scale s - lse)
 #pragma unroll
     for (int j = 0; j < NT_N; ++j)

@@ -141,40 +141,35 @@ struct KeyBits {
   StreamBuffer<uint64_t> buf;
 };
 
-template <int HD, int WARPS>
-void launch_fwd(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
-  constexpr size_t bytes = fwd_smem_bytes<HD, WARPS>();
-  prepare_kernel(flash_fwd_kernel<HD, WARPS>, bytes, "gpu::flash_attention_forward");
+// Every flash kernel runs one CTA of WARPS warps per (16 * WARPS-row tile of a mask block, head, batch row).
+template <int WARPS>
+void launch_over_tiles(void (*kernel)(FlashArgs), size_t smem_bytes, const char* who, const FlashArgs& args,
+                       const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
+  prepare_kernel(kernel, smem_bytes, who);
   FlashArgs a = args;
   a.tiles_per_block = mask.block_size / (16 * WARPS);
   const dim3 grid(static_cast<unsigned>(int64_t(mask.num_blocks) * a.tiles_per_block), static_cast<unsigned>(H),
                   static_cast<unsigned>(B));
-  flash_fwd_kernel<HD, WARPS><<<grid, WARPS * 32, bytes, stream>>>(a);
+  kernel<<<grid, WARPS * 32, smem_bytes, stream>>>(a);
   SMT_CUDA_CHECK_LAUNCH();
+}
+
+template <int HD, int WARPS>
+void launch_fwd(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
+  launch_over_tiles<WARPS>(flash_fwd_kernel<HD, WARPS>, fwd_smem_bytes<HD, WARPS>(), "gpu::flash_attention_forward",
+                           args, mask, B, H, stream);
 }
 
 template <int HD, int WARPS, bool ATOMIC_DQ>
 void launch_dkv(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
-  constexpr size_t bytes = dkv_smem_bytes<HD, WARPS, ATOMIC_DQ>();
-  prepare_kernel(flash_bwd_dkv_kernel<HD, WARPS, ATOMIC_DQ>, bytes, "gpu::flash_attention_backward (dk/dv)");
-  FlashArgs a = args;
-  a.tiles_per_block = mask.block_size / (16 * WARPS);
-  const dim3 grid(static_cast<unsigned>(int64_t(mask.num_blocks) * a.tiles_per_block), static_cast<unsigned>(H),
-                  static_cast<unsigned>(B));
-  flash_bwd_dkv_kernel<HD, WARPS, ATOMIC_DQ><<<grid, WARPS * 32, bytes, stream>>>(a);
-  SMT_CUDA_CHECK_LAUNCH();
+  launch_over_tiles<WARPS>(flash_bwd_dkv_kernel<HD, WARPS, ATOMIC_DQ>, dkv_smem_bytes<HD, WARPS, ATOMIC_DQ>(),
+                           "gpu::flash_attention_backward (dk/dv)", args, mask, B, H, stream);
 }
 
 template <int HD, int WARPS>
 void launch_dq(const FlashArgs& args, const DeviceBlockMask& mask, int64_t B, int64_t H, cudaStream_t stream) {
-  constexpr size_t bytes = dq_smem_bytes<HD, WARPS>();
-  prepare_kernel(flash_bwd_dq_kernel<HD, WARPS>, bytes, "gpu::flash_attention_backward (dq)");
-  FlashArgs a = args;
-  a.tiles_per_block = mask.block_size / (16 * WARPS);
-  const dim3 grid(static_cast<unsigned>(int64_t(mask.num_blocks) * a.tiles_per_block), static_cast<unsigned>(H),
-                  static_cast<unsigned>(B));
-  flash_bwd_dq_kernel<HD, WARPS><<<grid, WARPS * 32, bytes, stream>>>(a);
-  SMT_CUDA_CHECK_LAUNCH();
+  launch_over_tiles<WARPS>(flash_bwd_dq_kernel<HD, WARPS>, dq_smem_bytes<HD, WARPS>(),
+                           "gpu::flash_attention_backward (dq)", args, mask, B, H, stream);
 }
 
 template <int HD, int WARPS>

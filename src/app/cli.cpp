@@ -61,6 +61,14 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
   return true;
 }
 
+bool bench_device_is_cuda(const std::string& device) {
+  SMT_USAGE_CHECK(device == "cuda" || device == "cpu", "--device must be cpu or cuda, got '", device, "'");
+#ifndef SMT_CUDA
+  SMT_USAGE_CHECK(device == "cpu", "--device cuda: this smt was built without CUDA (use the cuda preset)");
+#endif
+  return device == "cuda";
+}
+
 bool parse_command_options(int argc, char** argv, const po::options_description& desc,
                            const po::positional_options_description* positional) {
   po::variables_map vm;

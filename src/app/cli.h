@@ -23,6 +23,10 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
 bool parse_command_options(int argc, char** argv, const boost::program_options::options_description& desc,
                            const boost::program_options::positional_options_description* positional = nullptr);
 
+// A bench command's --device: true for cuda, false for cpu; UsageError for anything else and for cuda
+// in a build without CUDA.
+bool bench_device_is_cuda(const std::string& device);
+
 // One-line progress: a bar on a terminal (rewritten in place), plain lines otherwise.
 class Progress {
  public:

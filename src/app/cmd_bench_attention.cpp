@@ -294,11 +294,7 @@ int cmd_bench_attention(int argc, char** argv) {
       "dump-masks", po::value(&masks_path),
       "write every case's block lists as JSONL (bench/torch_attention.py builds FlexAttention masks from them)");
   if (!parse_command_options(argc, argv, desc)) return 0;
-  const bool gpu = device == "cuda";
-  SMT_USAGE_CHECK(gpu || device == "cpu", "--device must be cpu or cuda, got '", device, "'");
-#ifndef SMT_CUDA
-  SMT_USAGE_CHECK(!gpu, "--device cuda: this smt was built without CUDA (use the cuda preset)");
-#endif
+  const bool gpu = bench_device_is_cuda(device);
   if (kernel.empty()) kernel = gpu ? "flash" : "reference";
   SMT_USAGE_CHECK(kernel == "flash" || kernel == "reference", "--kernel must be flash or reference, got '", kernel,
                   "'");

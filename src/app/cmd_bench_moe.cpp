@@ -245,11 +245,7 @@ int cmd_bench_moe(int argc, char** argv) {
       "seed", po::value(&seed)->default_value(seed), "inputs and weights")(
       "json", po::bool_switch(&json), "one JSON object per row on stdout instead of the table");
   if (!parse_command_options(argc, argv, desc)) return 0;
-  const bool gpu = device == "cuda";
-  SMT_USAGE_CHECK(gpu || device == "cpu", "--device must be cpu or cuda, got '", device, "'");
-#ifndef SMT_CUDA
-  SMT_USAGE_CHECK(!gpu, "--device cuda: this smt was built without CUDA (use the cuda preset)");
-#endif
+  const bool gpu = bench_device_is_cuda(device);
   if (precision.empty()) precision = gpu ? "bf16" : "fp32";
   SMT_USAGE_CHECK(precision == "fp32" || precision == "bf16", "--precision must be fp32 or bf16, got '", precision,
                   "'");

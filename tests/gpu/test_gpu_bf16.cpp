@@ -41,33 +41,14 @@ namespace {
 constexpr double kBf16Tol = 1e-2;
 using gpu::Precision;
 
-class GpuBf16 : public ::testing::Test {
+class GpuBf16 : public GpuStreamTest {
  protected:
-  void SetUp() override {
-    std::string why;
-    if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
-    SMT_CUDA_CHECK(cudaStreamCreate(&stream));
-    SMT_CUBLAS_CHECK(cublasCreate(&handle));
-    SMT_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
-    SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
-  }
-  void TearDown() override {
-    if (stream != nullptr) (void)cudaStreamSynchronize(stream);
-    if (handle != nullptr) cublasDestroy(handle);
-    if (stream != nullptr) cudaStreamDestroy(stream);
-    handle = nullptr;
-    stream = nullptr;
-  }
-  void sync() { SMT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
   // A device bf16 copy of host fp32 values (rounded by the GPU cast kernel).
   DeviceBuffer<__nv_bfloat16> bf16_of(const DeviceBuffer<float>& x) {
     DeviceBuffer<__nv_bfloat16> out(x.size());
     gpu::cast_fp32_to_bf16(out.data(), x.data(), static_cast<int64_t>(x.size()), stream);
     return out;
   }
-
-  cudaStream_t stream = nullptr;
-  cublasHandle_t handle = nullptr;
 };
 
 std::vector<float> rand_vec(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {

@@ -60,23 +60,7 @@ std::vector<float> from_device_bf16(const DeviceBuffer<uint16_t>& d) {
 gpu::bf16* bf(DeviceBuffer<uint16_t>& d) { return reinterpret_cast<gpu::bf16*>(d.data()); }
 const gpu::bf16* bf(const DeviceBuffer<uint16_t>& d) { return reinterpret_cast<const gpu::bf16*>(d.data()); }
 
-class FlashGpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
-    SMT_CUDA_CHECK(cudaStreamCreate(&stream));
-  }
-  void TearDown() override {
-    if (stream != nullptr) {
-      (void)cudaStreamSynchronize(stream);
-      cudaStreamDestroy(stream);
-    }
-    stream = nullptr;
-  }
-  void sync() { SMT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
-  cudaStream_t stream = nullptr;
-};
+class FlashGpu : public GpuStreamTest {};
 
 struct FlashCase {
   AttnPatternKind kind;

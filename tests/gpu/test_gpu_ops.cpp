@@ -78,30 +78,7 @@ class GpuEnvironment : public ::testing::Environment {
 };
 [[maybe_unused]] ::testing::Environment* const g_env = ::testing::AddGlobalTestEnvironment(new GpuEnvironment);
 
-class Gpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
-    SMT_CUDA_CHECK(cudaStreamCreate(&stream));
-    SMT_CUBLAS_CHECK(cublasCreate(&handle));
-    SMT_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
-    SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
-  }
-  void TearDown() override {
-    if (stream != nullptr) {
-      (void)cudaStreamSynchronize(stream);
-    }
-    if (handle != nullptr) cublasDestroy(handle);
-    if (stream != nullptr) cudaStreamDestroy(stream);
-    handle = nullptr;
-    stream = nullptr;
-  }
-  void sync() { SMT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
-
-  cudaStream_t stream = nullptr;
-  cublasHandle_t handle = nullptr;
-};
+class Gpu : public GpuStreamTest {};
 
 // ---- helpers ----
 

@@ -109,6 +109,30 @@ __device__ __forceinline__ void load_rows_async(bf16* s, const bf16* g, int64_t 
   }
 }
 
+// acc [NT_OUT][4] += S M for one warp: S is a 16 x (16 KS) tile held in mma accumulator layout (s[2 KS][4],
+// rounded to bf16 as the A operand), M the (16 KS) x (8 NT_OUT) bf16 tile at sM in shared memory (row
+// stride LD elements), read with transposed ldmatrix as the B operand. O += P V, dV += P^T dO,
+// dK += dS^T Q and dQ += dS K are all this product.
+template <int KS, int NT_OUT, int LD>
+__device__ __forceinline__ void mma_acc_times_smem(float (&acc)[NT_OUT][4], const float (&s)[2 * KS][4], const bf16* sM,
+                                                   int mi, int r8) {
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    uint32_t a[4];
+    a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+    for (int dd = 0; dd < NT_OUT / 2; ++dd) {
+      uint32_t bfr[4];
+      ldmatrix_x4_trans(bfr, (sM + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
+      mma_bf16(acc[2 * dd], a, bfr[0], bfr[1]);
+      mma_bf16(acc[2 * dd + 1], a, bfr[2], bfr[3]);
+    }
+  }
+}
+
 // The element mask of a score tile held query-major in mma accumulators (this thread: rows qrow_a and
 // qrow_a + 8, columns k0 + j*8 + 2t + {0,1} of NT_N 8-key column groups; keys [k0, k_hi] of the entry e,
 // queries [q0, q_hi]): forbidden pairs (rule, causality, window, key padding, keys past N) become -inf.
@@ -276,21 +300,7 @@ __global__ void __launch_bounds__(WARPS * 32, HD == 64 ? 16 / WARPS : 1) flash_f
       }
 
     // O += P V (P rounded to bf16 as the A operand)
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < NT_HD / 2; ++dp) {
-        uint32_t bfr[4];
-        ldmatrix_x4_trans(bfr, (sVt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dp * 16 + (mi >> 1) * 8));
-        mma_bf16(o[2 * dp], pa, bfr[0], bfr[1]);
-        mma_bf16(o[2 * dp + 1], pa, bfr[2], bfr[3]);
-      }
-    }
+    mma_acc_times_smem<BN / 16, NT_HD, LD>(o, sc, sVt, mi, r8);
     __syncthreads();  // the stage just read may be refilled by the next iteration
     e = ne;
     s = ns;
@@ -535,42 +545,14 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dkv_kernel(FlashArgs a) 
       }
     }
     // dV += P^T dO
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-      for (int dd = 0; dd < NT_HD / 2; ++dd) {
-        uint32_t bfr[4];
-        ldmatrix_x4_trans(bfr, (sdOt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
-        mma_bf16(dv[2 * dd], pa, bfr[0], bfr[1]);
-        mma_bf16(dv[2 * dd + 1], pa, bfr[2], bfr[3]);
-      }
-    }
+    mma_acc_times_smem<BM / 16, NT_HD, LD>(dv, sc, sdOt, mi, r8);
     // dS^T = P^T (dP^T - D)
 #pragma unroll
     for (int j = 0; j < NT_M; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) dp[j][c] = sc[j][c] * (dp[j][c] - sDt[j * 8 + 2 * t + (c & 1)]);
     // dK += dS^T Q (scaled at the end)
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) {
-      uint32_t da[4];
-      da[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
-      da[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
-      da[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-      da[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-#pragma unroll
-      for (int dd = 0; dd < NT_HD / 2; ++dd) {
-        uint32_t bfr[4];
-        ldmatrix_x4_trans(bfr, (sQt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
-        mma_bf16(dk[2 * dd], da, bfr[0], bfr[1]);
-        mma_bf16(dk[2 * dd + 1], da, bfr[2], bfr[3]);
-      }
-    }
+    mma_acc_times_smem<BM / 16, NT_HD, LD>(dk, dp, sQt, mi, r8);
     if constexpr (ATOMIC_DQ) {
       // dS^T (bf16) to shared memory, then dQ[BM x HD] += dS K split over the warps:
       // RG = BM / 16 row groups x DS = WARPS / RG column slices of HD / DS.
@@ -728,21 +710,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dq_kernel(FlashArgs a) {
         dp[j][c] = p * (dp[j][c] - Drow[c >> 1]);
       }
     // dQ += dS K
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t da[4];
-      da[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
-      da[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
-      da[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-      da[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-#pragma unroll
-      for (int dd = 0; dd < NT_HD / 2; ++dd) {
-        uint32_t bfr[4];
-        ldmatrix_x4_trans(bfr, (sKt + (kk * 16 + (mi & 1) * 8 + r8) * LD + dd * 16 + (mi >> 1) * 8));
-        mma_bf16(dq[2 * dd], da, bfr[0], bfr[1]);
-        mma_bf16(dq[2 * dd + 1], da, bfr[2], bfr[3]);
-      }
-    }
+    mma_acc_times_smem<BN / 16, NT_HD, LD>(dq, dp, sKt, mi, r8);
     __syncthreads();
     e = ne;
     s = ns;

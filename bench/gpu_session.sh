@@ -45,7 +45,7 @@ case "$part" in
       --gtest_filter='-*LongSequence*:*Large*:GpuAttentionPattern.EveryPattern*'
     ;;
   bench)
-    [ -x bench/run_b2.sh ] && step b2 100 bash bench/run_b2.sh "$OUT/b2"
+    step b2 100 bash bench/run_b2.sh "$OUT/b2"
     step b1 200 bash bench/run_b1.sh "$OUT/b1" 12
     step b3 200 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
     ;;

@@ -25,10 +25,10 @@ smt_ms = statistics.median(timed) * 1e3
 tokens = final["tokens_seen"] / max(1, final["steps"])
 smt_tps = tokens / smt_ms * 1e3
 gpu = open(d + "/gpu.txt").read().strip()
-print(f"B1 on {gpu}")
+print(f"B1 on {gpu}; smt: {final.get('device', '?')}")
 print(f"{'implementation':<22} {'step ms':>9} {'tokens/s':>11} {'first loss':>10} {'memory GiB':>11}")
 mem = final.get("device_memory_peak_GiB")
-print(f"{'smt (' + final.get('device', 'cuda') + ')':<22.22} {smt_ms:>9.1f} {smt_tps:>11.0f} {steps[0]['loss']:>10.4f} "
+print(f"{'smt':<22} {smt_ms:>9.1f} {smt_tps:>11.0f} {steps[0]['loss']:>10.4f} "
       f"{mem if mem is None else round(mem, 2)!s:>11}")
 torch = [json.loads(l[3:]) for l in open(d + "/torch.txt") if l.startswith("B1 ")]
 for t in torch:

@@ -279,7 +279,7 @@ int cmd_bench_attention(int argc, char** argv) {
       "kernel", po::value(&kernel),
       "cuda: flash (bf16 tensor cores, default) | reference (fp32); cpu: reference (the only one)")(
       "dq", po::value(&dq_mode)->default_value(dq_mode), "flash dq reduction: atomic | deterministic")(
-      "seq", po::value(&seqs), "sequence lengths, comma-separated (default cuda: 4096,16384,65536; cpu: 1024,4096)")(
+      "seq", po::value(&seqs), "sequence lengths, comma-separated (default cuda: 1024,4096,16384,65536; cpu: 1024,4096)")(
       "head-dim", po::value(&head_dims)->default_value(head_dims), "head dims, comma-separated (64,128)")(
       "heads", po::value(&heads)->default_value(0), "heads (0 = 16 on cuda, 4 on cpu)")(
       "batch", po::value(&batch)->default_value(0), "batch (0 = 32768 / N tokens on cuda, at least 1; 1 on cpu)")(
@@ -304,7 +304,7 @@ int cmd_bench_attention(int argc, char** argv) {
   const bool flash = kernel == "flash";
   SMT_USAGE_CHECK(warmup >= 0 && repeat > 0 && heads >= 0 && batch >= 0 && block >= 0,
                   "--warmup must be >= 0, --repeat > 0, --heads/--batch/--block >= 0");
-  if (seqs.empty()) seqs = gpu ? "4096,16384,65536" : "1024,4096";
+  if (seqs.empty()) seqs = gpu ? "1024,4096,16384,65536" : "1024,4096";
   const std::vector<int64_t> Ns = parse_list(seqs, "seq"), hds = parse_list(head_dims, "head-dim");
   std::vector<std::string> only;
   if (!patterns.empty()) {

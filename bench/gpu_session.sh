@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The prepared script for a session that has the GPU machine (device time is scarce: two calls of
-# about 5 minutes each). Run from the repository root there, with build/cuda carried over and
-# torch installed; everything goes under $OUT (default ./gpu_session_out).
+# The prepared script for a session that has the GPU machine (device time is scarce: 15 minutes per
+# session including the machine's start; each part is capped at about 8 minutes by the per-step limits
+# below and normally takes far less; run `check` first, `bench` with what is left). Run from the
+# repository root there, with build/cuda carried over and torch installed; everything goes under $OUT
+# (default ./gpu_session_out).
 #   bash bench/gpu_session.sh check   # correctness: GPU tests, 2 ranks on one GPU, sanitizer,
 #                                     # smt train on the GPU vs the CPU, a 65,536-token B1 step
 #   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1, B3
@@ -30,24 +32,24 @@ ldd "$smt" "$tests" | grep "not found" && echo "warning: unresolved libraries" |
 
 case "$part" in
   check)
-    step gpu_tests 150 "$tests" --gtest_output="json:$OUT/gpu_tests.json"
-    step comm_mpi2 40 mpirun --oversubscribe -np 2 "$tests" --gtest_filter='GpuComm.Staged*'
+    step gpu_tests 120 "$tests" --gtest_output="json:$OUT/gpu_tests.json"
+    step comm_mpi2 30 mpirun --oversubscribe -np 2 "$tests" --gtest_filter='GpuComm.Staged*'
     step train_device 60 bash tests/cli/train_device.sh "$smt" .
     # The synthetic task on the GPU; the CPU's held-out accuracy for this config is in bench/RESULTS.md.
-    step synthetic_gpu 90 "$smt" train --config configs/synthetic-tiny.ini --device=cuda --run.dir "$OUT/synthetic-gpu"
+    step synthetic_gpu 80 "$smt" train --config configs/synthetic-tiny.ini --device=cuda --run.dir "$OUT/synthetic-gpu"
     grep '"final"' "$OUT/synthetic-gpu/metrics.jsonl" >>"$summary" 2>/dev/null
     # Issue 7: one training step of the B1 model at 65,536 tokens with the local pattern.
     step b1_65k 60 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-65k" --train.steps=2 \
       --train.seq_len=65536 --train.batch_size=1 --train.log_every=1
     grep '"final"' "$OUT/b1-65k/metrics.jsonl" >>"$summary" 2>/dev/null
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    step memcheck 150 "$CS" --tool memcheck --error-exitcode 9 "$tests" \
+    step memcheck 120 "$CS" --tool memcheck --error-exitcode 9 "$tests" \
       --gtest_filter='-*LongSequence*:*Large*:GpuAttentionPattern.EveryPattern*'
     ;;
   bench)
-    step b2 100 bash bench/run_b2.sh "$OUT/b2"
-    step b1 200 bash bench/run_b1.sh "$OUT/b1" 12
-    step b3 200 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
+    step b2 90 bash bench/run_b2.sh "$OUT/b2"
+    step b1 160 bash bench/run_b1.sh "$OUT/b1" 12
+    step b3 160 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
     ;;
   *) echo "unknown part $part (check | bench)"; exit 2 ;;
 esac

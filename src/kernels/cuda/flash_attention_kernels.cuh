@@ -109,6 +109,28 @@ __device__ __forceinline__ void load_rows_async(bf16* s, const bf16* g, int64_t 
   }
 }
 
+// acc [NT_OUT][4] = A B^T for one warp (overwritten): A the warp's 16 x (16 KS) bf16 rows at sA and B an
+// (8 NT_OUT) x (16 KS) bf16 tile at sB, both in shared memory with row stride LD and read with ldmatrix.
+// S^T = K Q^T and dP^T = V dO^T of the dk/dv kernel are this product.
+template <int KS, int NT_OUT, int LD>
+__device__ __forceinline__ void mma_smem_times_smem_t(float (&acc)[NT_OUT][4], const bf16* sA, const bf16* sB, int mi,
+                                                      int r8) {
+#pragma unroll
+  for (int j = 0; j < NT_OUT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    uint32_t af[4];
+    ldmatrix_x4(af, (sA + ((mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
+#pragma unroll
+    for (int np = 0; np < NT_OUT / 2; ++np) {
+      uint32_t bfr[4];
+      ldmatrix_x4(bfr, (sB + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
+      mma_bf16(acc[2 * np], af, bfr[0], bfr[1]);
+      mma_bf16(acc[2 * np + 1], af, bfr[2], bfr[3]);
+    }
+  }
+}
+
 // acc [NT_OUT][4] += S M for one warp: S is a 16 x (16 KS) tile held in mma accumulator layout (s[2 KS][4],
 // rounded to bf16 as the A operand), M the (16 KS) x (8 NT_OUT) bf16 tile at sM in shared memory (row
 // stride LD elements), read with transposed ldmatrix as the B operand. O += P V, dV += P^T dO,
@@ -486,20 +508,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dkv_kernel(FlashArgs a) 
 
     // S^T = K Q^T for the warp's 16 keys x BM queries
     float sc[NT_M][4];
-#pragma unroll
-    for (int j = 0; j < NT_M; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < KS_HD; ++kk) {
-      uint32_t kf[4];
-      ldmatrix_x4(kf, (sK + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
-#pragma unroll
-      for (int np = 0; np < NT_M / 2; ++np) {
-        uint32_t bfr[4];
-        ldmatrix_x4(bfr, (sQt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
-        mma_bf16(sc[2 * np], kf, bfr[0], bfr[1]);
-        mma_bf16(sc[2 * np + 1], kf, bfr[2], bfr[3]);
-      }
-    }
+    mma_smem_times_smem_t<KS_HD, NT_M, LD>(sc, sK + warp * 16 * LD, sQt, mi, r8);
     // element mask (partial sub-tiles, invalid keys)
     {
       const int e = m.kv_entry[x];
@@ -530,20 +539,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_bwd_dkv_kernel(FlashArgs a) 
       }
     // dP^T = V dO^T
     float dp[NT_M][4];
-#pragma unroll
-    for (int j = 0; j < NT_M; ++j) dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < KS_HD; ++kk) {
-      uint32_t vf[4];
-      ldmatrix_x4(vf, (sV + (warp * 16 + (mi & 1) * 8 + r8) * LD + kk * 16 + (mi >> 1) * 8));
-#pragma unroll
-      for (int np = 0; np < NT_M / 2; ++np) {
-        uint32_t bfr[4];
-        ldmatrix_x4(bfr, (sdOt + (np * 16 + (mi >> 1) * 8 + r8) * LD + kk * 16 + (mi & 1) * 8));
-        mma_bf16(dp[2 * np], vf, bfr[0], bfr[1]);
-        mma_bf16(dp[2 * np + 1], vf, bfr[2], bfr[3]);
-      }
-    }
+    mma_smem_times_smem_t<KS_HD, NT_M, LD>(dp, sV + warp * 16 * LD, sdOt, mi, r8);
     // dV += P^T dO
     mma_acc_times_smem<BM / 16, NT_HD, LD>(dv, sc, sdOt, mi, r8);
     // dS^T = P^T (dP^T - D)

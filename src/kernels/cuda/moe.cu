@@ -211,6 +211,19 @@ struct GemmProblem {
   int64_t ldc;
 };
 
+// One GEMM problem per expert that has rows (the others are left out): make(e, r0, n, rel) with r0 the
+// expert's first row, n its row count and rel = r0 - expert_row_offset[0] (the row within the bf16
+// copies, which start at the first expert's row).
+template <typename Make>
+std::vector<GemmProblem> per_expert_problems(const int64_t* expert_row_offset, int64_t E, Make make) {
+  std::vector<GemmProblem> problems;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0;
+    if (n > 0) problems.push_back(make(e, r0, n, r0 - expert_row_offset[0]));
+  }
+  return problems;
+}
+
 // Backend state per precision (index 0 fp32, 1 bf16). Values: kUnused, then the backend in use.
 enum Backend : int { kUnused = 0, kGrouped = 1, kGroupedBf16Out = 2, kLoop = 3 };
 std::atomic<int> g_backend[2] = {kUnused, kUnused};
@@ -600,15 +613,16 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
                                                                                     static_cast<int>(E), f);
     SMT_CUDA_CHECK_LAUNCH();
   }
-  std::vector<GemmProblem> g1, g2;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
-    if (n == 0) continue;
-    g1.push_back({false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, b1 ? 1.0f : 0.0f,
-                  hidden_pre + r0 * f, f});
-    g2.push_back({false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, b2 ? 1.0f : 0.0f,
-                  out + r0 * d, d});
-  }
+  const std::vector<GemmProblem> g1 =
+      per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
+        return GemmProblem{false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, b1 ? 1.0f : 0.0f,
+                           hidden_pre + r0 * f, f};
+      });
+  const std::vector<GemmProblem> g2 =
+      per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
+        return GemmProblem{false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, b2 ? 1.0f : 0.0f,
+                           out + r0 * d, d};
+      });
   GeluEpilogue fwd_gelu;
   fwd_gelu.mode = GeluEpilogue::kForward;
   fwd_gelu.c_base = hidden_pre + base * f;
@@ -641,13 +655,13 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   const void* DOUT = nullptr;
   if (dw2 != nullptr || need_dh) DOUT = activation_operand(dout + base * d, R * d, P, dout_h, stream);
   if (dw2 != nullptr) {  // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
-    const void* HID = kept != nullptr ? kept->hidden : activation_operand(hidden + base * f, R * f, P, hidden_h, stream);
-    std::vector<GemmProblem> g_dw2;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
-      if (n == 0) continue;
-      g_dw2.push_back({true, false, f, d, n, at(HID, rel * f, P), f, at(DOUT, rel * d, P), d, 1.0f, dw2 + e * f * d, d});
-    }
+    const void* HID =
+        kept != nullptr ? kept->hidden : activation_operand(hidden + base * f, R * f, P, hidden_h, stream);
+    const std::vector<GemmProblem> g_dw2 =
+        per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
+          return GemmProblem{true, false, f, d, n, at(HID, rel * f, P), f, at(DOUT, rel * d, P), d, 1.0f,
+                             dw2 + e * f * d, d};
+        });
     run_gemms(g_dw2, P, handle, stream);
   }
   const unsigned cols_d = static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads);
@@ -660,12 +674,11 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   if (!need_dh) return;
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_backward");
   // dh [n, f] = dout [n, d] @ w2[e]^T  (w2[e] is [f, d]), fp32 into scratch
-  std::vector<GemmProblem> g_dh;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
-    if (n == 0) continue;
-    g_dh.push_back({false, true, n, f, d, at(DOUT, rel * d, P), d, at(W2, e * f * d, P), d, 0.0f, scratch + r0 * f, f});
-  }
+  const std::vector<GemmProblem> g_dh =
+      per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
+        return GemmProblem{false, true, n, f, d, at(DOUT, rel * d, P), d, at(W2, e * f * d, P), d, 0.0f,
+                           scratch + r0 * f, f};
+      });
   const void* DH = scratch + base * f;
   if (P == Precision::kBf16) {
     dh_h.emplace(static_cast<size_t>(R * f), stream);
@@ -681,22 +694,20 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   w2_h.reset();  // stream-ordered free: after the GEMMs above
   if (drows != nullptr) {  // drows [n, d] += dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
     const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_backward");
-    std::vector<GemmProblem> g_drows;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
-      if (n == 0) continue;
-      g_drows.push_back({false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f, 1.0f, drows + r0 * d, d});
-    }
+    const std::vector<GemmProblem> g_drows =
+        per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
+          return GemmProblem{false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f, 1.0f,
+                             drows + r0 * d, d};
+        });
     run_gemms(g_drows, P, handle, stream);
   }
   if (dw1 != nullptr) {  // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
     const void* X = kept != nullptr ? kept->rows : activation_operand(rows + base * d, R * d, P, rows_h, stream);
-    std::vector<GemmProblem> g_dw1;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = expert_row_offset[e], n = expert_row_offset[e + 1] - r0, rel = r0 - base;
-      if (n == 0) continue;
-      g_dw1.push_back({true, false, d, f, n, at(X, rel * d, P), d, at(DH, rel * f, P), f, 1.0f, dw1 + e * d * f, f});
-    }
+    const std::vector<GemmProblem> g_dw1 =
+        per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
+          return GemmProblem{true, false, d, f, n, at(X, rel * d, P), d, at(DH, rel * f, P), f, 1.0f,
+                             dw1 + e * d * f, f};
+        });
     run_gemms(g_dw1, P, handle, stream);
   }
   if (db1 != nullptr) {

@@ -189,6 +189,12 @@ def kill_trial(smt, root, steps, ref, work, rng, t_ref, max_kills, env, stats):
             stats["where"][where] = stats["where"].get(where, 0) + 1
             files = step_files(ck)
             expected = max(files) if files else 0
+            # Killed before it created its checkpoint folder, the run left nothing: it is started again
+            # as it was (--resume on a folder that never existed is refused on purpose: a mistyped
+            # run.dir must not silently start from scratch, tests/cli/mpi_bad_input.sh).
+            if not resume and not os.path.isdir(ck):
+                stats["killed_before_folder"] += 1
+                continue
             resume = True
             continue
         check(rc == 0, f"run exited {rc}: {text[-400:]}")
@@ -241,7 +247,7 @@ def main():
         env["SMT_TEST_SLOW_CHECKPOINT_MS"] = str(a.slow_ms)
     base = tempfile.mkdtemp(prefix="smt-kill-resume-")
     stats = {"kills": 0, "resumed_from_newest": 0, "fresh_starts": 0, "killed_in_startup": 0,
-             "finished_before_kill": 0, "graceful": 0, "where": {}}
+             "killed_before_folder": 0, "finished_before_kill": 0, "graceful": 0, "where": {}}
     failures = []
     try:
         ref = os.path.join(base, "ref")
@@ -277,6 +283,7 @@ def main():
           f"{stats['resumed_from_newest']} resumes from the newest complete checkpoint, "
           f"{stats['fresh_starts']} from step 0 (killed before the first checkpoint), "
           f"{stats['killed_in_startup']} resumed runs killed again before deciding; "
+          f"{stats['killed_before_folder']} first runs killed before creating their folder (started again); "
           f"{stats['graceful']} graceful SIGTERM/SIGINT stops; "
           f"{stats['finished_before_kill']} runs finished before their signal; "
           f"{len(failures)} failures (seed {seed})")

@@ -130,16 +130,27 @@ struct DeviceRoutingPlan {
   DeviceBuffer<int64_t> routed_counts;              // [E+1] scratch
 };
 DeviceRoutingPlan upload_routing_plan(const cpu::RoutingPlan& plan);  // blocking copies
-// The same plan as cpu::build_routing_plan(topk_idx, T, E, k, capacity) (one process, no
-// num_routed_before), built from device topk_idx [T, k] into `plan` (its buffers reused when large
-// enough). E <= 64. Synchronises once (the per-expert counts come to the host); throws if an index is
-// outside [0, E).
+// The same plan as cpu::build_routing_plan(topk_idx, T, E, k, capacity, num_routed_before), built from
+// device topk_idx [T, k] into `plan` (its buffers reused when large enough), in two halves:
+//  count_routing_on_device: each assignment's rank among its expert's, and the per-expert counts on the
+//    host (plan.num_routed_per_expert_host). Synchronises once; throws if an index is outside [0, E).
+//  place_routing_on_device: with a capacity (0 = none), expert e keeps its first
+//    max(0, capacity - num_routed_before[e]) assignments here (num_routed_before: host [E], the
+//    assignments of lower ranks in the global (token, slot) order; nullptr = none), and the rows are placed.
+// Between the halves a caller under several ranks gathers the counts (model/global_routing.h).
+// build_routing_plan_on_device = both halves, one process. E <= 64.
+void count_routing_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                             cudaStream_t stream);
+void place_routing_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t capacity,
+                             const int64_t* num_routed_before, cudaStream_t stream);
 void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
                                   int64_t capacity, cudaStream_t stream);
 // The router's loss gradients as the CPU model builds them: d_probs [T, E] = float(aux_scale *
-// num_routed_per_expert[e]) (overwritten), d_lse [T] = float(z_coeff * 2 * lse[t] / T) (overwritten).
+// num_routed_per_expert[e]) (overwritten), d_lse [T] = float(z_coeff * 2 * lse[t] / num_tokens_global)
+// (overwritten). num_routed_per_expert and num_tokens_global are the whole (global) batch's.
 void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std::vector<int64_t>& num_routed_per_expert,
-                       double aux_scale, double z_coeff, int64_t T, int64_t E, cudaStream_t stream);
+                       double aux_scale, double z_coeff, int64_t T, int64_t num_tokens_global, int64_t E,
+                       cudaStream_t stream);
 
 // rows [R, d] = x[token_of_row]
 void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);

@@ -201,28 +201,17 @@ LossParts Model::forward(const Batch& batch, bool with_loss) {
     x = A.x_mid;
     cpu::unpermute_forward<float>(x.data(), A.rows_out.data(), A.topk_w.data(), A.plan, d);
 
-    LayerRouting& R_ = routing_[l];
-    R_.is_moe = moe;
-    R_.routed_per_expert = A.num_routed_global;
-    R_.tokens_per_expert.assign(E, 0);
-    R_.dropped = 0;
-    for (int64_t e = 0; e < E; ++e) {  // the global batch keeps the first `capacity` of each expert
-      const int64_t routed = A.num_routed_global[e];
-      R_.tokens_per_expert[e] = A.plan.capacity > 0 ? std::min(routed, A.plan.capacity) : routed;
-      R_.dropped += routed - R_.tokens_per_expert[e];
-    }
+    routing_[l] = routing_stats(A.global, moe);
     if (moe) {
       // Switch load-balance loss (Megatron normalisation) and router z-loss, over the global batch.
       std::vector<double> sums(E + 1, 0.0);  // [E] router probability per expert summed over tokens, z
       for (int64_t e = 0; e < E; ++e)
         for (int64_t t = 0; t < T; ++t) sums[e] += A.router_probs[t * E + e];
       for (int64_t t = 0; t < T; ++t) sums[E] += static_cast<double>(A.router_lse[t]) * A.router_lse[t];
-      if (parallel_ && parallel_->distributed()) parallel_->world->all_reduce_sum(sums.data(), E + 1);
-      const int64_t Tg = A.num_tokens_global;
-      double balance = 0;
-      for (int64_t e = 0; e < E; ++e) balance += static_cast<double>(A.num_routed_global[e]) * sums[e];
-      loss.aux += aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * Tg * Tg) * balance;
-      loss.z += z_coeff_ * sums[E] / Tg;
+      const RouterLosses rl = router_losses(parallel_ ? parallel_->world.get() : nullptr, std::move(sums), A.global, k,
+                                            aux_coeff_, z_coeff_);
+      loss.aux += rl.aux;
+      loss.z += rl.z;
     }
   }
 
@@ -333,12 +322,12 @@ void Model::backward() {
     zero(d_m_, T * d);
     cpu::permute_backward<float>(d_m_.data(), d_rows_.data(), A.plan, d);
     if (moe) {
-      const int64_t Tg = A.num_tokens_global;
+      const int64_t Tg = A.global.num_tokens_global;
       zero(d_probs_, T * E);
-      const double aux_scale = aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * Tg * Tg);
+      const double aux_scale = load_balance_scale(aux_coeff_, E, k, Tg);
       for (int64_t t = 0; t < T; ++t)
         for (int64_t e = 0; e < E; ++e)
-          d_probs_[t * E + e] = static_cast<float>(aux_scale * A.num_routed_global[e]);
+          d_probs_[t * E + e] = static_cast<float>(aux_scale * A.global.num_routed_global[e]);
       ensure_size(d_lse_, T);
       for (int64_t t = 0; t < T; ++t) d_lse_[t] = static_cast<float>(z_coeff_ * 2.0 * A.router_lse[t] / Tg);
       zero(d_router_logits_, T * E);
@@ -378,36 +367,15 @@ bool Model::expert_parallel_layer(bool moe) const {
 }
 
 void Model::route(LayerActs& A, int64_t T, int64_t E, int64_t k, bool moe) {
-  if (!(parallel_ && parallel_->distributed())) {
-    const int64_t capacity = moe ? cpu::expert_capacity(config_.capacity_factor, T, E, k) : 0;
-    A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity);
-    A.num_routed_global = A.plan.num_routed_per_expert;
-    A.num_tokens_global = T;
-    return;
-  }
-  // Every rank's [assignments per expert (E), tokens]: global counts, the global capacity, and the
-  // assignments on lower ranks (which come first in the global (token, slot) order).
-  const int W = parallel_->world_size(), me = parallel_->world_rank();
-  std::vector<int64_t> mine(E + 1, 0), all(static_cast<size_t>(W * (E + 1)));
+  std::vector<int64_t> num_routed_local(E, 0);
   for (int64_t a = 0; a < T * k; ++a) {
     const int32_t e = A.topk_idx[a];
     SMT_CHECK(e >= 0 && e < E, "router chose expert ", e, " outside [0, ", E, ")");
-    ++mine[e];
+    ++num_routed_local[e];
   }
-  mine[E] = T;
-  parallel_->world->all_gather(mine.data(), all.data(), (E + 1) * static_cast<int64_t>(sizeof(int64_t)));
-  std::vector<int64_t> before(E, 0);
-  A.num_routed_global.assign(E, 0);
-  A.num_tokens_global = 0;
-  for (int r = 0; r < W; ++r) {
-    for (int64_t e = 0; e < E; ++e) {
-      A.num_routed_global[e] += all[r * (E + 1) + e];
-      if (r < me) before[e] += all[r * (E + 1) + e];
-    }
-    A.num_tokens_global += all[r * (E + 1) + E];
-  }
-  const int64_t capacity = moe ? cpu::expert_capacity(config_.capacity_factor, A.num_tokens_global, E, k) : 0;
-  A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, capacity, before.data());
+  A.global = global_routing(parallel_ ? parallel_->world.get() : nullptr, num_routed_local, T, k,
+                            config_.capacity_factor, moe);
+  A.plan = cpu::build_routing_plan(A.topk_idx.data(), T, E, k, A.global.capacity, A.global.num_routed_before.data());
 }
 
 float learning_rate_at(const TrainConfig& train, int64_t step) {

@@ -12,6 +12,7 @@
 #include "kernels/attention_pattern.h"
 #include "kernels/moe.h"
 #include "model/config.h"
+#include "model/global_routing.h"
 #include "model/param_layout.h"
 #include "parallel/expert_exchange.h"
 
@@ -25,15 +26,6 @@ struct LossParts {
   double aux = 0;       // load-balance loss, summed over MoE layers
   double z = 0;         // router z-loss, summed over MoE layers
   int64_t num_targets = 0;  // rows (classifier) or tokens (LM) the task loss averages over
-};
-
-// Routing statistics of the last forward, per layer (dense layers have one "expert"). Under
-// several ranks the MoE counts are those of the whole global batch.
-struct LayerRouting {
-  bool is_moe = false;
-  std::vector<int64_t> tokens_per_expert;  // [E] kept assignments
-  std::vector<int64_t> routed_per_expert;  // [E] before capacity dropping
-  int64_t dropped = 0;
 };
 
 // This rank's share of the expert exchange in the last forward, summed over the MoE layers.
@@ -98,9 +90,7 @@ class Model {
     std::vector<float> topk_w;                                           // [T,k]
     cpu::RoutingPlan plan;
     std::vector<float> rows, hidden_pre, hidden, rows_out;               // [R,d], [R,f], [R,f], [R,d]
-    // Global routing statistics (all ranks' tokens): assignments per expert before dropping, tokens.
-    std::vector<int64_t> num_routed_global;                              // [E]
-    int64_t num_tokens_global = 0;
+    GlobalRouting global;  // the global batch's counts and capacity (all ranks' tokens)
     // Expert parallelism: the exchange of this layer's rows and the rows of this rank's experts.
     std::shared_ptr<ExpertExchange> exchange;
     std::vector<float> expert_rows, expert_hidden_pre, expert_hidden, expert_rows_out;  // [Re,d], [Re,f], [Re,f], [Re,d]

@@ -8,7 +8,15 @@
 namespace smt {
 
 ExpertExchange::ExpertExchange(Communicator& group, const std::vector<int64_t>& num_rows_per_expert)
-    : group_(&group), num_members_(group.size()), me_(group.rank()) {
+    : ExpertExchange(group, group, num_rows_per_expert) {}
+
+ExpertExchange::ExpertExchange(Communicator& count_group, Communicator& row_group,
+                               const std::vector<int64_t>& num_rows_per_expert)
+    : group_(&row_group), num_members_(count_group.size()), me_(count_group.rank()) {
+  SMT_CHECK(row_group.size() == num_members_ && row_group.rank() == me_, "expert exchange: the row group (rank ",
+            row_group.rank(), " of ", row_group.size(), ") differs from the count group (rank ", me_, " of ",
+            num_members_, ")");
+  Communicator& group = count_group;
   const int P = num_members_;
   const int64_t E = static_cast<int64_t>(num_rows_per_expert.size());
   SMT_CHECK(E % P == 0, "expert exchange: ", P, " ranks do not divide ", E, " experts");

@@ -22,6 +22,9 @@ class ExpertExchange {
   ExpertExchange() = default;
   // Collective over `group` (size P dividing E): exchanges every member's rows per expert.
   ExpertExchange(Communicator& group, const std::vector<int64_t>& num_rows_per_expert);
+  // The same with the row counts gathered over `count_group` (host memory) and the rows moved over
+  // `row_group` (e.g. NCCL on device buffers): two communicators over the same ranks in the same order.
+  ExpertExchange(Communicator& count_group, Communicator& row_group, const std::vector<int64_t>& num_rows_per_expert);
 
   int64_t num_plan_rows() const { return num_plan_rows_; }        // rows of this rank's plan
   int64_t num_expert_rows() const { return num_expert_rows_; }    // rows this rank's experts process
@@ -36,7 +39,7 @@ class ExpertExchange {
   void from_experts(const float* expert_rows, float* plan_rows, int64_t d);
 
  private:
-  Communicator* group_ = nullptr;
+  Communicator* group_ = nullptr;  // moves the rows
   int num_members_ = 1, me_ = 0;
   int64_t num_experts_ = 0, num_local_experts_ = 0;
   std::vector<int64_t> rows_;                     // [P, E] rows member s routes to expert e

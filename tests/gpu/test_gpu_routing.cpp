@@ -74,6 +74,31 @@ TEST(GpuRouting, DevicePlanEqualsCpuPlan) {
   }
 }
 
+// A rank's share of a global batch: lower ranks' assignments come first, so with a capacity an expert
+// keeps only capacity - num_routed_before[e] of this rank's (none once the lower ranks filled it).
+TEST(GpuRouting, DevicePlanWithLowerRanksBeforeEqualsCpuPlan) {
+  std::string why;
+  if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  cudaStream_t s = nullptr;
+  smt::gpu::DeviceRoutingPlan plan;
+  const int64_t T = 1500, E = 8, k = 2;
+  const auto topk = random_topk(T, E, k, 77);
+  const int64_t capacity = smt::cpu::expert_capacity(1.0, 4 * T, E, k);  // this rank is one of four
+  const std::vector<int64_t> before = {0, capacity, capacity + 9, capacity - 5, 100, 2 * capacity / 3, 1, 0};
+  const smt::cpu::RoutingPlan ref = smt::cpu::build_routing_plan(topk.data(), T, E, k, capacity, before.data());
+  DeviceBuffer<int32_t> d_topk = smt::copy_to_device(topk);
+  smt::gpu::count_routing_on_device(plan, d_topk.data(), T, E, k, s);
+  EXPECT_EQ(plan.num_routed_per_expert_host, ref.num_routed_per_expert);
+  smt::gpu::place_routing_on_device(plan, d_topk.data(), capacity, before.data(), s);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(plan.num_rows, ref.num_rows());
+  EXPECT_EQ(plan.num_tokens_per_expert_host, ref.num_tokens_per_expert);
+  EXPECT_EQ(plan.num_tokens_per_expert_host[1], 0) << "lower ranks filled expert 1";
+  EXPECT_EQ(first_n(plan.expert_row_offset, E + 1), ref.expert_row_offset);
+  EXPECT_EQ(first_n(plan.row_of_assignment, T * k), ref.row_of_assignment);
+  EXPECT_EQ(first_n(plan.token_of_row, ref.num_rows()), ref.token_of_row);
+}
+
 TEST(GpuRouting, BadExpertIndexIsRefused) {
   std::string why;
   if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
@@ -93,13 +118,15 @@ TEST(GpuRouting, RouterLossGradsMatchHostFormula) {
   const std::vector<int64_t> routed = {300, 0, 17, 250, 99, 400, 254, 234};
   const double aux_scale = 1e-2 * E / (2.0 * T * T), z_coeff = static_cast<double>(1e-3f);
   DeviceBuffer<float> d_lse_in = smt::copy_to_device(lse), d_probs(T * E), d_lse(T);
-  smt::gpu::router_loss_grads(d_probs.data(), d_lse.data(), d_lse_in.data(), routed, aux_scale, z_coeff, T, E, nullptr);
+  const int64_t Tg = 3 * T + 5;  // the global batch's tokens (this rank's T are a part)
+  smt::gpu::router_loss_grads(d_probs.data(), d_lse.data(), d_lse_in.data(), routed, aux_scale, z_coeff, T, Tg, E,
+                              nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto probs = first_n(d_probs, T * E), dl = first_n(d_lse, T);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t e = 0; e < E; ++e)
       ASSERT_EQ(probs[t * E + e], static_cast<float>(aux_scale * routed[e])) << t << "," << e;
-    ASSERT_EQ(dl[t], static_cast<float>(z_coeff * 2.0 * lse[t] / T)) << t;
+    ASSERT_EQ(dl[t], static_cast<float>(z_coeff * 2.0 * lse[t] / Tg)) << t;
   }
 }
 

@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "kernels/moe.h"
 #include "parallel/expert_exchange.h"
@@ -74,6 +76,33 @@ TEST_F(ExpertExchangeTest, IdentityExpertsReturnEveryTokenUnchanged) {
     std::vector<float> y(T * kD, 0.0f);
     smt::cpu::unpermute_forward<float>(y.data(), back.data(), r.topk_w.data(), r.plan, kD);
     for (int64_t i = 0; i < T * kD; ++i) ASSERT_NEAR(y[i], r.x[i], 1e-5f * (1 + std::fabs(r.x[i]))) << "element " << i;
+  }
+}
+
+// The GPU path gathers the counts over a host communicator and moves the rows over another one (NCCL
+// or staged MPI): the same members, so the same result; a row group in another rank order is refused.
+TEST_F(ExpertExchangeTest, RowsMoveOverASecondCommunicatorOfTheSameRanks) {
+  const int me = ctx_.expert_group->rank(), P = ctx_.expert_group->size();
+  const int64_t T = 41 + 2 * ctx_.world_rank(), k = 2;
+  Routed r = make_routed(ctx_.world_rank(), T, k, 13, false);
+  std::unique_ptr<Communicator> rows_group = ctx_.expert_group->split(/*color=*/0, /*key=*/me);
+  smt::ExpertExchange one(*ctx_.expert_group, r.plan.num_tokens_per_expert);
+  smt::ExpertExchange two(*ctx_.expert_group, *rows_group, r.plan.num_tokens_per_expert);
+  ASSERT_EQ(two.num_expert_rows(), one.num_expert_rows());
+  EXPECT_EQ(two.local_expert_row_offset(), one.local_expert_row_offset());
+  std::vector<float> via_one(one.num_expert_rows() * kD), via_two(two.num_expert_rows() * kD, -1.0f);
+  one.to_experts(r.rows.data(), via_one.data(), kD);
+  two.to_experts(r.rows.data(), via_two.data(), kD);
+  EXPECT_EQ(via_two, via_one);
+  std::vector<float> back(r.rows.size(), -1.0f);
+  two.from_experts(via_two.data(), back.data(), kD);
+  EXPECT_EQ(back, r.rows);
+  if (P > 1) {
+    std::unique_ptr<Communicator> reversed = ctx_.expert_group->split(/*color=*/0, /*key=*/P - 1 - me);
+    const bool same_rank = reversed->rank() == me;  // the middle rank of an odd group keeps its place
+    if (!same_rank)
+      EXPECT_THROW(smt::ExpertExchange(*ctx_.expert_group, *reversed, r.plan.num_tokens_per_expert), smt::Error);
+    reversed->barrier();
   }
 }
 

@@ -65,11 +65,11 @@ struct ExpertScalars {
 };
 
 __global__ void router_loss_grads_kernel(float* d_probs, float* d_lse, const float* lse, ExpertScalars d_prob_of_expert,
-                                         double z_coeff, int64_t T, int E) {
+                                         double z_coeff, int64_t T, int64_t num_tokens_global, int E) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < T * E; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / E;
     d_probs[i] = d_prob_of_expert.v[i - t * E];
-    if (i - t * E == 0) d_lse[t] = static_cast<float>(z_coeff * 2.0 * static_cast<double>(lse[t]) / static_cast<double>(T));
+    if (i - t * E == 0) d_lse[t] = static_cast<float>(z_coeff * 2.0 * static_cast<double>(lse[t]) / static_cast<double>(num_tokens_global));
   }
 }
 
@@ -80,21 +80,17 @@ void ensure_size(DeviceBuffer<T>& b, size_t n) {
 
 }  // namespace
 
-void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
-                                  int64_t capacity, cudaStream_t stream) {
-  SMT_CHECK(T >= 0 && E >= 1 && E <= 64 && k >= 1 && k <= E, "build_routing_plan_on_device: bad sizes T=", T,
-            " E=", E, " k=", k);
-  SMT_CHECK(capacity >= 0, "build_routing_plan_on_device: capacity must be >= 0, got ", capacity);
+void count_routing_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                             cudaStream_t stream) {
+  SMT_CHECK(T >= 0 && E >= 1 && E <= 64 && k >= 1 && k <= E, "count_routing_on_device: bad sizes T=", T, " E=", E,
+            " k=", k);
   const int64_t A = T * k;
-  SMT_CHECK(A < (int64_t{1} << 31), "build_routing_plan_on_device: ", A, " assignments exceed int32 ranks");
+  SMT_CHECK(A < (int64_t{1} << 31), "count_routing_on_device: ", A, " assignments exceed int32 ranks");
   plan.num_tokens = T;
   plan.num_experts = E;
   plan.top_k = k;
   ensure_size(plan.rank_in_expert, static_cast<size_t>(std::max<int64_t>(A, 1)));
   ensure_size(plan.routed_counts, static_cast<size_t>(E + 1));
-  ensure_size(plan.row_of_assignment, static_cast<size_t>(std::max<int64_t>(A, 1)));
-  ensure_size(plan.token_of_row, static_cast<size_t>(std::max<int64_t>(A, 1)));
-  ensure_size(plan.expert_row_offset, static_cast<size_t>(E + 1));
   SMT_CUDA_CHECK(cudaMemsetAsync(plan.routed_counts.data(), 0, (E + 1) * sizeof(int64_t), stream));
   rank_in_expert_kernel<<<static_cast<unsigned>(E), kRankThreads, 0, stream>>>(
       plan.rank_in_expert.data(), plan.routed_counts.data(), topk_idx, A, static_cast<int>(E));
@@ -103,17 +99,32 @@ void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_i
   SMT_CUDA_CHECK(cudaMemcpyAsync(routed.data(), plan.routed_counts.data(), (E + 1) * sizeof(int64_t),
                                  cudaMemcpyDeviceToHost, stream));
   SMT_CUDA_CHECK(cudaStreamSynchronize(stream));
-  SMT_CHECK(routed[E] == 0, "build_routing_plan_on_device: ", routed[E], " expert indices outside [0, ", E, ")");
+  SMT_CHECK(routed[E] == 0, "count_routing_on_device: ", routed[E], " expert indices outside [0, ", E, ")");
   plan.num_routed_per_expert_host.assign(routed.begin(), routed.begin() + E);
+}
+
+void place_routing_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t capacity,
+                             const int64_t* num_routed_before, cudaStream_t stream) {
+  const int64_t E = plan.num_experts, k = plan.top_k, A = plan.num_tokens * k;
+  SMT_CHECK(static_cast<int64_t>(plan.num_routed_per_expert_host.size()) == E && E >= 1,
+            "place_routing_on_device: call count_routing_on_device first");
+  SMT_CHECK(capacity >= 0, "place_routing_on_device: capacity must be >= 0, got ", capacity);
+  ensure_size(plan.row_of_assignment, static_cast<size_t>(std::max<int64_t>(A, 1)));
+  ensure_size(plan.token_of_row, static_cast<size_t>(std::max<int64_t>(A, 1)));
+  ensure_size(plan.expert_row_offset, static_cast<size_t>(E + 1));
   plan.num_tokens_per_expert_host.assign(static_cast<size_t>(E), 0);
   plan.expert_row_offset_host.assign(static_cast<size_t>(E + 1), 0);
   for (int64_t e = 0; e < E; ++e) {
-    plan.num_tokens_per_expert_host[e] = capacity > 0 ? std::min(routed[e], capacity) : routed[e];
+    const int64_t routed = plan.num_routed_per_expert_host[e];
+    const int64_t before = num_routed_before != nullptr ? num_routed_before[e] : 0;
+    SMT_CHECK(before >= 0, "place_routing_on_device: negative num_routed_before for expert ", e);
+    const int64_t room = std::max<int64_t>(0, capacity - before);
+    plan.num_tokens_per_expert_host[e] = capacity > 0 ? std::min(routed, room) : routed;
     plan.expert_row_offset_host[e + 1] = plan.expert_row_offset_host[e] + plan.num_tokens_per_expert_host[e];
   }
   plan.num_rows = plan.expert_row_offset_host[E];
-  // expert_row_offset_host is not touched again before the next call on this plan, which first
-  // synchronises the stream: the asynchronous copy reads it in time.
+  // expert_row_offset_host is not touched again before the next count_routing_on_device on this plan,
+  // which synchronises the stream first: the asynchronous copy reads it in time.
   SMT_CUDA_CHECK(cudaMemcpyAsync(plan.expert_row_offset.data(), plan.expert_row_offset_host.data(),
                                  (E + 1) * sizeof(int64_t), cudaMemcpyHostToDevice, stream));
   if (A > 0) {
@@ -124,15 +135,23 @@ void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_i
   }
 }
 
+void build_routing_plan_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, int64_t T, int64_t E, int64_t k,
+                                  int64_t capacity, cudaStream_t stream) {
+  count_routing_on_device(plan, topk_idx, T, E, k, stream);
+  place_routing_on_device(plan, topk_idx, capacity, /*num_routed_before=*/nullptr, stream);
+}
+
 void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std::vector<int64_t>& num_routed_per_expert,
-                       double aux_scale, double z_coeff, int64_t T, int64_t E, cudaStream_t stream) {
+                       double aux_scale, double z_coeff, int64_t T, int64_t num_tokens_global, int64_t E,
+                       cudaStream_t stream) {
   SMT_CHECK(E >= 1 && E <= 64 && static_cast<int64_t>(num_routed_per_expert.size()) == E,
             "router_loss_grads: bad expert count ", E);
+  SMT_CHECK(num_tokens_global >= T, "router_loss_grads: ", num_tokens_global, " global tokens < ", T, " local");
   if (T <= 0) return;
   ExpertScalars s{};
   for (int64_t e = 0; e < E; ++e) s.v[e] = static_cast<float>(aux_scale * static_cast<double>(num_routed_per_expert[e]));
   router_loss_grads_kernel<<<detail::grid_for(T * E), detail::kThreads, 0, stream>>>(d_probs, d_lse, lse, s, z_coeff, T,
-                                                                                     static_cast<int>(E));
+                                                                                     num_tokens_global, static_cast<int>(E));
   SMT_CUDA_CHECK_LAUNCH();
 }
 

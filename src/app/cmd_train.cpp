@@ -84,7 +84,7 @@ int cmd_train(int argc, char** argv) {
   check_same_config_on_all_ranks(*world, cfg.to_ini());
   const ParallelContext par =
       make_parallel_context(std::move(world), cfg.parallel.expert_parallel, cfg.model.experts, cfg.train.batch_size);
-  const int cuda_device = cfg.device == "cuda" ? cuda_device_for_rank(par) : -1;  // refused here, before any write
+  const int cuda_device = cfg.device == "cuda" ? cuda_device_for_rank(par, cfg.parallel.device_comm) : -1;  // refused here, before any write
   // Threads: all cores for one process; under several ranks per node, the node's cores shared.
   int threads = cfg.train.threads;
   if (threads == 0 && par.world->local_size() > 1)
@@ -146,7 +146,7 @@ int cmd_train(int argc, char** argv) {
   if (is_root) std::ofstream(cfg.run_dir + "/config.ini") << cfg.to_ini();
   // The loop trains through the backend; `model` stays the host copy for checkpoints and evaluation.
   const std::unique_ptr<TrainBackend> backend =
-      cuda_device >= 0 ? make_cuda_backend(model, cfg, cuda_device) : make_cpu_backend(model);
+      cuda_device >= 0 ? make_cuda_backend(model, cfg, cuda_device, par) : make_cpu_backend(model);
   log_info("smt train: " + std::to_string(model.num_params()) + " parameters, " + data.train.name + " " +
            std::to_string(data.train.examples.size()) + " examples, " + data.heldout.name + " " +
            std::to_string(data.heldout.examples.size()) + " examples, attention " + cfg.model.attention +

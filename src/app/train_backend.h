@@ -44,10 +44,13 @@ class TrainBackend {
 std::unique_ptr<TrainBackend> make_cpu_backend(Model& model);
 
 // device = cuda. cuda_device_for_rank() picks this rank's device (local rank modulo the visible
-// devices) and throws UsageError (exit 2) in a build without CUDA, with no usable device, or under
-// several ranks (expert parallelism over NCCL is not wired into training yet): call it before
-// anything is written. make_cuda_backend() puts a GpuModel on that device, initialised from `host`.
-int cuda_device_for_rank(const ParallelContext& par);
-std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device);
+// devices) and throws UsageError (exit 2) in a build without CUDA, with no usable device, or for
+// parallel.device_comm = nccl where ranks share a device: call it before anything is written
+// (collective under several ranks). make_cuda_backend() puts a GpuModel on that device, initialised
+// from `host`; under several ranks it trains as one rank of `par` (device communicators per
+// parallel.device_comm: NCCL, or MPI staged through pinned memory).
+int cuda_device_for_rank(const ParallelContext& par, const std::string& device_comm);
+std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device,
+                                                const ParallelContext& par);
 
 }  // namespace smt

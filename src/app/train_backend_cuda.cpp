@@ -13,6 +13,7 @@
 #include "core/cuda_check.h"
 #include "model/finite_check.h"
 #include "model/gpu_model.h"
+#include "parallel/device_parallel.h"
 #endif
 
 namespace smt {
@@ -22,7 +23,8 @@ namespace {
 
 class CudaBackend final : public TrainBackend {
  public:
-  CudaBackend(Model& host, const RunConfig& config, int device) : host_(host), device_(device) {
+  CudaBackend(Model& host, const RunConfig& config, int device, const ParallelContext& par)
+      : host_(host), device_(device) {
     SMT_CUDA_CHECK(cudaSetDevice(device_));
     cudaDeviceProp prop{};
     SMT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
@@ -33,9 +35,15 @@ class CudaBackend final : public TrainBackend {
     gpu_ = std::make_unique<GpuModel>(config.model, config.train.aux_loss_coeff, config.train.z_loss_coeff, config.seed,
                                       stream_, precision);
     gpu_->upload_from(host_);
+    if (par.distributed()) {
+      parallel_ = std::make_unique<DeviceParallelContext>(
+          make_device_parallel_context(par, config.parallel.device_comm, device_, stream_));
+      gpu_->set_parallel(parallel_.get());
+    }
   }
   ~CudaBackend() override {
-    gpu_.reset();  // its buffers and cuBLAS handle use the stream
+    gpu_.reset();       // its buffers and cuBLAS handle use the stream
+    parallel_.reset();  // so do the device communicators
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
   CudaBackend(const CudaBackend&) = delete;
@@ -44,7 +52,8 @@ class CudaBackend final : public TrainBackend {
   std::string describe() const override {
     return "cuda device " + std::to_string(device_) + " (" + device_name_ + "), " +
            gpu::precision_name(gpu_->precision()) + " GEMM operands, attention " +
-           (gpu_->uses_flash_attention() ? "flash bf16" : "fp32 kernels");
+           (gpu_->uses_flash_attention() ? "flash bf16" : "fp32 kernels") +
+           (parallel_ ? ", MoE rows and gradients over " + parallel_->backend : "");
   }
   void zero_grads() override { gpu_->zero_grads(); }
   LossParts forward(const Batch& batch) override { return gpu_->forward(batch); }
@@ -54,7 +63,7 @@ class CudaBackend final : public TrainBackend {
     smt::apply_update(*gpu_, train, step, grad_norm);
   }
   const std::vector<LayerRouting>& routing() const override { return gpu_->routing(); }
-  const ExchangeStats& exchange_stats() const override { return no_exchange_; }
+  const ExchangeStats& exchange_stats() const override { return gpu_->exchange_stats(); }
   void poison_gradient(int64_t offset) override {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     SMT_CUDA_CHECK(cudaMemcpyAsync(gpu_->grads() + offset, &nan, sizeof nan, cudaMemcpyHostToDevice, stream_));
@@ -80,34 +89,39 @@ class CudaBackend final : public TrainBackend {
   int device_;
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
+  std::unique_ptr<DeviceParallelContext> parallel_;  // several ranks only
   std::unique_ptr<GpuModel> gpu_;
-  ExchangeStats no_exchange_;
 };
 
 }  // namespace
 
-int cuda_device_for_rank(const ParallelContext& par) {
-  SMT_USAGE_CHECK(!par.distributed(), "device = cuda with ", par.world_size(),
-                  " ranks: training on the GPU runs one rank for now (expert parallelism over NCCL is not wired "
-                  "into training yet); use -np 1 or device = cpu");
+int cuda_device_for_rank(const ParallelContext& par, const std::string& device_comm) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
-  SMT_USAGE_CHECK(err == cudaSuccess && count > 0, "device = cuda, but no CUDA device is usable here (",
-                  err == cudaSuccess ? "none visible" : cudaGetErrorString(err), ")");
+  // Every rank learns whether any rank lacks a device, so that all refuse together (no rank is left
+  // waiting in a collective).
+  double unusable = err == cudaSuccess && count > 0 ? 0.0 : 1.0;
+  if (par.distributed()) par.world->all_reduce_max(&unusable, 1);
+  SMT_USAGE_CHECK(unusable == 0.0, "device = cuda, but no CUDA device is usable ",
+                  err == cudaSuccess && count > 0 ? "on another rank" : "here",
+                  err != cudaSuccess ? std::string(" (") + cudaGetErrorString(err) + ")"
+                                     : count == 0 ? std::string(" (none visible)") : std::string());
+  if (par.distributed()) (void)device_comm_uses_nccl(par, device_comm);  // refuses nccl on shared devices
   return par.world->local_rank() % count;
 }
 
-std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device) {
-  return std::make_unique<CudaBackend>(host, config, device);
+std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device,
+                                                const ParallelContext& par) {
+  return std::make_unique<CudaBackend>(host, config, device, par);
 }
 
 #else
 
-int cuda_device_for_rank(const ParallelContext&) {
+int cuda_device_for_rank(const ParallelContext&, const std::string&) {
   throw UsageError("device = cuda, but this smt was built without CUDA (use the cuda preset)");
 }
 
-std::unique_ptr<TrainBackend> make_cuda_backend(Model&, const RunConfig&, int) {
+std::unique_ptr<TrainBackend> make_cuda_backend(Model&, const RunConfig&, int, const ParallelContext&) {
   throw UsageError("device = cuda, but this smt was built without CUDA (use the cuda preset)");
 }
 

@@ -35,6 +35,12 @@ struct GemmOperand {
   Precision dtype;
   GemmOperand(const float* p) : ptr(p), dtype(Precision::kFp32) {}          // NOLINT: implicit on purpose
   GemmOperand(const __nv_bfloat16* p) : ptr(p), dtype(Precision::kBf16) {}  // NOLINT: implicit on purpose
+  // The operand `elements` elements further on (e.g. one expert's slice of a stacked weight).
+  GemmOperand offset_by(int64_t elements) const {
+    GemmOperand o = *this;
+    o.ptr = static_cast<const char*>(ptr) + elements * (dtype == Precision::kBf16 ? 2 : 4);
+    return o;
+  }
 };
 
 // out[i] = bf16(in[i]) (round to nearest even; CPU reference smt::bf16_bits_from_float in core/bf16.h).

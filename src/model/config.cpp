@@ -117,7 +117,9 @@ po::options_description run_config_options(RunConfig& c) {
   po::options_description pp("parallel");
   pp.add_options()
       ("parallel.expert_parallel", po::value(&c.parallel.expert_parallel)->default_value(c.parallel.expert_parallel),
-       "expert-parallel group size P under mpirun/srun (0 = min(ranks, experts)); P divides ranks and experts");
+       "expert-parallel group size P under mpirun/srun (0 = min(ranks, experts)); P divides ranks and experts")
+      ("parallel.device_comm", po::value(&c.parallel.device_comm)->default_value(c.parallel.device_comm),
+       "device = cuda under several ranks: auto (NCCL when each rank has its own GPU, else MPI) | nccl | mpi");
   po::options_description r("run");
   r.add_options()
       ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
@@ -169,6 +171,8 @@ void RunConfig::validate() const {
                   "data.long_context_fraction must be in [0, 1], got ", data.long_context_fraction);
   SMT_USAGE_CHECK(data.long_context_chars >= 0, "data.long_context_chars must be >= 0");
   SMT_USAGE_CHECK(parallel.expert_parallel >= 0, "parallel.expert_parallel must be >= 0 (0 = automatic)");
+  SMT_USAGE_CHECK(parallel.device_comm == "auto" || parallel.device_comm == "nccl" || parallel.device_comm == "mpi",
+                  "parallel.device_comm must be auto, nccl or mpi, got '", parallel.device_comm, "'");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
   SMT_USAGE_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
                   "precision must be auto, fp32 or bf16, got '", precision, "'");
@@ -183,7 +187,7 @@ void RunConfig::validate() const {
       {"model.head", &M.head}, {"model.attention", &M.attention}, {"model.init_from", &M.init_from},
       {"data.source", &data.source}, {"data.path", &data.path}, {"data.fields", &data.fields},
       {"checkpoint.dir", &checkpoint.dir}, {"run.dir", &run_dir}, {"device", &device},
-      {"precision", &precision}};
+      {"precision", &precision}, {"parallel.device_comm", &parallel.device_comm}};
   for (const auto& [key, value] : strings) {
     const std::string& v = *value;
     SMT_USAGE_CHECK(v.find_first_of("#\n\r") == std::string::npos &&

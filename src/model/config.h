@@ -86,6 +86,9 @@ struct ParallelConfig {
   // Expert-parallel group size P (each rank holds experts / P experts); 0 = min(world size, experts).
   // P must divide both the world size and model.experts.
   int expert_parallel = 0;
+  // device = cuda under several ranks: the communicator of MoE rows and gradients. auto = NCCL when
+  // every rank has a GPU of its own, else MPI staged through pinned host memory (ranks sharing a GPU).
+  std::string device_comm = "auto";  // auto | nccl | mpi
 };
 
 struct RunConfig {

@@ -137,6 +137,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   last_with_loss_ = with_loss;
   acts_.resize(config_.layers);
   routing_.assign(config_.layers, LayerRouting{});
+  exchange_stats_ = ExchangeStats{};
   upload(tokens_, batch.tokens, s);
   upload(valid_, batch.valid, s);
   if (precision_ == gpu::Precision::kBf16) {  // the parameters changed since the last forward (update, upload)
@@ -188,7 +189,6 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s);
     ensure(A.topk_idx, T * k);
     ensure(A.topk_w, T * k);
-    int64_t capacity = 0;
     if (moe) {
       ensure(A.router_logits, T * E);
       ensure(A.router_probs, T * E);
@@ -196,46 +196,61 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       gpu::linear_forward(A.router_logits.data(), A.m.data(), p(pre + "router"), nullptr, T, d, E, false, handle_, s);
       gpu::router_topk_forward(A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(), A.router_lse.data(),
                                A.router_logits.data(), T, E, k, s);
-      capacity = cpu::expert_capacity(config_.capacity_factor, T, E, k);
     } else {
       SMT_CUDA_CHECK(cudaMemsetAsync(A.topk_idx.data(), 0, T * k * sizeof(int32_t), s));
       upload(A.topk_w, std::vector<float>(static_cast<size_t>(T * k), 1.0f), s);
     }
-    gpu::build_routing_plan_on_device(A.dplan, A.topk_idx.data(), T, E, k, capacity, s);
+    // Counts, then (under several ranks) the global counts and the lower ranks' share, then the rows.
+    gpu::count_routing_on_device(A.dplan, A.topk_idx.data(), T, E, k, s);
+    A.global = global_routing(host_world(), A.dplan.num_routed_per_expert_host, T, k, config_.capacity_factor, moe);
+    gpu::place_routing_on_device(A.dplan, A.topk_idx.data(), A.global.capacity, A.global.num_routed_before.data(), s);
     const int64_t R = A.dplan.num_rows;
     ensure(A.rows, R * d);
-    ensure(A.hidden_pre, R * f);
-    ensure(A.hidden, R * f);
     ensure(A.rows_out, R * d);
     gpu::permute_forward(A.rows.data(), A.m.data(), A.dplan, d, s);
+    if (expert_parallel_layer(moe)) {  // dispatch this rank's rows to the experts' owners
+      A.exchange = std::make_shared<ExpertExchange>(*parallel_->host->expert_group, *parallel_->expert_group,
+                                                    A.dplan.num_tokens_per_expert_host);
+      const int64_t Re = A.exchange->num_expert_rows();
+      ensure(A.expert_rows, Re * d);
+      ensure(A.expert_rows_out, Re * d);
+      A.exchange->to_experts(A.rows.data(), A.expert_rows.data(), d);
+      exchange_stats_.rows_sent += A.exchange->rows_sent_to_others();
+      exchange_stats_.rows_received += A.exchange->rows_received_from_others();
+      exchange_stats_.expert_rows += Re;
+    } else {
+      A.exchange.reset();
+    }
+    const ExpertSide ex = expert_side(A, moe);
+    const int64_t e0 = ex.first_expert;
+    ensure(A.hidden_pre, ex.num_rows * f);
+    ensure(A.hidden, ex.num_rows * f);
     const gpu::ExpertsBf16Activations* keep = nullptr;
     if (precision_ == gpu::Precision::kBf16) {  // the experts' bf16 GEMM inputs, kept for the backward
-      ensure(A.rows16, R * d);
-      ensure(A.hidden16, R * f);
+      ensure(A.rows16, ex.num_rows * d);
+      ensure(A.hidden16, ex.num_rows * f);
       A.expert_inputs16 = {A.rows16.data(), A.hidden16.data()};
       keep = &A.expert_inputs16;
     }
-    gpu::experts_forward(A.rows_out.data(), A.hidden_pre.data(), A.hidden.data(), A.rows.data(), w(pre + "experts.w1"),
-                         p(pre + "experts.b1"), w(pre + "experts.w2"), p(pre + "experts.b2"),
-                         A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_, keep);
+    gpu::experts_forward(ex.rows_out, A.hidden_pre.data(), A.hidden.data(), ex.rows,
+                         w(pre + "experts.w1").offset_by(e0 * d * f), p(pre + "experts.b1") + e0 * f,
+                         w(pre + "experts.w2").offset_by(e0 * f * d), p(pre + "experts.b2") + e0 * d, ex.row_offset,
+                         ex.num_experts, d, f, handle_, s, precision_, keep);
+    if (A.exchange) A.exchange->from_experts(A.expert_rows_out.data(), A.rows_out.data(), d);  // combine
     copy_d2d(x.data(), A.x_mid.data(), T * d, s);
     gpu::unpermute_forward(x.data(), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s);
 
-    LayerRouting& Rt = routing_[l];
-    Rt.is_moe = moe;
-    Rt.tokens_per_expert = A.dplan.num_tokens_per_expert_host;
-    Rt.routed_per_expert = A.dplan.num_routed_per_expert_host;
-    Rt.dropped = T * k - R;
+    routing_[l] = routing_stats(A.global, moe);
     if (moe) {
       DeviceBuffer<float>& psum = psum_;
       zero(psum, E, s);
       gpu::add_column_sums(psum.data(), A.router_probs.data(), T, E, s);
       const std::vector<float> p_sum = download(psum.data(), static_cast<size_t>(E), s);
-      const double zsum = gpu::sum_squares(A.router_lse.data(), T, s);
-      double balance = 0;
-      for (int64_t e = 0; e < E; ++e) balance += static_cast<double>(A.dplan.num_routed_per_expert_host[e]) * p_sum[e];
-      loss.aux += aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T) * balance;
-      loss.z += z_coeff_ * zsum / T;
+      std::vector<double> sums(p_sum.begin(), p_sum.end());  // [E] probabilities per expert, then z
+      sums.push_back(gpu::sum_squares(A.router_lse.data(), T, s));
+      const RouterLosses rl = router_losses(host_world(), std::move(sums), A.global, k, aux_coeff_, z_coeff_);
+      loss.aux += rl.aux;
+      loss.z += rl.z;
     }
   }
 
@@ -266,6 +281,12 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     upload(targets_, with_loss ? batch.labels : std::vector<int32_t>(static_cast<size_t>(B), -1), s);
     loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), B, C, &num_targets_, s);
   }
+  if (Communicator* world = host_world(); world != nullptr && world->size() > 1) {  // over the global batch
+    double sum_and_count[2] = {loss.task, static_cast<double>(num_targets_)};
+    world->all_reduce_sum(sum_and_count, 2);
+    loss.task = sum_and_count[0];
+    num_targets_ = static_cast<int64_t>(sum_and_count[1]);
+  }
   if (num_targets_ > 0) loss.task /= static_cast<double>(num_targets_);
   loss.num_targets = num_targets_;
   loss.total = loss.task + loss.aux + loss.z;
@@ -280,7 +301,8 @@ void GpuModel::backward() {
   const float task_scale = num_targets_ > 0 ? 1.0f / static_cast<float>(num_targets_) : 0.0f;
   cudaStream_t s = stream_;
   // Scratch kept between steps (resized only when the shapes change).
-  auto& [dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w] = scratch_;
+  auto& [dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w, d_expert_rows,
+         d_expert_rows_out] = scratch_;
   zero(dx, T * d, s);
   zero(d_h, T * d, s);
   zero(d_logits, head_rows_ * head_cols_, s);
@@ -310,23 +332,41 @@ void GpuModel::backward() {
     zero(d_topk_w, T * k, s);
     gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(), A.dplan,
                             d, s);
-    zero(d_rows, R * d, s);
-    ensure(d_hidden, R * f);
-    gpu::experts_backward(d_rows.data(), g(pre + "experts.w1"), g(pre + "experts.b1"), g(pre + "experts.w2"),
-                          g(pre + "experts.b2"), d_hidden.data(), d_rows_out.data(), A.rows.data(), A.hidden_pre.data(),
-                          A.hidden.data(), w(pre + "experts.w1"), w(pre + "experts.w2"),
-                          A.dplan.expert_row_offset_host.data(), E, d, f, handle_, s, precision_,
-                          precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr);
+    // The experts' side mirrors the forward: d(rows_out) to the owners, d(rows) back.
+    const ExpertSide ex = expert_side(A, moe);
+    const int64_t e0 = ex.first_expert;
+    float* d_ex_out = d_rows_out.data();
+    float* d_ex_in = nullptr;
+    if (A.exchange) {
+      ensure(d_expert_rows_out, ex.num_rows * d);
+      A.exchange->to_experts(d_rows_out.data(), d_expert_rows_out.data(), d);
+      d_ex_out = d_expert_rows_out.data();
+      zero(d_expert_rows, ex.num_rows * d, s);
+      d_ex_in = d_expert_rows.data();
+    } else {
+      zero(d_rows, R * d, s);
+      d_ex_in = d_rows.data();
+    }
+    ensure(d_hidden, ex.num_rows * f);
+    gpu::experts_backward(d_ex_in, g(pre + "experts.w1") + e0 * d * f, g(pre + "experts.b1") + e0 * f,
+                          g(pre + "experts.w2") + e0 * f * d, g(pre + "experts.b2") + e0 * d, d_hidden.data(), d_ex_out,
+                          ex.rows, A.hidden_pre.data(), A.hidden.data(), w(pre + "experts.w1").offset_by(e0 * d * f),
+                          w(pre + "experts.w2").offset_by(e0 * f * d), ex.row_offset, ex.num_experts, d, f, handle_, s,
+                          precision_, precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr);
+    if (A.exchange) {
+      ensure(d_rows, R * d);
+      A.exchange->from_experts(d_ex_in, d_rows.data(), d);
+    }
     zero(d_m, T * d, s);
     gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
     if (moe) {
-      // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / T.
-      const double aux_scale = aux_coeff_ * static_cast<double>(E) / (static_cast<double>(k) * T * T);
+      // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / Tg (global batch).
+      const int64_t Tg = A.global.num_tokens_global;
       DeviceBuffer<float>&d_probs = d_probs_, &d_lse = d_lse_, &d_router_logits = d_router_logits_;
       ensure(d_probs, T * E);
       ensure(d_lse, T);
-      gpu::router_loss_grads(d_probs.data(), d_lse.data(), A.router_lse.data(), A.dplan.num_routed_per_expert_host,
-                             aux_scale, static_cast<double>(z_coeff_), T, E, s);
+      gpu::router_loss_grads(d_probs.data(), d_lse.data(), A.router_lse.data(), A.global.num_routed_global,
+                             load_balance_scale(aux_coeff_, E, k, Tg), static_cast<double>(z_coeff_), T, Tg, E, s);
       zero(d_router_logits, T * E, s);
       gpu::router_topk_backward(d_router_logits.data(), d_topk_w.data(), d_probs.data(), d_lse.data(),
                                 A.router_probs.data(), A.topk_idx.data(), A.topk_w.data(), T, E, k, s);
@@ -371,19 +411,73 @@ void GpuModel::backward() {
   gpu::embedding_backward(g("embedding"), dx.data(), tokens_.data(), T, d, s);
 }
 
+bool GpuModel::expert_parallel_layer(bool moe) const {
+  return moe && parallel_ != nullptr && parallel_->host->expert_parallel > 1;
+}
+
+GpuModel::ExpertSide GpuModel::expert_side(LayerActs& A, bool moe) {
+  if (!A.exchange) {
+    return {A.dplan.num_rows, moe ? config_.experts : 1, 0, A.dplan.expert_row_offset_host.data(), A.rows.data(),
+            A.rows_out.data()};
+  }
+  const ParallelContext& par = *parallel_->host;
+  return {A.exchange->num_expert_rows(), par.num_local_experts(), par.first_local_expert(),
+          A.exchange->local_expert_row_offset().data(), A.expert_rows.data(), A.expert_rows_out.data()};
+}
+
 double gradient_norm(GpuModel& model) {
-  // The gradients are one contiguous range of the arena: one deterministic reduction over all of it.
-  return std::sqrt(gpu::sum_squares(model.grads(), model.layout().total(), model.stream()));
+  const DeviceParallelContext* par = model.parallel();
+  cudaStream_t s = model.stream();
+  if (par == nullptr || !par->host->distributed()) {
+    // The gradients are one contiguous range of the arena: one deterministic reduction over all of it.
+    return std::sqrt(gpu::sum_squares(model.grads(), model.layout().total(), s));
+  }
+  // Pack what this rank holds, replicated tensors first, then expert slices; sum each part over the
+  // ranks holding the same tensors (one device all-reduce per part); unpack; the norm counts every
+  // replicated element once and every expert slice once (its squares summed over the expert group).
+  const ModelConfig& config = model.config();
+  const ParallelContext& host = *par->host;
+  std::vector<HeldRange> ranges[2];  // [0] replicated, [1] sharded expert tensors
+  int64_t count[2] = {0, 0};
+  for (const auto& t : model.layout().tensors()) {
+    const int part = is_sharded_expert_tensor(config, t) ? 1 : 0;
+    ranges[part].push_back(held_range(config, &host, t));
+    count[part] += ranges[part].back().numel;
+  }
+  ensure(model.grad_pack_, static_cast<size_t>(count[0] + count[1]));
+  float* pack[2] = {model.grad_pack_.data(), model.grad_pack_.data() + count[0]};
+  auto move = [&](int part, bool to_pack) {
+    int64_t pos = 0;
+    for (const HeldRange& h : ranges[part]) {
+      float* g = model.grads() + h.offset;
+      copy_d2d(to_pack ? pack[part] + pos : g, to_pack ? g : pack[part] + pos, static_cast<size_t>(h.numel), s);
+      pos += h.numel;
+    }
+  };
+  Communicator* peers[2] = {par->world.get(),
+                            host.expert_parallel == 1 ? par->world.get() : par->expert_data_group.get()};
+  double sq[2] = {0, 0};
+  for (int part = 0; part < 2; ++part) {
+    if (count[part] == 0) continue;
+    move(part, /*to_pack=*/true);
+    if (peers[part]->size() > 1) peers[part]->all_reduce_sum(pack[part], count[part]);
+    move(part, /*to_pack=*/false);
+    sq[part] = gpu::sum_squares(pack[part], count[part], s);  // synchronises
+  }
+  if (host.expert_parallel > 1) host.expert_group->all_reduce_sum(&sq[1], 1);
+  return std::sqrt(sq[0] + sq[1]);
 }
 
 void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, double grad_norm) {
   cudaStream_t s = model.stream();
   const float grad_scale = clip_scale(train, grad_norm);
   cpu::AdamWParams hp = adamw_params_at(train, step);
+  const ParallelContext* host = model.parallel() != nullptr ? model.parallel()->host : nullptr;
   for (const auto& t : model.layout().tensors()) {
     hp.weight_decay = t.decay ? train.weight_decay : 0.0f;
-    gpu::adamw_update(model.params() + t.offset, model.grads() + t.offset, model.adam_m() + t.offset,
-                      model.adam_v() + t.offset, t.numel, hp, step, grad_scale, s);
+    const HeldRange h = held_range(model.config(), host, t);
+    gpu::adamw_update(model.params() + h.offset, model.grads() + h.offset, model.adam_m() + h.offset,
+                      model.adam_v() + h.offset, h.numel, hp, step, grad_scale, s);
   }
   SMT_CUDA_CHECK(cudaStreamSynchronize(s));
 }

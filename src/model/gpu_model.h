@@ -4,18 +4,27 @@
 // Model uploads into it and downloads from it (initialisation, checkpoints). The routing plan is
 // built on the device (gpu::build_routing_plan_on_device: the CPU's plan exactly, so capacity and
 // dropping are identical). Activations stay on the device between forward and backward.
+//
+// Under several ranks (set_parallel) it is one rank of the CPU Model's scheme (model.h): a shard of
+// the global batch, losses, routing counts and capacity over the global batch (host communicators),
+// MoE rows exchanged with the experts' owners and gradients summed over device communicators (NCCL,
+// or MPI staged through pinned memory). Parameters stay full-size on every rank; only the local
+// experts' slices are used and updated, and gather_experts() on the host copy completes the model.
 #pragma once
 #ifdef SMT_CUDA
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/device_buffer.h"
 #include "data/batch.h"
 #include "kernels/gpu_ops.h"
 #include "model/model.h"
+#include "parallel/device_parallel.h"
+#include "parallel/expert_exchange.h"
 
 namespace smt {
 
@@ -48,6 +57,11 @@ class GpuModel {
   float* adam_m() { return arena_.data() + 2 * n_; }
   float* adam_v() { return arena_.data() + 3 * n_; }
 
+  // Train as one rank of a job (nullptr = one process). The context outlives the model's use of it.
+  void set_parallel(const DeviceParallelContext* ctx) { parallel_ = ctx; }
+  const DeviceParallelContext* parallel() const { return parallel_; }
+  const ExchangeStats& exchange_stats() const { return exchange_stats_; }
+
   void zero_grads();
   LossParts forward(const Batch& batch, bool with_loss = true);
   void backward();
@@ -60,10 +74,16 @@ class GpuModel {
     DeviceBuffer<float> router_logits, router_probs, router_lse, topk_w;   // [T,E] [T,E] [T] [T,k]
     DeviceBuffer<int32_t> topk_idx;                                         // [T,k]
     gpu::DeviceRoutingPlan dplan;  // built on the device from topk_idx
-    DeviceBuffer<float> rows, hidden_pre, hidden, rows_out;                 // [R,d] [R,f] [R,f] [R,d]
+    GlobalRouting global;          // the global batch's counts and capacity
+    DeviceBuffer<float> rows, rows_out;                                     // [R,d] plan order
+    // The experts' side: Re rows of the El experts this rank computes, grouped by expert. One process:
+    // the plan's rows themselves (Re = R). Expert parallel: the rows received from the group.
+    std::shared_ptr<ExpertExchange> exchange;                               // expert parallel only
+    DeviceBuffer<float> expert_rows, expert_rows_out;                       // [Re,d] expert parallel only
+    DeviceBuffer<float> hidden_pre, hidden;                                 // [Re,f]
     DeviceBuffer<__nv_bfloat16> a16, o16;                                   // kBf16: GEMM copies of a, o
     DeviceBuffer<__nv_bfloat16> q16, k16, v16;                              // flash attention's inputs
-    DeviceBuffer<__nv_bfloat16> rows16, hidden16;                           // kBf16: the experts' GEMM inputs
+    DeviceBuffer<__nv_bfloat16> rows16, hidden16;                           // kBf16: the experts' GEMM inputs [Re,.]
     gpu::ExpertsBf16Activations expert_inputs16;                            // -> rows16, hidden16
   };
   float* p(const std::string& name) { return params() + layout_.at(name).offset; }
@@ -74,9 +94,22 @@ class GpuModel {
   gpu::GemmOperand as_operand(const DeviceBuffer<float>& x32, DeviceBuffer<__nv_bfloat16>& x16, int64_t n);
   gpu::GemmOperand saved_operand(const DeviceBuffer<float>& x32, const DeviceBuffer<__nv_bfloat16>& x16) const;
   const gpu::DeviceBlockMask& mask(int layer, int seq_len);
+  // Which experts' rows this rank computes in layer A (see LayerActs).
+  struct ExpertSide {
+    int64_t num_rows, num_experts, first_expert;
+    const int64_t* row_offset;  // host [num_experts + 1]
+    float *rows, *rows_out;  // [num_rows, d]
+  };
+  ExpertSide expert_side(LayerActs& A, bool moe);
+  bool expert_parallel_layer(bool moe) const;
+  Communicator* host_world() const { return parallel_ != nullptr ? parallel_->host->world.get() : nullptr; }
+  friend double gradient_norm(GpuModel& model);
 
   ModelConfig config_;
   ParamLayout layout_;
+  const DeviceParallelContext* parallel_ = nullptr;
+  ExchangeStats exchange_stats_;
+  DeviceBuffer<float> grad_pack_;  // gradient_norm under several ranks: held gradients packed per group
   float aux_coeff_, z_coeff_;
   uint64_t attention_seed_;
   cudaStream_t stream_;
@@ -102,6 +135,7 @@ class GpuModel {
   DeviceBuffer<float> x_, tmp_, psum_, d_pooled_, d_probs_, d_lse_, d_router_logits_;
   struct BackwardScratch {
     DeviceBuffer<float> dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w;
+    DeviceBuffer<float> d_expert_rows, d_expert_rows_out;  // expert parallel: [Re,d]
   } scratch_;
   DeviceBuffer<__nv_bfloat16> d_o16_;
 };
@@ -109,6 +143,9 @@ class GpuModel {
 // Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor), and its
 // two halves as on the CPU: gradient_norm (one reduction over the whole gradient range of the arena,
 // NaN/Inf if any gradient is) and apply_update (clip with that norm, AdamW per tensor). Both synchronise.
+// Under several ranks gradient_norm first sums the held gradients over the device groups (replicated
+// tensors over the world, expert slices over the ranks holding the same experts) and returns the
+// global norm; apply_update updates what this rank holds (held_range in model.h).
 double optimizer_step(GpuModel& model, const TrainConfig& train, int64_t step);
 double gradient_norm(GpuModel& model);
 void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, double grad_norm);

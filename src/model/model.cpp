@@ -391,19 +391,15 @@ bool is_sharded_expert_tensor(const ModelConfig& config, const TensorSpec& t) {
   return t.is_expert && !t.shape.empty() && t.shape[0] == config.experts;
 }
 
-namespace {
-
-// The part of tensor t this rank holds and updates: all of it, or its local experts' slice.
-struct HeldRange {
-  int64_t offset, numel;
-};
-HeldRange held_range(const Model& model, const TensorSpec& t) {
-  const ParallelContext* par = model.parallel();
-  if (par == nullptr || par->expert_parallel == 1 || !is_sharded_expert_tensor(model.config(), t))
-    return {t.offset, t.numel};
+HeldRange held_range(const ModelConfig& config, const ParallelContext* par, const TensorSpec& t) {
+  if (par == nullptr || par->expert_parallel == 1 || !is_sharded_expert_tensor(config, t)) return {t.offset, t.numel};
   const int64_t per_expert = t.numel / t.shape[0];
   return {t.offset + par->first_local_expert() * per_expert, par->num_local_experts() * per_expert};
 }
+
+namespace {
+
+HeldRange held_range(const Model& model, const TensorSpec& t) { return held_range(model.config(), model.parallel(), t); }
 
 // Sums the gradients over the ranks that hold the same tensors (one packed all-reduce per group).
 void all_reduce_grads(Model& model) {

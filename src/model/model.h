@@ -154,6 +154,13 @@ void apply_update(Model& model, const TrainConfig& train, int64_t step, double g
 // True for the expert tensors of MoE layers, which expert parallelism shards by their leading dim.
 bool is_sharded_expert_tensor(const ModelConfig& config, const TensorSpec& t);
 
+// The part of tensor t (offsets in the layout) that a rank holds and updates: all of it, or under
+// expert parallelism (par->expert_parallel > 1) its local experts' slice of an expert tensor.
+struct HeldRange {
+  int64_t offset, numel;
+};
+HeldRange held_range(const ModelConfig& config, const ParallelContext* par, const TensorSpec& t);
+
 // Under expert parallelism: every rank receives the other ranks' experts (parameters and AdamW
 // moments), so each holds the full model (before a checkpoint or evaluation). Collective.
 void gather_experts(Model& model);

@@ -3,7 +3,11 @@
 # refused with exit 2 and one message before anything in the run folder changes. Where a GPU is
 # usable, short runs on it must follow the CPU run of the same config: with precision = fp32 the same
 # step-1 loss (1e-4 relative: sums in a different order) and a held-out accuracy within 0.06; with the
-# GPU's default bf16 GEMM operands a step-1 loss within 2e-2 and an accuracy within 0.08.
+# GPU's default bf16 GEMM operands a step-1 loss within 2e-2 and an accuracy within 0.08. Under
+# mpirun -np 2 (both ranks on GPU 0: MPI staged through pinned memory, since NCCL refuses one GPU for
+# two ranks) fp32 training with a capacity must log the one-process GPU run's losses (1e-4 relative,
+# every logged step) with rows exchanged between the ranks; parallel.device_comm = nccl is refused
+# there before anything is written.
 # usage: train_device.sh SMT_BINARY PROJECT_ROOT
 set -u
 smt=$1; root=$2
@@ -51,4 +55,38 @@ for label, path, max_rel, max_acc in zip(*[iter(sys.argv[2:])] * 4):
     print(f"{'ok' if ok else 'FAIL'} {label}: step-1 loss gpu {gs[0]['loss']:.6f} cpu {cs[0]['loss']:.6f} (rel {rel:.2e}, "
           f"max {max_rel}); held-out accuracy gpu {gf['eval_accuracy']:.4f} cpu {cf['eval_accuracy']:.4f} (max diff {max_acc})")
 sys.exit(1 if bad else 0)
+PY
+[ $? -eq 0 ] || exit 1
+command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed, so the two-rank GPU run did not run"; exit 0; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+cap=(--precision=fp32 --model.capacity_factor=1.0 --train.steps=20)
+"$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/gpu1" "${small[@]}" "${cap[@]}" \
+  --device=cuda >"$tmp/gpu1.log" 2>&1 || { echo "FAIL: the one-rank GPU run failed"; cat "$tmp/gpu1.log"; exit 1; }
+timeout 600 mpirun --oversubscribe -np 2 "$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/gpu2" \
+  "${small[@]}" "${cap[@]}" --device=cuda >"$tmp/gpu2.log" 2>&1 \
+  || { echo "FAIL: mpirun -np 2 --device=cuda exited $?"; tail -20 "$tmp/gpu2.log"; exit 1; }
+grep -q "over mpi+staged" "$tmp/gpu2.log" || { echo "FAIL: two ranks on one GPU did not use the staged MPI backend"; exit 1; }
+timeout 300 mpirun --oversubscribe -np 2 "$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/nccl" \
+  "${small[@]}" "${cap[@]}" --device=cuda --parallel.device_comm=nccl >"$tmp/nccl.log" 2>&1
+rc=$?
+if nvidia-smi -L 2>/dev/null | awk 'END { exit !(NR < 2) }'; then  # one GPU: NCCL must be refused
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "NCCL refuses two ranks on one device" "$tmp/nccl.log" \
+    || { echo "FAIL: parallel.device_comm = nccl on one GPU: exit $rc"; tail -5 "$tmp/nccl.log"; exit 1; }
+  [ ! -e "$tmp/nccl/config.ini" ] || { echo "FAIL: the refused NCCL run wrote config.ini"; exit 1; }
+  echo "ok: parallel.device_comm = nccl on one GPU refused (exit $rc, usage error aborts the job)"
+fi
+python3 - "$tmp/gpu1/metrics.jsonl" "$tmp/gpu2/metrics.jsonl" <<'PY'
+import json, sys
+def steps(p):
+    return [r for r in (json.loads(l) for l in open(p) if l.strip()) if r.get("event") == "step"]
+one, two = steps(sys.argv[1]), steps(sys.argv[2])
+assert len(one) == len(two) == 20, (len(one), len(two))
+worst = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(one, two))
+sent = sum(sum(r["parallel"]["rows_sent"]) for r in two)
+dropped = [sum(l["dropped"] for l in r["moe_layers"]) for r in (one[0], two[0])]
+ok = worst < 1e-4 and sent > 0
+print(f"{'ok' if ok else 'FAIL'} 2 ranks on one GPU (staged MPI) vs 1 rank: worst relative loss difference over "
+      f"20 steps {worst:.2e} (max 1e-4); rows sent between ranks {sent}; step-1 dropped 1 rank {dropped[0]}, "
+      f"2 ranks {dropped[1]}")
+sys.exit(0 if ok else 1)
 PY

@@ -1,0 +1,120 @@
+// GpuModel as one rank of a job (ctest gpu.model_mpi2: mpirun -np 2 on one GPU, so the device
+// communicators are MPI staged through pinned memory) against the CPU model in one process on the
+// whole global batch: losses, routing counts with a capacity, the global gradient norm and, after
+// AdamW steps and gather_experts, every parameter. fp32 on both sides; tolerances as in
+// test_gpu_model.cpp (sums in other orders): losses 1e-5 relative, parameters 1e-4 norm-relative.
+// At world size 1 the same code runs without any exchange.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "data/batch.h"
+#include "gpu_test_env.h"
+#include "model/gpu_model.h"
+#include "model/model.h"
+#include "parallel/device_parallel.h"
+#include "parallel/parallel_context.h"
+#include "support/random_batch.h"
+
+namespace {
+
+double norm_rel(const float* a, const float* b, int64_t n) {
+  double diff = 0, ref = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    ref += double(b[i]) * b[i];
+  }
+  return std::sqrt(diff) / (std::sqrt(ref) + 1e-30);
+}
+
+struct Case {
+  const char* head;
+  double capacity;
+  int moe_every;
+};
+
+class GpuModelParallel : public GpuStreamTest, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
+  const Case cs = GetParam();
+  smt::ModelConfig c;
+  c.d_model = 64;
+  c.layers = 2;
+  c.heads = 2;
+  c.experts = 8;
+  c.top_k = 2;
+  c.expert_hidden = 96;
+  c.capacity_factor = cs.capacity;
+  c.moe_every = cs.moe_every;
+  c.head = cs.head;
+  c.num_classes = 3;
+  c.attention = "local";
+  c.causal = std::string(cs.head) == "lm";
+  c.block_size = 16;
+  c.window = 16;
+  smt::TrainConfig train;
+  train.steps = 3;
+  train.lr = 3e-3f;
+  train.warmup = 0;
+  const int64_t B = 4, N = 64;
+  const smt::ParallelContext par = smt::make_parallel_context(smt::make_world_communicator(), 0, c.experts, B);
+  const auto [first, last] = par.batch_shard(B);
+  const smt::DeviceParallelContext dpar = smt::make_device_parallel_context(par, "auto", 0, stream);
+  if (par.distributed()) {
+    EXPECT_EQ(dpar.expert_group->size(), par.expert_group->size());
+    RecordProperty("device_comm", dpar.backend);
+  }
+
+  smt::Model ref(c, 0.01f, 0.001f, 7);
+  ref.init_params(11);
+  smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream);
+  gpu.upload_from(ref);
+  gpu.set_parallel(&dpar);
+  int64_t rows_sent = 0;
+  for (int64_t step = 1; step <= train.steps; ++step) {
+    const smt::Batch batch = smt::testing_support::random_padded_batch(B, N, 3, 100 + step);
+    ref.zero_grads();
+    gpu.zero_grads();
+    const smt::LossParts lr = ref.forward(batch), lg = gpu.forward(smt::slice_rows(batch, first, last));
+    EXPECT_NEAR(lg.task, lr.task, 1e-5 * std::fabs(lr.task)) << "step " << step;
+    EXPECT_NEAR(lg.aux, lr.aux, 1e-5 * std::fabs(lr.aux) + 1e-12) << "step " << step;
+    EXPECT_NEAR(lg.z, lr.z, 1e-5 * std::fabs(lr.z) + 1e-12) << "step " << step;
+    EXPECT_EQ(lg.num_targets, lr.num_targets) << "step " << step;
+    for (size_t l = 0; l < ref.routing().size(); ++l) {
+      EXPECT_EQ(gpu.routing()[l].tokens_per_expert, ref.routing()[l].tokens_per_expert) << "layer " << l;
+      EXPECT_EQ(gpu.routing()[l].dropped, ref.routing()[l].dropped) << "layer " << l;
+    }
+    if (cs.capacity > 0 && step == 1) {
+      int64_t dropped = 0;
+      for (const auto& r : ref.routing()) dropped += r.dropped;
+      EXPECT_GT(dropped, 0) << "the capacity should drop tokens (else it is not tested)";
+    }
+    rows_sent += gpu.exchange_stats().rows_sent;
+    ref.backward();
+    gpu.backward();
+    const double nr = smt::optimizer_step(ref, train, step), ng = smt::optimizer_step(gpu, train, step);
+    EXPECT_NEAR(ng, nr, 1e-5 * nr) << "global gradient norm, step " << step;
+  }
+  if (par.expert_parallel > 1) EXPECT_GT(rows_sent, 0) << "no MoE row went to another rank's experts";
+  smt::Model back(c, 0.01f, 0.001f, 7);
+  gpu.download_to(back);
+  back.set_parallel(&par);
+  smt::gather_experts(back);  // the other ranks' experts, as before a checkpoint
+  for (const auto& t : ref.layout().tensors())
+    EXPECT_LE(norm_rel(back.params() + t.offset, ref.params() + t.offset, t.numel), 1e-4) << t.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, GpuModelParallel,
+                         ::testing::Values(Case{"classifier", 0.0, 1}, Case{"classifier", 1.0, 2},
+                                           Case{"lm", 1.25, 1}),
+                         [](const auto& info) {
+                           const Case c = info.param;
+                           return std::string(c.head) + (c.capacity > 0 ? "_capacity" : "_dropless") +
+                                  (c.moe_every > 1 ? "_dense_layer" : "");
+                         });
+
+}  // namespace

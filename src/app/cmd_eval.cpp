@@ -7,8 +7,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 
 #include "app/cli.h"
+#include "app/cuda_device.h"
+#include "app/gpu_inference.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/threads.h"
@@ -104,7 +107,7 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 }  // namespace
 
 int cmd_eval(int argc, char** argv) {
-  std::string checkpoint, data_spec, out_dir;
+  std::string checkpoint, data_spec, out_dir, device = "cpu";
   int threads = -1;
   int64_t batch_size = 0;
   po::options_description desc(
@@ -118,7 +121,8 @@ int cmd_eval(int argc, char** argv) {
       "out", po::value(&out_dir), "output folder (created)")(
       "threads", po::value(&threads)->default_value(threads), "CPU threads (-1: the checkpoint's train.threads, 0: all)")(
       "batch-size", po::value(&batch_size)->default_value(batch_size),
-      "examples per forward (0: the checkpoint's train.eval_batch_size)");
+      "examples per forward (0: the checkpoint's train.eval_batch_size)")(
+      "device", po::value(&device)->default_value(device), "cpu | cuda (fp32 inference on CUDA device 0)");
   if (!parse_command_options(argc, argv, desc)) return 0;
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
     const char* v = std::getenv(var);
@@ -126,6 +130,7 @@ int cmd_eval(int argc, char** argv) {
                     "); start it without mpirun/srun");
   }
   SMT_USAGE_CHECK(!checkpoint.empty(), "--checkpoint FILE is required (smt eval --help)");
+  SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device, "'");
   SMT_USAGE_CHECK(!data_spec.empty(), "--data liar:PATH.tsv or --data synthetic is required (smt eval --help)");
   SMT_USAGE_CHECK(batch_size >= 0, "--batch-size must be >= 0, got ", batch_size);
   SMT_USAGE_CHECK(fs::is_regular_file(checkpoint), "checkpoint not found: ", checkpoint);
@@ -195,6 +200,10 @@ int cmd_eval(int argc, char** argv) {
   Model model(mc, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   load_parameters_only(checkpoint, model);
   const int64_t step = CheckpointReader(checkpoint).state().step;
+  // Inference on the CPU model itself or on a GPU copy of it (refused here, before anything is written).
+  std::unique_ptr<InferenceModel> inference;
+  if (device == "cuda") inference = make_cuda_inference(model, cfg.seed, usable_cuda_device());
+  else inference = std::make_unique<CpuInference>(model);
   {  // created only once the inputs are known to be good
     std::error_code ec;
     fs::create_directories(out_dir, ec);
@@ -203,13 +212,13 @@ int cmd_eval(int argc, char** argv) {
   }
   log_info("smt eval: " + checkpoint + " (step " + std::to_string(step) + ", " + std::to_string(mc.num_classes) +
            "-way head) on " + data.name + ", " + std::to_string(data.examples.size()) + " examples, " +
-           std::to_string(num_threads()) + " threads");
+           std::to_string(num_threads()) + " threads, device " + device);
 
   // Model predictions.
   Timer timer;
   const int64_t n = static_cast<int64_t>(data.examples.size());
   Progress progress(n);
-  const Predictions pred = predict(model, reencode ? model_data : data, seq_len, batch_size, [&](int64_t done, int64_t total) {
+  const Predictions pred = predict(*inference, reencode ? model_data : data, seq_len, batch_size, [&](int64_t done, int64_t total) {
     char info[120];
     std::snprintf(info, sizeof info, "eval %lld/%lld examples  %.0f ex/s", static_cast<long long>(done),
                   static_cast<long long>(total), static_cast<double>(done) / std::max(1e-9, timer.seconds()));
@@ -310,7 +319,7 @@ int cmd_eval(int argc, char** argv) {
       .add("dataset", data.name).add("n", n).add("leaking_features", data.leaking)
       .add("fields", spec.kind == EvalSourceKind::kLiar ? cfg.data.fields : std::string("evidence+claim"))
       .add("num_classes", mc.num_classes).add("seq_len", seq_len).add("batch_size", batch_size)
-      .add("threads", num_threads()).add("inference_seconds", infer_seconds)
+      .add("threads", num_threads()).add("device", device).add("inference_seconds", infer_seconds)
       .add("examples_per_s", static_cast<double>(n) / std::max(1e-9, infer_seconds))
       .add_raw("views", views_object(views)).add_raw("routing", json_array(routing_json))
       .add_raw("attention", json_array(attention_json)).add("baselines", baselines);

@@ -246,11 +246,9 @@ int cmd_train(int argc, char** argv) {
 
   EvalSummary summary;
   if (cfg.model.head == "classifier") {
-    Model& host = backend->synced_host_model();  // evaluated on the host (CPU) copy
-    gather_experts(host);  // every rank holds the full model and evaluates a share of the set
-    host.set_parallel(nullptr);
+    // On the training device; every rank holds the full model and evaluates a share of the set.
     const Predictions pred =
-        predict_on_all_ranks(host, data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size, *par.world);
+        backend->evaluate(data.heldout, cfg.train.seq_len, cfg.train.eval_batch_size, *par.world);
     summary = summarize(pred, data.heldout);
     log_info(format_summary(summary, "held-out evaluation (" + data.heldout.name + ")"));
   }

@@ -41,7 +41,7 @@ std::string broadcast_string(Communicator& world, const std::string& value) {
   return out;
 }
 
-Predictions predict_on_all_ranks(Model& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
+Predictions predict_on_all_ranks(InferenceModel& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
                                  Communicator& world) {
   const int W = world.size();
   if (W == 1) return predict(model, data, seq_len, batch_size);

@@ -20,7 +20,7 @@ std::string broadcast_string(Communicator& world, const std::string& value);
 
 // Each rank predicts a contiguous share of `data` with its full (gathered) model; every rank
 // returns the predictions of the whole set in data order. Collective.
-Predictions predict_on_all_ranks(Model& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
+Predictions predict_on_all_ranks(InferenceModel& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
                                  Communicator& world);
 
 // {"world_size", "expert_parallel", "rows_sent", "rows_received", "expert_rows" (per rank),

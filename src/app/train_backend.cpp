@@ -3,6 +3,7 @@
 
 #include <limits>
 
+#include "app/parallel_run.h"
 #include "model/finite_check.h"
 
 namespace smt {
@@ -26,6 +27,12 @@ class CpuBackend final : public TrainBackend {
   std::string first_non_finite_gradient() override { return first_non_finite_tensor(model_.layout(), model_.grads()); }
   Model& synced_host_model() override { return model_; }
   void host_model_changed() override {}
+  Predictions evaluate(const Dataset& data, int64_t seq_len, int64_t batch_size, Communicator& world) override {
+    gather_experts(model_);
+    model_.set_parallel(nullptr);
+    CpuInference inference(model_);
+    return predict_on_all_ranks(inference, data, seq_len, batch_size, world);
+  }
 
  private:
   Model& model_;

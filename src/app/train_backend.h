@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "data/dataset.h"
+#include "eval/evaluator.h"
 #include "model/config.h"
 #include "model/model.h"
 
@@ -39,6 +41,10 @@ class TrainBackend {
   virtual double device_memory_used_bytes() const { return -1; }
   // The host Model's parameters and moments were replaced (checkpoint loaded): take them over.
   virtual void host_model_changed() = 0;
+  // After training: the classifier's predictions on `data`, in data order on every rank. The model is
+  // first completed on every rank (gather_experts), then each rank predicts a share on its device.
+  // Ends the backend's training use (the models leave the parallel scheme). Collective.
+  virtual Predictions evaluate(const Dataset& data, int64_t seq_len, int64_t batch_size, Communicator& world) = 0;
 };
 
 std::unique_ptr<TrainBackend> make_cpu_backend(Model& model);

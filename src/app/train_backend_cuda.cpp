@@ -2,6 +2,7 @@
 // checkpoints and evaluation (see train_backend.h). Without SMT_CUDA: a clear refusal.
 #include "app/train_backend.h"
 
+#include "app/cuda_device.h"
 #include "core/error.h"
 #include "parallel/parallel_context.h"
 
@@ -12,6 +13,8 @@
 
 #include "core/cuda_check.h"
 #include "model/finite_check.h"
+#include "app/gpu_inference.h"
+#include "app/parallel_run.h"
 #include "model/gpu_model.h"
 #include "parallel/device_parallel.h"
 #endif
@@ -78,6 +81,15 @@ class CudaBackend final : public TrainBackend {
     return host_;
   }
   void host_model_changed() override { gpu_->upload_from(host_); }
+  Predictions evaluate(const Dataset& data, int64_t seq_len, int64_t batch_size, Communicator& world) override {
+    Model& host = synced_host_model();
+    gather_experts(host);  // the other ranks' experts
+    host.set_parallel(nullptr);
+    gpu_->upload_from(host);
+    gpu_->set_parallel(nullptr);
+    const std::unique_ptr<InferenceModel> inference = make_gpu_inference(*gpu_);
+    return predict_on_all_ranks(*inference, data, seq_len, batch_size, world);
+  }
   double device_memory_used_bytes() const override {
     size_t free_bytes = 0, total_bytes = 0;
     SMT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -96,16 +108,13 @@ class CudaBackend final : public TrainBackend {
 }  // namespace
 
 int cuda_device_for_rank(const ParallelContext& par, const std::string& device_comm) {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
+  std::string why;
+  const int count = count_usable_cuda_devices(&why);
   // Every rank learns whether any rank lacks a device, so that all refuse together (no rank is left
   // waiting in a collective).
-  double unusable = err == cudaSuccess && count > 0 ? 0.0 : 1.0;
+  double unusable = count > 0 ? 0.0 : 1.0;
   if (par.distributed()) par.world->all_reduce_max(&unusable, 1);
-  SMT_USAGE_CHECK(unusable == 0.0, "device = cuda, but no CUDA device is usable ",
-                  err == cudaSuccess && count > 0 ? "on another rank" : "here",
-                  err != cudaSuccess ? std::string(" (") + cudaGetErrorString(err) + ")"
-                                     : count == 0 ? std::string(" (none visible)") : std::string());
+  SMT_USAGE_CHECK(unusable == 0.0, "device = cuda, but ", count > 0 ? "no CUDA device is usable on another rank" : why);
   if (par.distributed()) (void)device_comm_uses_nccl(par, device_comm);  // refuses nccl on shared devices
   return par.world->local_rank() % count;
 }
@@ -118,11 +127,12 @@ std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& co
 #else
 
 int cuda_device_for_rank(const ParallelContext&, const std::string&) {
-  throw UsageError("device = cuda, but this smt was built without CUDA (use the cuda preset)");
+  return usable_cuda_device();  // throws: no CUDA in this build
 }
 
 std::unique_ptr<TrainBackend> make_cuda_backend(Model&, const RunConfig&, int, const ParallelContext&) {
-  throw UsageError("device = cuda, but this smt was built without CUDA (use the cuda preset)");
+  usable_cuda_device();
+  return nullptr;
 }
 
 #endif

@@ -13,6 +13,12 @@ namespace smt {
 
 Predictions predict(Model& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
                     const std::function<void(int64_t, int64_t)>& progress) {
+  CpuInference cpu(model);
+  return predict(cpu, data, seq_len, batch_size, progress);
+}
+
+Predictions predict(InferenceModel& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
+                    const std::function<void(int64_t, int64_t)>& progress) {
   SMT_CHECK(model.config().head == "classifier", "evaluation needs a classifier head");
   Predictions p;
   p.num_classes = model.config().num_classes;
@@ -30,7 +36,7 @@ Predictions predict(Model& model, const Dataset& data, int64_t seq_len, int64_t 
     std::vector<int64_t> idx(count);
     for (int64_t i = 0; i < count; ++i) idx[i] = start + i;
     const Batch batch = make_batch(data, idx, seq_len);
-    model.forward(batch, /*with_loss=*/false);
+    model.forward(batch);
     const auto& probs = model.probs();
     p.probs.insert(p.probs.end(), probs.begin(), probs.begin() + count * p.num_classes);
     for (int64_t i = 0; i < count; ++i) {

@@ -25,7 +25,35 @@ struct Predictions {
   std::vector<int64_t> dropped;        // [layers]
 };
 
+// What predict() runs: a classifier's inference, batch by batch, on the CPU Model or on a GpuModel
+// (app/gpu_inference.h). The references returned stay valid until the next forward().
+class InferenceModel {
+ public:
+  virtual ~InferenceModel() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual void forward(const Batch& batch) = 0;                   // without a loss
+  virtual const std::vector<float>& probs() = 0;                 // [B, C] class probabilities
+  virtual const std::vector<LayerRouting>& routing() = 0;        // per layer
+  virtual const std::vector<int32_t>& topk_idx(int layer) = 0;   // [B*N, k] expert choices
+};
+
+// The CPU Model as an InferenceModel.
+class CpuInference final : public InferenceModel {
+ public:
+  explicit CpuInference(Model& model) : model_(model) {}
+  const ModelConfig& config() const override { return model_.config(); }
+  void forward(const Batch& batch) override { model_.forward(batch, /*with_loss=*/false); }
+  const std::vector<float>& probs() override { return model_.probs(); }
+  const std::vector<LayerRouting>& routing() override { return model_.routing(); }
+  const std::vector<int32_t>& topk_idx(int layer) override { return model_.topk_idx(layer); }
+
+ private:
+  Model& model_;
+};
+
 // progress: called with (done, total) after each batch (may be empty).
+Predictions predict(InferenceModel& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
+                    const std::function<void(int64_t, int64_t)>& progress = {});
 Predictions predict(Model& model, const Dataset& data, int64_t seq_len, int64_t batch_size,
                     const std::function<void(int64_t, int64_t)>& progress = {});
 

@@ -114,6 +114,12 @@ std::vector<float> GpuModel::probs() const {
   return download(head_probs_.data(), static_cast<size_t>(head_rows_ * head_cols_), stream_);
 }
 
+std::vector<int32_t> GpuModel::topk_idx(int layer) const {
+  SMT_CHECK(layer >= 0 && static_cast<size_t>(layer) < acts_.size(), "topk_idx: no layer ", layer, " in the last forward");
+  const int64_t k = ParamLayout::layer_is_moe(config_, layer) ? config_.top_k : 1;
+  return download(acts_[layer].topk_idx.data(), static_cast<size_t>(B_ * N_ * k), stream_);
+}
+
 const gpu::DeviceBlockMask& GpuModel::mask(int layer, int seq_len) {
   if (mask_seq_len_ != seq_len) {
     masks_.clear();

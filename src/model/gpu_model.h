@@ -67,6 +67,7 @@ class GpuModel {
   void backward();
   const std::vector<LayerRouting>& routing() const { return routing_; }
   std::vector<float> probs() const;  // head probabilities of the last forward (host copy)
+  std::vector<int32_t> topk_idx(int layer) const;  // [B*N, k] expert choices of the last forward (host copy)
 
  private:
   struct LayerActs {

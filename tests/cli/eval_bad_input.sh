@@ -30,6 +30,12 @@ expect 2 "language-model head" -- eval --checkpoint "$tmp/lm/checkpoints/step-00
 expect 1 "is not an HDF5 file" -- eval --checkpoint "$tmp/text.h5" --data synthetic --out "$out"
 expect 2 "batch-size must be >= 0" -- eval --checkpoint "$syn" --data synthetic --batch-size -3 --out "$out"
 expect 2 "unrecognised\|unrecognized" -- eval --checkpoint "$syn" --data synthetic --frobnicate
+expect 2 "--device must be cpu or cuda, got 'tpu'" -- eval --checkpoint "$syn" --data synthetic --device tpu --out "$out"
+# --device cuda where no GPU is usable (or the build has no CUDA): refused before the report folder exists
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  expect 2 "device = cuda, but .*\(built without CUDA\|no CUDA device is usable\)" -- \
+    eval --checkpoint "$syn" --data synthetic --device cuda --out "$out"
+fi
 # several MPI ranks would all write the same report: refused
 checks=$((checks+1))
 OMPI_COMM_WORLD_SIZE=2 "$smt" eval --checkpoint "$syn" --data synthetic --out "$out" >"$tmp/out" 2>"$tmp/err"; rc=$?

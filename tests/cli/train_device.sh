@@ -7,7 +7,8 @@
 # mpirun -np 2 (both ranks on GPU 0: MPI staged through pinned memory, since NCCL refuses one GPU for
 # two ranks) fp32 training with a capacity must log the one-process GPU run's losses (1e-4 relative,
 # every logged step) with rows exchanged between the ranks; parallel.device_comm = nccl is refused
-# there before anything is written.
+# there before anything is written. `smt eval --device cuda` on the CPU run's checkpoint must give
+# the CPU's held-out accuracy (at most 2 examples apart) and NLL (1e-3 relative).
 # usage: train_device.sh SMT_BINARY PROJECT_ROOT
 set -u
 smt=$1; root=$2
@@ -55,6 +56,22 @@ for label, path, max_rel, max_acc in zip(*[iter(sys.argv[2:])] * 4):
     print(f"{'ok' if ok else 'FAIL'} {label}: step-1 loss gpu {gs[0]['loss']:.6f} cpu {cs[0]['loss']:.6f} (rel {rel:.2e}, "
           f"max {max_rel}); held-out accuracy gpu {gf['eval_accuracy']:.4f} cpu {cf['eval_accuracy']:.4f} (max diff {max_acc})")
 sys.exit(1 if bad else 0)
+PY
+[ $? -eq 0 ] || exit 1
+# smt eval --device cuda on the CPU run's checkpoint: the CPU's predictions (fp32 on both sides).
+ck=$(ls "$tmp"/cpu/checkpoints/step-*.h5 | tail -1)
+for dev in cpu cuda; do
+  "$smt" eval --checkpoint "$ck" --data synthetic --device "$dev" --out "$tmp/eval-$dev" >"$tmp/eval-$dev.log" 2>&1 \
+    || { echo "FAIL: smt eval --device $dev failed"; tail -5 "$tmp/eval-$dev.log"; exit 1; }
+done
+python3 - "$tmp/eval-cpu/report.json" "$tmp/eval-cuda/report.json" <<'PY'
+import json, sys
+c, g = (json.load(open(p)) for p in sys.argv[1:])
+vc, vg = c["views"]["synthetic"], g["views"]["synthetic"]
+ok = g["device"] == "cuda" and abs(vc["accuracy"] - vg["accuracy"]) <= 2 / vc["n"] and abs(vc["nll"] - vg["nll"]) <= 1e-3 * abs(vc["nll"])
+print(f"{'ok' if ok else 'FAIL'} smt eval --device cuda vs cpu: accuracy {vg['accuracy']:.4f} vs {vc['accuracy']:.4f} "
+      f"(at most 2 of {vc['n']} examples apart), NLL {vg['nll']:.6f} vs {vc['nll']:.6f} (1e-3 relative)")
+sys.exit(0 if ok else 1)
 PY
 [ $? -eq 0 ] || exit 1
 command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed, so the two-rank GPU run did not run"; exit 0; }

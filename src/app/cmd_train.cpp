@@ -15,6 +15,7 @@
 #include "app/numeric_guard.h"
 #include "app/parallel_run.h"
 #include "app/signals.h"
+#include "app/step_watchdog.h"
 #include "app/train_backend.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -183,7 +184,12 @@ int cmd_train(int argc, char** argv) {
   double peak_device_bytes = -1;  // the largest device memory in use after a step (cuda only)
   const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.seq_len;
   const int64_t first_step = state.step + 1;
+  // Ends the run if a step (with its checkpoint) does not finish within train.step_timeout seconds.
+  StepWatchdog watchdog(cfg.train.step_timeout, par.distributed() ? "smt train: error on rank " +
+                                                                        std::to_string(par.world_rank())
+                                                                  : std::string("smt train: error"));
   for (int64_t step = state.step + 1; step <= cfg.train.steps; ++step) {
+    watchdog.beat(step);
     if (const int sig = stop_signal_all_ranks(par.world.get())) return stop_for_signal(sig, step - 1);
     Timer step_timer;
     inject_test_fault(par.world_rank(), step);
@@ -241,6 +247,7 @@ int cmd_train(int argc, char** argv) {
     if (is_root) progress.update(step, info, log_now);
   }
   if (is_root) progress.finish();
+  watchdog.stop();  // the evaluation below is not a training step
   if (const int sig = stop_signal_all_ranks(par.world.get())) return stop_for_signal(sig, cfg.train.steps);
   const double train_seconds = total_timer.seconds();
 

@@ -1,6 +1,9 @@
 // Multi-rank helpers of `smt train` (see parallel_run.h).
 #include "app/parallel_run.h"
 
+#include <chrono>
+#include <thread>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
@@ -108,6 +111,12 @@ void inject_test_fault(int world_rank, int64_t step) {
   if (std::sscanf(spec, "%d:%lld:%15s", &rank, &at_step, mode) != 3) return;
   if (rank != world_rank || at_step != step) return;
   if (std::string(mode) == "kill") std::raise(SIGKILL);
+  if (std::string(mode) == "hang")  // a rank that stops making progress (the step watchdog's case)
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  if (std::string(mode) == "slow") {  // a slow but live step, inside the watchdog's timeout
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    return;
+  }
   throw Error("injected test fault (SMT_TEST_FAULT) at step " + std::to_string(step));
 }
 

@@ -115,8 +115,9 @@ int cuda_device_for_rank(const ParallelContext& par, const std::string& device_c
   double unusable = count > 0 ? 0.0 : 1.0;
   if (par.distributed()) par.world->all_reduce_max(&unusable, 1);
   SMT_USAGE_CHECK(unusable == 0.0, "device = cuda, but ", count > 0 ? "no CUDA device is usable on another rank" : why);
-  if (par.distributed()) (void)device_comm_uses_nccl(par, device_comm);  // refuses nccl on shared devices
-  return par.world->local_rank() % count;
+  const int device = par.world->local_rank() % count;
+  if (par.distributed()) (void)device_comm_uses_nccl(par, device_comm, device);  // refuses nccl on shared devices
+  return device;
 }
 
 std::unique_ptr<TrainBackend> make_cuda_backend(Model& host, const RunConfig& config, int device,

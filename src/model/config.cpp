@@ -84,6 +84,8 @@ po::options_description run_config_options(RunConfig& c) {
       ("train.eval_batch_size", po::value(&T.eval_batch_size)->default_value(T.eval_batch_size),
        "sequences per evaluation batch")
       ("train.threads", po::value(&T.threads)->default_value(T.threads), "CPU threads (0 = all cores)")
+      ("train.step_timeout", po::value(&T.step_timeout)->default_value(T.step_timeout),
+       "seconds without a finished step before the run is ended as hung (exit 1; 0 = no watchdog)")
       ("train.max_bad_steps", po::value(&T.max_bad_steps)->default_value(T.max_bad_steps),
        "a step with a non-finite loss or gradient is skipped; stop after this many in a row");
   po::options_description dd("data");
@@ -156,6 +158,8 @@ void RunConfig::validate() const {
                     ")");
   SMT_USAGE_CHECK(T.lr > 0 && T.warmup >= 0 && T.clip >= 0 && T.weight_decay >= 0, "train.lr must be > 0 and train.warmup, train.clip, train.weight_decay >= 0");
   SMT_USAGE_CHECK(T.beta1 >= 0 && T.beta1 < 1 && T.beta2 >= 0 && T.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)");
+  SMT_USAGE_CHECK(T.step_timeout >= 0 && std::isfinite(T.step_timeout),
+                  "train.step_timeout must be >= 0 seconds (0 = no watchdog), got ", T.step_timeout);
   SMT_USAGE_CHECK(T.max_bad_steps >= 1, "train.max_bad_steps must be >= 1, got ", T.max_bad_steps);
   SMT_USAGE_CHECK(T.log_every > 0 && T.eval_batch_size > 0, "train.log_every and train.eval_batch_size must be positive");
   SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",

@@ -60,6 +60,9 @@ struct TrainConfig {
   int64_t eval_batch_size = 64;
   int threads = 0;  // 0 = all cores
   int64_t max_bad_steps = 10;  // stop after this many non-finite (skipped) steps in a row
+  // Seconds a training step (with the checkpoint written after it) may take before the run is ended
+  // as hung (exit 1; a rank stuck in a collective would otherwise wait forever). 0 = no watchdog.
+  double step_timeout = 1800;
 };
 
 struct DataConfig {

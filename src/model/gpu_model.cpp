@@ -2,6 +2,7 @@
 #ifdef SMT_CUDA
 #include "model/gpu_model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/cuda_check.h"
@@ -233,8 +234,9 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     ensure(A.hidden, ex.num_rows * f);
     const gpu::ExpertsBf16Activations* keep = nullptr;
     if (precision_ == gpu::Precision::kBf16) {  // the experts' bf16 GEMM inputs, kept for the backward
-      ensure(A.rows16, ex.num_rows * d);
-      ensure(A.hidden16, ex.num_rows * f);
+      // At least one element: a rank whose experts get no rows still passes non-null buffers.
+      ensure(A.rows16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * d)));
+      ensure(A.hidden16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * f)));
       A.expert_inputs16 = {A.rows16.data(), A.hidden16.data()};
       keep = &A.expert_inputs16;
     }

@@ -4,29 +4,38 @@
 
 #include <cuda_runtime.h>
 
+#include <set>
+#include <string>
+#include <vector>
+
 #include "core/cuda_check.h"
 #include "core/error.h"
 
 namespace smt {
 
-bool device_comm_uses_nccl(const ParallelContext& host, const std::string& comm) {
+bool device_comm_uses_nccl(const ParallelContext& host, const std::string& comm, int device) {
   SMT_USAGE_CHECK(comm == "auto" || comm == "nccl" || comm == "mpi",
                   "parallel.device_comm must be auto, nccl or mpi, got '", comm, "'");
-  int num_devices = 0;
-  SMT_CUDA_CHECK(cudaGetDeviceCount(&num_devices));
-  // NCCL needs a device per rank: with more ranks on a node than devices, ranks share one.
-  double shares_device = host.world->local_size() > num_devices ? 1.0 : 0.0;
-  host.world->all_reduce_max(&shares_device, 1);  // every rank takes the same backend
-  const bool use_nccl = comm == "nccl" || (comm == "auto" && shares_device == 0.0);
-  SMT_USAGE_CHECK(!(use_nccl && shares_device != 0.0), "parallel.device_comm = nccl, but ", host.world->local_size(),
-                  " ranks share ", num_devices, " device(s) on a node and NCCL refuses two ranks on one device; "
-                  "use parallel.device_comm = mpi (or auto), or one rank per device");
+  // NCCL needs a GPU per rank: gather every rank's device UUID and look for repeats.
+  cudaDeviceProp prop{};
+  SMT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  constexpr int64_t kUuidBytes = sizeof(prop.uuid.bytes);
+  const int W = host.world->size();
+  std::vector<char> uuids(static_cast<size_t>(W * kUuidBytes));
+  host.world->all_gather(prop.uuid.bytes, uuids.data(), kUuidBytes);
+  std::set<std::string> distinct;
+  for (int r = 0; r < W; ++r) distinct.insert(std::string(uuids.data() + r * kUuidBytes, kUuidBytes));
+  const bool shares_device = static_cast<int>(distinct.size()) < W;
+  const bool use_nccl = comm == "nccl" || (comm == "auto" && !shares_device);
+  SMT_USAGE_CHECK(!(use_nccl && shares_device), "parallel.device_comm = nccl, but ", W, " ranks use ",
+                  distinct.size(), " GPU(s) and NCCL refuses two ranks "
+                  "on one device; use parallel.device_comm = mpi (or auto), or one rank per device");
   return use_nccl;
 }
 
 DeviceParallelContext make_device_parallel_context(const ParallelContext& host, const std::string& comm, int device,
                                                    CUstream_st* compute_stream) {
-  const bool use_nccl = device_comm_uses_nccl(host, comm);
+  const bool use_nccl = device_comm_uses_nccl(host, comm, device);
   DeviceParallelContext ctx;
   ctx.host = &host;
   const int r = host.world->rank(), P = host.expert_parallel;
@@ -42,6 +51,7 @@ DeviceParallelContext make_device_parallel_context(const ParallelContext& host, 
   ctx.expert_data_group = ctx.world->split(/*color=*/r % P, /*key=*/r);
   SMT_CHECK(ctx.expert_group->size() == host.expert_group->size() &&
                 ctx.expert_group->rank() == host.expert_group->rank() &&
+                ctx.expert_data_group->size() == host.expert_data_group->size() &&
                 ctx.expert_data_group->rank() == host.expert_data_group->rank(),
             "device communicators do not match the host groups");
   return ctx;

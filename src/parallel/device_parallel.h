@@ -25,10 +25,12 @@ struct DeviceParallelContext {
 
 // Collective over host.world: whether the device communicators are NCCL (else staged MPI), by the
 // rule below; throws UsageError for comm = nccl where ranks share a device (call it before any write).
-bool device_comm_uses_nccl(const ParallelContext& host, const std::string& comm);
+// `device` is this rank's CUDA device.
+bool device_comm_uses_nccl(const ParallelContext& host, const std::string& comm, int device);
 
-// Collective over host.world. comm: "nccl", "mpi" (staged), or "auto": NCCL when every rank of every
-// node has a device of its own (local size <= visible devices), staged MPI otherwise; all ranks agree.
+// Collective over host.world. comm: "nccl", "mpi" (staged), or "auto": NCCL when no two ranks use the
+// same GPU (compared by device UUID, so CUDA_VISIBLE_DEVICES per rank is seen through), staged MPI
+// otherwise; all ranks agree.
 // The device communicators order their work after `compute_stream` and make it wait for them.
 DeviceParallelContext make_device_parallel_context(const ParallelContext& host, const std::string& comm, int device,
                                                    CUstream_st* compute_stream);

@@ -13,8 +13,9 @@
 set -u
 smt=$1; root=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-small=(--model.d_model=64 --model.expert_hidden=128 --train.seq_len=128 --data.synthetic_train=512
-       --data.synthetic_heldout=128 --train.threads=1 --train.steps=60 --train.log_every=1)
+tiny=(--model.d_model=64 --model.expert_hidden=128 --train.seq_len=128 --data.synthetic_train=512
+      --data.synthetic_heldout=128 --train.threads=1 --train.log_every=1)
+small=("${tiny[@]}" --train.steps=60)
 mkdir -p "$tmp/run"
 echo '{"event":"step","step":1,"sentinel":true}' >"$tmp/run/metrics.jsonl"
 cp "$tmp/run/metrics.jsonl" "$tmp/before"
@@ -76,22 +77,25 @@ PY
 [ $? -eq 0 ] || exit 1
 command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed, so the two-rank GPU run did not run"; exit 0; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-cap=(--precision=fp32 --model.capacity_factor=1.0 --train.steps=20)
-"$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/gpu1" "${small[@]}" "${cap[@]}" \
+# Ranks share GPU 0 here whatever the machine has, so MPI staged is named (auto would pick NCCL on a
+# machine whose ranks have a GPU each).
+cap=("${tiny[@]}" --precision=fp32 --model.capacity_factor=1.0 --train.steps=20)
+"$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/gpu1" "${cap[@]}" \
   --device=cuda >"$tmp/gpu1.log" 2>&1 || { echo "FAIL: the one-rank GPU run failed"; cat "$tmp/gpu1.log"; exit 1; }
-timeout 600 mpirun --oversubscribe -np 2 "$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/gpu2" \
-  "${small[@]}" "${cap[@]}" --device=cuda >"$tmp/gpu2.log" 2>&1 \
+CUDA_VISIBLE_DEVICES=0 timeout 600 mpirun --oversubscribe -np 2 -x CUDA_VISIBLE_DEVICES "$smt" train \
+  --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/gpu2" "${cap[@]}" --device=cuda \
+  --parallel.device_comm=mpi >"$tmp/gpu2.log" 2>&1 \
   || { echo "FAIL: mpirun -np 2 --device=cuda exited $?"; tail -20 "$tmp/gpu2.log"; exit 1; }
 grep -q "over mpi+staged" "$tmp/gpu2.log" || { echo "FAIL: two ranks on one GPU did not use the staged MPI backend"; exit 1; }
-timeout 300 mpirun --oversubscribe -np 2 "$smt" train --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/nccl" \
-  "${small[@]}" "${cap[@]}" --device=cuda --parallel.device_comm=nccl >"$tmp/nccl.log" 2>&1
+CUDA_VISIBLE_DEVICES=0 timeout 300 mpirun --oversubscribe -np 2 -x CUDA_VISIBLE_DEVICES "$smt" train \
+  --config "$root/configs/synthetic-tiny.ini" --run.dir "$tmp/nccl" "${cap[@]}" --device=cuda \
+  --parallel.device_comm=nccl >"$tmp/nccl.log" 2>&1
 rc=$?
-if nvidia-smi -L 2>/dev/null | awk 'END { exit !(NR < 2) }'; then  # one GPU: NCCL must be refused
-  [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "NCCL refuses two ranks on one device" "$tmp/nccl.log" \
-    || { echo "FAIL: parallel.device_comm = nccl on one GPU: exit $rc"; tail -5 "$tmp/nccl.log"; exit 1; }
-  [ ! -e "$tmp/nccl/config.ini" ] || { echo "FAIL: the refused NCCL run wrote config.ini"; exit 1; }
-  echo "ok: parallel.device_comm = nccl on one GPU refused (exit $rc, usage error aborts the job)"
-fi
+# Both ranks on GPU 0: NCCL must be refused.
+[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "NCCL refuses two ranks on one device" "$tmp/nccl.log" \
+  || { echo "FAIL: parallel.device_comm = nccl on one GPU: exit $rc"; tail -5 "$tmp/nccl.log"; exit 1; }
+[ ! -e "$tmp/nccl/config.ini" ] || { echo "FAIL: the refused NCCL run wrote config.ini"; exit 1; }
+echo "ok: parallel.device_comm = nccl on one GPU refused (exit $rc, usage error aborts the job)"
 python3 - "$tmp/gpu1/metrics.jsonl" "$tmp/gpu2/metrics.jsonl" <<'PY'
 import json, sys
 def steps(p):

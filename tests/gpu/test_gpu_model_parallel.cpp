@@ -1,5 +1,5 @@
-// GpuModel as one rank of a job (ctest gpu.model_mpi2: mpirun -np 2 on one GPU, so the device
-// communicators are MPI staged through pinned memory) against the CPU model in one process on the
+// GpuModel as one rank of a job (ctest gpu.model_mpi2: mpirun -np 2, both ranks on device 0, so the
+// device communicators are MPI staged through pinned memory) against the CPU model in one process on the
 // whole global batch: losses, routing counts with a capacity, the global gradient norm and, after
 // AdamW steps and gather_experts, every parameter. fp32 on both sides; tolerances as in
 // test_gpu_model.cpp (sums in other orders): losses 1e-5 relative, parameters 1e-4 norm-relative.
@@ -63,7 +63,7 @@ TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
   const int64_t B = 4, N = 64;
   const smt::ParallelContext par = smt::make_parallel_context(smt::make_world_communicator(), 0, c.experts, B);
   const auto [first, last] = par.batch_shard(B);
-  const smt::DeviceParallelContext dpar = smt::make_device_parallel_context(par, "auto", 0, stream);
+  const smt::DeviceParallelContext dpar = smt::make_device_parallel_context(par, "mpi", 0, stream);
   if (par.distributed()) {
     EXPECT_EQ(dpar.expert_group->size(), par.expert_group->size());
     RecordProperty("device_comm", dpar.backend);

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A hung step ends the run (train.step_timeout): one process, and rank 1 of an mpirun -np 2 job,
+# sleep forever at step 3 (SMT_TEST_FAULT=R:3:hang); with train.step_timeout = 4 the run must exit
+# non-zero within 30 s, saying which step did not finish, keep the step-2 checkpoint, and continue
+# from it with --resume to the end. A slow but live run (steps inside the timeout) and a run stopped
+# by SIGSTOP for longer than the timeout, then continued, are not ended.
+# usage: step_watchdog.sh SMT_BINARY PROJECT_ROOT
+set -u
+smt=$1; root=$2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+common=(--config "$root/configs/synthetic-tiny.ini" --train.steps 6 --train.threads 1 --data.synthetic_train 128
+        --data.synthetic_heldout 32 --checkpoint.every 2 --train.step_timeout 4)
+fails=0
+hang_case() {  # hang_case NAME RANK launcher...
+  local name=$1 rank=$2; shift 2
+  local dir=$tmp/$name start rc took
+  start=$(date +%s)
+  SMT_TEST_FAULT="$rank:3:hang" timeout 90 "$@" "$smt" train "${common[@]}" --run.dir "$dir" >"$tmp/out" 2>"$tmp/err"
+  rc=$?
+  took=$(( $(date +%s) - start ))
+  if [ $rc -eq 0 ] || [ $rc -eq 124 ] || [ $took -gt 30 ] || ! grep -q "step 3 has not finished after 4 s" "$tmp/err"; then
+    echo "FAIL: $name: exit $rc after ${took}s; stderr:"; head -20 "$tmp/err"; fails=$((fails+1)); return
+  fi
+  echo "ok: $name: exit $rc after ${took}s: $(grep -m1 "has not finished" "$tmp/err")"
+  [ -f "$dir/checkpoints/step-00000002.h5" ] || { echo "FAIL: $name: the step-2 checkpoint is gone"; fails=$((fails+1)); return; }
+  timeout 120 "$@" "$smt" train "${common[@]}" --run.dir "$dir" --resume >"$tmp/out" 2>"$tmp/err" \
+    && grep -q '"event": "final"' "$dir/metrics.jsonl" \
+    && echo "ok: $name: resumed from step 2 and finished" \
+    || { echo "FAIL: $name: the resumed run failed:"; tail -5 "$tmp/err"; fails=$((fails+1)); }
+}
+hang_case one-process 0
+if command -v mpirun >/dev/null; then
+  hang_case mpirun-np2 1 mpirun --oversubscribe -np 2
+else
+  echo "SKIP: mpirun not installed, so the two-rank hang did not run"
+fi
+# Live but slow: step 2 sleeps 2.5 s (SMT_TEST_FAULT=0:2:slow) under the 4 s timeout: must finish.
+SMT_TEST_FAULT="0:2:slow" timeout 90 "$smt" train "${common[@]}" --run.dir "$tmp/slow" >"$tmp/out" 2>"$tmp/err" \
+  && echo "ok: a 2.5 s step under a 4 s timeout was not ended" \
+  || { echo "FAIL: a live run was ended:"; tail -5 "$tmp/err"; fails=$((fails+1)); }
+# Stopped, not hung: SIGSTOP for 7 s inside step 2 (after step 1's record is written), then SIGCONT;
+# time spent stopped does not count, so the run must finish.
+SMT_TEST_FAULT="0:2:slow" "$smt" train "${common[@]}" --train.log_every 1 --run.dir "$tmp/stopped" \
+  >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+for _ in $(seq 100); do grep -q '"step": 1,' "$tmp/stopped/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+kill -STOP $pid; sleep 7; kill -CONT $pid
+if wait $pid; then echo "ok: a run stopped for 7 s (SIGSTOP) under a 4 s timeout was not ended"
+else echo "FAIL: the stopped-and-continued run was ended:"; tail -3 "$tmp/err"; fails=$((fails+1)); fi
+[ $fails -eq 0 ]

@@ -12,21 +12,14 @@
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "support/random_batch.h"
+#include "support/tiny_model.h"
 #include "gpu_test_env.h"
 #include "model/gpu_model.h"
 #include "model/model.h"
 
 namespace {
 
-
-double norm_rel(const float* a, const float* b, int64_t n) {
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    ref += double(b[i]) * b[i];
-  }
-  return std::sqrt(diff) / (std::sqrt(ref) + 1e-30);
-}
+using smt::testing_support::norm_rel;
 
 struct Case {
   const char* head;
@@ -41,25 +34,13 @@ TEST_P(GpuModelTest, MatchesCpuModel) {
   std::string why;
   if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
   const Case cs = GetParam();
-  smt::ModelConfig c;
-  c.d_model = 64;
-  c.layers = 2;
-  c.heads = 2;
-  c.experts = 8;
-  c.top_k = 2;
-  c.expert_hidden = 96;
-  c.capacity_factor = cs.capacity;
-  c.moe_every = cs.moe_every;
-  c.head = cs.head;
-  c.num_classes = 3;
-  c.attention = cs.attention;
-  c.causal = std::string(cs.head) == "lm";
-  c.block_size = 16;
-  c.window = 16;
-  smt::TrainConfig train;
-  train.steps = 3;
-  train.lr = 3e-3f;
-  train.warmup = 0;
+  smt::testing_support::TinyModel tm;
+  tm.head = cs.head;
+  tm.attention = cs.attention;
+  tm.capacity_factor = cs.capacity;
+  tm.moe_every = cs.moe_every;
+  const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
+  const smt::TrainConfig train = smt::testing_support::tiny_train_config();
   cudaStream_t stream;
   SMT_CUDA_CHECK(cudaStreamCreate(&stream));
   smt::Model cpu(c, 0.01f, 0.001f, 7);
@@ -110,17 +91,13 @@ TEST(GpuModelBf16, FollowsCpuFp32) {
   for (const BfCase bc : {BfCase{"classifier", 64}, BfCase{"lm", 64}, BfCase{"lm", 16}}) {
     const char* head = bc.head;
     SCOPED_TRACE(testing::Message() << head << ", block " << bc.block_size);
-    smt::ModelConfig c;
-    c.d_model = 128;
-    c.layers = 2;
-    c.heads = 2;
-    c.expert_hidden = 256;
-    c.head = head;
-    c.num_classes = 3;
-    c.attention = "local";
-    c.causal = std::string(head) == "lm";
-    c.block_size = bc.block_size;
-    c.window = 32;
+    smt::testing_support::TinyModel tm;
+    tm.d_model = 128;
+    tm.expert_hidden = 256;
+    tm.head = head;
+    tm.block_size = bc.block_size;
+    tm.window = 32;
+    const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
     cudaStream_t stream;  // non-blocking, as the training backend's: nothing may rely on the legacy stream
     SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     smt::Model cpu(c, 0.01f, 0.001f, 7);

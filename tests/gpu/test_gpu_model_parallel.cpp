@@ -19,47 +19,19 @@
 #include "parallel/device_parallel.h"
 #include "parallel/parallel_context.h"
 #include "support/random_batch.h"
+#include "support/tiny_model.h"
 
 namespace {
 
-double norm_rel(const float* a, const float* b, int64_t n) {
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    ref += double(b[i]) * b[i];
-  }
-  return std::sqrt(diff) / (std::sqrt(ref) + 1e-30);
-}
+using smt::testing_support::norm_rel;
+using smt::testing_support::TinyModel;
 
-struct Case {
-  const char* head;
-  double capacity;
-  int moe_every;
-};
-
-class GpuModelParallel : public GpuStreamTest, public ::testing::WithParamInterface<Case> {};
+class GpuModelParallel : public GpuStreamTest, public ::testing::WithParamInterface<TinyModel> {};
 
 TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
-  const Case cs = GetParam();
-  smt::ModelConfig c;
-  c.d_model = 64;
-  c.layers = 2;
-  c.heads = 2;
-  c.experts = 8;
-  c.top_k = 2;
-  c.expert_hidden = 96;
-  c.capacity_factor = cs.capacity;
-  c.moe_every = cs.moe_every;
-  c.head = cs.head;
-  c.num_classes = 3;
-  c.attention = "local";
-  c.causal = std::string(cs.head) == "lm";
-  c.block_size = 16;
-  c.window = 16;
-  smt::TrainConfig train;
-  train.steps = 3;
-  train.lr = 3e-3f;
-  train.warmup = 0;
+  const TinyModel tm = GetParam();
+  const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
+  const smt::TrainConfig train = smt::testing_support::tiny_train_config();
   const int64_t B = 4, N = 64;
   const smt::ParallelContext par = smt::make_parallel_context(smt::make_world_communicator(), 0, c.experts, B);
   const auto [first, last] = par.batch_shard(B);
@@ -88,7 +60,7 @@ TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
       EXPECT_EQ(gpu.routing()[l].tokens_per_expert, ref.routing()[l].tokens_per_expert) << "layer " << l;
       EXPECT_EQ(gpu.routing()[l].dropped, ref.routing()[l].dropped) << "layer " << l;
     }
-    if (cs.capacity > 0 && step == 1) {
+    if (tm.capacity_factor > 0 && step == 1) {
       int64_t dropped = 0;
       for (const auto& r : ref.routing()) dropped += r.dropped;
       EXPECT_GT(dropped, 0) << "the capacity should drop tokens (else it is not tested)";
@@ -108,13 +80,20 @@ TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
     EXPECT_LE(norm_rel(back.params() + t.offset, ref.params() + t.offset, t.numel), 1e-4) << t.name;
 }
 
+TinyModel with(const char* head, double capacity_factor, int moe_every) {
+  TinyModel tm;
+  tm.head = head;
+  tm.capacity_factor = capacity_factor;
+  tm.moe_every = moe_every;
+  return tm;
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, GpuModelParallel,
-                         ::testing::Values(Case{"classifier", 0.0, 1}, Case{"classifier", 1.0, 2},
-                                           Case{"lm", 1.25, 1}),
+                         ::testing::Values(with("classifier", 0.0, 1), with("classifier", 1.0, 2), with("lm", 1.25, 1)),
                          [](const auto& info) {
-                           const Case c = info.param;
-                           return std::string(c.head) + (c.capacity > 0 ? "_capacity" : "_dropless") +
-                                  (c.moe_every > 1 ? "_dense_layer" : "");
+                           const TinyModel& t = info.param;
+                           return t.head + (t.capacity_factor > 0 ? "_capacity" : "_dropless") +
+                                  (t.moe_every > 1 ? "_dense_layer" : "");
                          });
 
 }  // namespace

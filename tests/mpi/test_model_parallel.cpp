@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "support/random_batch.h"
+#include "support/tiny_model.h"
 #include "data/batch.h"
 #include "model/model.h"
 #include "parallel/parallel_context.h"
@@ -16,20 +17,16 @@
 namespace {
 
 smt::ModelConfig tiny_config(double capacity_factor, int moe_every, const std::string& head) {
-  smt::ModelConfig c;
-  c.d_model = 32;
-  c.layers = 2;
-  c.heads = 2;
-  c.experts = 8;
-  c.top_k = 2;
-  c.expert_hidden = 48;
-  c.capacity_factor = capacity_factor;
-  c.moe_every = moe_every;
-  c.head = head;
-  c.num_classes = 3;
-  c.attention = "local";
-  c.block_size = 8;
-  c.window = 8;
+  smt::testing_support::TinyModel tm;
+  tm.d_model = 32;
+  tm.expert_hidden = 48;
+  tm.head = head;
+  tm.capacity_factor = capacity_factor;
+  tm.moe_every = moe_every;
+  tm.block_size = 8;
+  tm.window = 8;
+  smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
+  c.causal = false;  // these cases were written bidirectional, the LM head included
   return c;
 }
 
@@ -47,10 +44,7 @@ TEST_P(ModelParallelTest, MatchesOneProcess) {
   const Case cs = GetParam();
   smt::ModelConfig cfg = tiny_config(cs.capacity, cs.moe_every, cs.head);
   if (cs.one_expert) cfg.top_k = 1;
-  smt::TrainConfig train;
-  train.steps = 3;
-  train.lr = 3e-3f;
-  train.warmup = 0;
+  const smt::TrainConfig train = smt::testing_support::tiny_train_config();
   const int64_t B = 8, N = 32;
   smt::ParallelContext ctx = smt::make_parallel_context(smt::make_world_communicator(), 0, cfg.experts, B);
   const auto [first, last] = ctx.batch_shard(B);

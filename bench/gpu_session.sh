@@ -2,8 +2,9 @@
 # The prepared script for a session that has the GPU machine (device time is scarce: 15 minutes per
 # session including the machine's start; each part is capped at about 8 minutes by the per-step limits
 # below and normally takes far less; run `check` first, `bench` with what is left). Run from the
-# repository root there, with build/cuda carried over and torch installed; everything goes under $OUT
-# (default ./gpu_session_out).
+# repository root there, with device/ carried over (bench/pack_for_device.sh: the cuda preset's smt and
+# smt_gpu_tests, stripped and gzip'ed into device/bin/; they are unpacked into build/cuda/ here) and
+# torch installed; everything goes under $OUT (default ./gpu_session_out).
 #   bash bench/gpu_session.sh check   # correctness: GPU tests, 2 ranks on one GPU, sanitizer,
 #                                     # smt train on the GPU vs the CPU, a 65,536-token B1 step
 #   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1, B3
@@ -17,6 +18,11 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PAT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 smt=build/cuda/smt
 tests=build/cuda/smt_gpu_tests
+if [ -f device/bin/smt.gz ]; then  # packed binaries (bench/pack_for_device.sh) win over a stale build/cuda
+  mkdir -p build/cuda
+  for b in smt smt_gpu_tests; do gunzip -c "device/bin/$b.gz" >"build/cuda/$b" && chmod +x "build/cuda/$b"; done
+  echo "binaries of commit $(cat device/bin/COMMIT 2>/dev/null || echo unknown)"
+fi
 summary="$OUT/summary-$part.txt"
 : >"$summary"
 step() {  # step NAME SECONDS command...: runs with a time limit, log in $OUT/NAME.log

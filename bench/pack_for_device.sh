@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine needs into device/ (git-ignored), small enough for the device tool's
+# 64 MiB transfer: build/cuda/{smt,smt_gpu_tests} stripped and gzip'ed (~23 MB together; unpacked
+# they are ~84 MB, too much to carry build/cuda itself). bench/gpu_session.sh unpacks them there.
+#   cmake --preset cuda && cmake --build --preset cuda -j2 && bash bench/pack_for_device.sh
+# then run with carry ["device"]:  bash bench/gpu_session.sh check   (and later: bench)
+set -eu
+mkdir -p device/bin
+for b in smt smt_gpu_tests; do
+  [ -x "build/cuda/$b" ] || { echo "build/cuda/$b is missing: build the cuda preset first" >&2; exit 2; }
+  strip -o "device/bin/$b" "build/cuda/$b"
+  gzip -9 -f "device/bin/$b"
+done
+git rev-parse HEAD >device/bin/COMMIT
+du -ch device/bin/*.gz | tail -1

@@ -91,25 +91,31 @@ class StreamBuffer {
   cudaStream_t stream_ = nullptr;
 };
 
-// Blocking host -> device copy into a new buffer of the vector's size.
-template <typename T>
-DeviceBuffer<T> copy_to_device(const std::vector<T>& host) {
-  DeviceBuffer<T> buf(host.size());
-  if (!host.empty()) SMT_CUDA_CHECK(cudaMemcpy(buf.data(), host.data(), buf.bytes(), cudaMemcpyHostToDevice));
-  return buf;
+// A host -> device copy that is complete on return: cudaMemcpy from pageable memory may return once the
+// data is staged, before the DMA lands, and kernels on non-blocking streams are not ordered after the legacy
+// stream it runs on; synchronising that stream closes the gap.
+inline void blocking_upload(void* device, const void* host, size_t bytes) {
+  SMT_CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+  SMT_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
 }
+
+// Blocking host -> device copy into a new buffer of n elements / of the vector's size.
 template <typename T>
 DeviceBuffer<T> copy_to_device(const T* host, size_t n) {
   DeviceBuffer<T> buf(n);
-  if (n > 0) SMT_CUDA_CHECK(cudaMemcpy(buf.data(), host, n * sizeof(T), cudaMemcpyHostToDevice));
+  if (n > 0) blocking_upload(buf.data(), host, n * sizeof(T));
   return buf;
+}
+template <typename T>
+DeviceBuffer<T> copy_to_device(const std::vector<T>& host) {
+  return copy_to_device(host.data(), host.size());
 }
 // Blocking host -> device copy into an existing buffer (sizes must match).
 template <typename T>
 void copy_to_device(DeviceBuffer<T>& dst, const std::vector<T>& host) {
   SMT_CHECK(dst.size() == host.size(), "copy_to_device: buffer holds ", dst.size(), " elements, host vector ",
             host.size());
-  if (!host.empty()) SMT_CUDA_CHECK(cudaMemcpy(dst.data(), host.data(), dst.bytes(), cudaMemcpyHostToDevice));
+  if (!host.empty()) blocking_upload(dst.data(), host.data(), dst.bytes());
 }
 // Blocking device -> host copy of a whole buffer.
 template <typename T>

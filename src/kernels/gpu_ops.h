@@ -93,7 +93,8 @@ void mean_pool_backward(float* dx, const float* dout, const uint8_t* valid, int6
                         cudaStream_t stream);
 
 // ---- linear / matmul through cuBLAS (cublasGemmEx, CUBLAS_COMPUTE_32F, fp32 C; fp32 operands: no TF32 unless
-// the handle's math mode or NVIDIA_TF32_OVERRIDE asks for it; bf16 operands: CUDA_R_16BF A/B, fp32 C) ----
+// the handle's math mode asks for it (NVIDIA_TF32_OVERRIDE=0 can only turn it off); bf16 operands:
+// CUDA_R_16BF A/B, fp32 C) ----
 // Row-major C [M, N] = alpha op(A) op(B) + beta C: A is [M, K] (or [K, M] when trans_a), lda its row stride.
 // A and B must have the same dtype (throws otherwise).
 void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A,
@@ -204,9 +205,13 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
                       const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
                       cudaStream_t stream, Precision precision = Precision::kFp32,
                       const ExpertsBf16Activations* kept = nullptr);
-// The backend the last expert GEMMs of that precision used: "grouped", "grouped_bf16_out" (bf16 only),
-// "loop", or "unused" before the first call.
+// A grouped call needs 16-byte aligned operand pointers and row strides (cuBLAS cannot see the pointers in
+// its arrays); a call whose operands are not (e.g. d or f not a multiple of 8 in bf16) runs as the loop
+// without changing the backend, and is counted by experts_gemm_misaligned_calls().
+// The backend the expert GEMMs of that precision are on: "grouped", "grouped_bf16_out" (bf16 only),
+// "loop", or "unused" before the first grouped attempt.
 std::string experts_gemm_backend(Precision precision = Precision::kFp32);
+int64_t experts_gemm_misaligned_calls(Precision precision);
 // Tests: start the next expert GEMMs of that precision at `backend` ("auto" = the first of the list above;
 // the later fallbacks still apply on a refusal). Throws on an unknown name.
 void set_experts_gemm_backend(Precision precision, const std::string& backend);

@@ -62,7 +62,7 @@ GpuModel::GpuModel(const ModelConfig& config, float aux_loss_coeff, float z_loss
   // On the model's stream: a caller's stream may be non-blocking (not ordered after the legacy stream).
   SMT_CUDA_CHECK(cudaMemsetAsync(arena_.data(), 0, arena_.bytes(), stream_));
   if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) throw Error("cublasCreate failed");
-  cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH);  // fp32, no TF32: the CPU model's arithmetic
+  SMT_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));  // fp32, no TF32: the CPU model's arithmetic
 }
 
 GpuModel::~GpuModel() {
@@ -205,7 +205,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
                                A.router_logits.data(), T, E, k, s);
     } else {
       SMT_CUDA_CHECK(cudaMemsetAsync(A.topk_idx.data(), 0, T * k * sizeof(int32_t), s));
-      upload(A.topk_w, std::vector<float>(static_cast<size_t>(T * k), 1.0f), s);
+      ones_host_.assign(static_cast<size_t>(T * k), 1.0f);  // a member: the async copy's source outlives the call
+      upload(A.topk_w, ones_host_, s);
     }
     // Counts, then (under several ranks) the global counts and the lower ranks' share, then the rows.
     gpu::count_routing_on_device(A.dplan, A.topk_idx.data(), T, E, k, s);
@@ -275,7 +276,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     ensure(head_probs_, T * V);
     gpu::matmul_transposed_forward(logits_.data(), as_operand(h_final_, h_final16_, T * d), w("embedding"), T, d, V,
                                    handle_, s);
-    upload(targets_, with_loss ? batch.lm_targets : std::vector<int32_t>(static_cast<size_t>(T), -1), s);
+    no_targets_host_.assign(static_cast<size_t>(T), -1);
+    upload(targets_, with_loss ? batch.lm_targets : no_targets_host_, s);
     loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), T, V, &num_targets_, s);
   } else {
     const int64_t C = config_.num_classes;
@@ -286,7 +288,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     ensure(head_probs_, B * C);
     gpu::mean_pool_forward(pooled_.data(), h_final_.data(), valid_.data(), B, N, d, s);
     gpu::linear_forward(logits_.data(), pooled_.data(), p("classifier.w"), p("classifier.b"), B, d, C, false, handle_, s);
-    upload(targets_, with_loss ? batch.labels : std::vector<int32_t>(static_cast<size_t>(B), -1), s);
+    no_targets_host_.assign(static_cast<size_t>(B), -1);
+    upload(targets_, with_loss ? batch.labels : no_targets_host_, s);
     loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), B, C, &num_targets_, s);
   }
   if (Communicator* world = host_world(); world != nullptr && world->size() > 1) {  // over the global batch

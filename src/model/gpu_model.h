@@ -127,6 +127,8 @@ class GpuModel {
   int64_t B_ = 0, N_ = 0;
   bool last_with_loss_ = false;
   DeviceBuffer<int32_t> tokens_, targets_;
+  std::vector<float> ones_host_;          // dense layers' top-1 weights, uploaded from here
+  std::vector<int32_t> no_targets_host_;  // -1 targets of a forward without loss
   DeviceBuffer<uint8_t> valid_;
   std::vector<LayerActs> acts_;
   std::vector<LayerRouting> routing_;

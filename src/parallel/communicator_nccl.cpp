@@ -35,6 +35,7 @@ class NcclCommunicator final : public Communicator {
   ~NcclCommunicator() override {
     cudaStreamSynchronize(comm_stream_);
     ncclCommDestroy(comm_);
+    if (barrier_scratch_ != nullptr) cudaFree(barrier_scratch_);
     cudaEventDestroy(ready_);
     cudaEventDestroy(done_);
     cudaStreamDestroy(comm_stream_);
@@ -60,8 +61,11 @@ class NcclCommunicator final : public Communicator {
     });
   }
   void barrier() override {
+    // One element: NCCL drops zero-count collectives, which would then synchronise nothing.
+    if (barrier_scratch_ == nullptr) SMT_CUDA_CHECK(cudaMalloc(&barrier_scratch_, sizeof(float)));
     ordered([&] {
-      check_nccl(ncclAllReduce(nullptr, nullptr, 0, ncclInt8, ncclSum, comm_, comm_stream_), "AllReduce (barrier)");
+      check_nccl(ncclAllReduce(barrier_scratch_, barrier_scratch_, 1, ncclFloat32, ncclSum, comm_, comm_stream_),
+                 "AllReduce (barrier)");
     });
     SMT_CUDA_CHECK(cudaStreamSynchronize(comm_stream_));
   }
@@ -134,6 +138,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t compute_;
   cudaStream_t comm_stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  float* barrier_scratch_ = nullptr;  // barrier(): a one-element all-reduce (contents irrelevant)
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
 };
 

@@ -227,6 +227,7 @@ std::vector<GemmProblem> per_expert_problems(const int64_t* expert_row_offset, i
 // Backend state per precision (index 0 fp32, 1 bf16). Values: kUnused, then the backend in use.
 enum Backend : int { kUnused = 0, kGrouped = 1, kGroupedBf16Out = 2, kLoop = 3 };
 std::atomic<int> g_backend[2] = {kUnused, kUnused};
+std::atomic<int64_t> g_misaligned_calls[2] = {0, 0};  // calls run as the loop for their operands' alignment
 std::once_flag g_refusal_note[2][3];  // [precision][backend refused - 1]
 
 int pidx(Precision p) { return p == Precision::kBf16 ? 1 : 0; }
@@ -296,7 +297,10 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
   std::vector<cublasOperation_t> ta(G), tb(G);
   std::vector<int> m(G), n(G), kk(G), lda(G), ldb(G), group_size(G, 1);
   std::vector<float> alpha(G, 1.0f);
-  std::vector<const void*> ptrs(3 * static_cast<size_t>(G));  // [A' ... | B' ... | C ...]
+  // [A' ... | B' ... | C ...], each sub-array Gp = G rounded up to even entries, so that every sub-array
+  // starts 16-byte aligned (newer cuBLAS refuses pointer arrays that are not).
+  const int Gp = (G + 1) / 2 * 2;
+  std::vector<const void*> ptrs(3 * static_cast<size_t>(Gp), nullptr);
   for (int g = 0; g < G; ++g) {
     const GemmProblem& p = problems[g];
     // Column-major: C^T [N, M] = op(B)^T op(A)^T.
@@ -308,8 +312,8 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
     lda[g] = static_cast<int>(p.ldb);
     ldb[g] = static_cast<int>(p.lda);
     ptrs[g] = p.B;
-    ptrs[G + g] = p.A;
-    ptrs[2 * G + g] = c_ptrs[g];
+    ptrs[Gp + g] = p.A;
+    ptrs[2 * Gp + g] = c_ptrs[g];
   }
   StreamBuffer<const void*> dptrs(ptrs.size(), stream);
   // Pageable source: returns once the host data is staged, so `ptrs` may go out of scope after it.
@@ -317,8 +321,8 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
       cudaMemcpyAsync(dptrs.data(), ptrs.data(), sizeof(void*) * ptrs.size(), cudaMemcpyHostToDevice, stream));
   SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
   const void* const* a_arr = dptrs.data();
-  const void* const* b_arr = dptrs.data() + G;
-  void* const* c_arr = const_cast<void* const*>(dptrs.data() + 2 * G);
+  const void* const* b_arr = dptrs.data() + Gp;
+  void* const* c_arr = const_cast<void* const*>(dptrs.data() + 2 * Gp);
   return cublasGemmGroupedBatchedEx(handle, ta.data(), tb.data(), m.data(), n.data(), kk.data(), alpha.data(), a_arr,
                                     ab_type, lda.data(), b_arr, ab_type, ldb.data(), c_beta.data(), c_arr, c_type,
                                     c_ld.data(), G, group_size.data(), CUBLAS_COMPUTE_32F);
@@ -352,8 +356,16 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
     }
     off += padded(p.M * p.N);
   }
+  SMT_CHECK(gelu.mode != GeluEpilogue::kBackward || gelu.x_base != nullptr,
+            "experts GEMM: the fused GELU backward needs hidden_pre (x_base)");
+  // bf16 C: no reduced-precision (bf16) split-K reductions inside cuBLAS, only the final rounding.
+  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
+  SMT_CUBLAS_CHECK(cublasGetMathMode(handle, &mode));
+  SMT_CUBLAS_CHECK(cublasSetMathMode(
+      handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   const cublasStatus_t st =
       grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
+  SMT_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   StreamBuffer<StagedOutput> douts(outs.size(), stream);
   SMT_CUDA_CHECK(cudaMemcpyAsync(douts.data(), outs.data(), sizeof(StagedOutput) * outs.size(),
@@ -362,6 +374,25 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
       douts.data());
   SMT_CUDA_CHECK_LAUNCH();
   return CUBLAS_STATUS_SUCCESS;
+}
+
+// True when cuBLAS may refuse the grouped call for `st` because of what it supports (types, sizes,
+// architecture): the next backend is then tried. Any other failure is an error.
+bool is_refusal(cublasStatus_t st) {
+  return st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE || st == CUBLAS_STATUS_ARCH_MISMATCH;
+}
+
+// cuBLAS cannot see the pointers inside a grouped call's arrays; for 16-bit operands they must be 16-byte
+// aligned with leading dimensions whose rows are too (else misaligned accesses or wrong results). Checked
+// on the host; a call that fails it runs as the per-expert loop (cublasGemmEx sees its pointers).
+bool grouped_operands_aligned(const std::vector<GemmProblem>& problems, bool bf16) {
+  const int64_t ab = bf16 ? 2 : 4;
+  auto ok = [](const void* ptr, int64_t ld_bytes) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld_bytes % 16 == 0;
+  };
+  for (const GemmProblem& p : problems)
+    if (!ok(p.A, p.lda * ab) || !ok(p.B, p.ldb * ab) || !ok(p.C, p.ldc * 4)) return false;
+  return true;
 }
 
 // Runs the problems on the first backend cuBLAS accepts. Returns true if `gelu` (nullable) was applied by the
@@ -379,7 +410,9 @@ bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
   const bool bf16 = precision == Precision::kBf16;
   int b = state.load();
   if (b == kUnused) b = kGrouped;
-  if (b == kGrouped) {
+  const bool aligned = grouped_operands_aligned(problems, bf16);  // else this call runs as the loop
+  if (!aligned && b != kLoop) ++g_misaligned_calls[pidx(precision)];
+  if (b == kGrouped && aligned) {
     std::vector<void*> c_ptrs(G);
     std::vector<int> c_ld(G);
     std::vector<float> beta(G);
@@ -394,20 +427,22 @@ bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
       state.store(kGrouped);
       return false;
     }
+    if (!is_refusal(st)) ::smt::detail::throw_cublas_error(st, "cublasGemmGroupedBatchedEx (fp32 C)", __FILE__, __LINE__);
     b = bf16 ? kGroupedBf16Out : kLoop;
     note_refusal(precision, kGrouped, static_cast<Backend>(b), st);
   }
-  if (b == kGroupedBf16Out) {
+  if (b == kGroupedBf16Out && aligned) {
     SMT_CHECK(bf16, "experts GEMM: the bf16-output grouped backend needs bf16 operands");
     const cublasStatus_t st = grouped_bf16_out(problems, gelu != nullptr ? *gelu : GeluEpilogue{}, handle, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
       state.store(kGroupedBf16Out);
       return gelu != nullptr && gelu->mode != GeluEpilogue::kNone;
     }
+    if (!is_refusal(st)) ::smt::detail::throw_cublas_error(st, "cublasGemmGroupedBatchedEx (bf16 C)", __FILE__, __LINE__);
     b = kLoop;
     note_refusal(precision, kGroupedBf16Out, kLoop, st);
   }
-  state.store(kLoop);
+  if (b == kLoop) state.store(kLoop);  // a misaligned call alone (b still grouped) does not change the backend
   for (const GemmProblem& p : problems) {
     const GemmOperand A = bf16 ? GemmOperand(static_cast<const __nv_bfloat16*>(p.A))
                                : GemmOperand(static_cast<const float*>(p.A));
@@ -442,6 +477,8 @@ std::string experts_gemm_backend(Precision precision) {
     default: return "unused";
   }
 }
+
+int64_t experts_gemm_misaligned_calls(Precision precision) { return g_misaligned_calls[pidx(precision)].load(); }
 
 void set_experts_gemm_backend(Precision precision, const std::string& backend) {
   int b;

@@ -179,7 +179,8 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 //         expected to be refused, kept for a cuBLAS that accepts it), "grouped_bf16_out" (bf16 A/B/C with
 //         fp32 accumulation into a bf16 staging buffer, then one kernel C = beta C + float(staging) that
 //         also applies the GELU (forward: hidden and its bf16 copy; backward: dhidden *= gelu'(hidden_pre)
-//         and its bf16 copy), so no separate GELU pass runs on this backend),
+//         and its bf16 copy), so no separate GELU pass runs on this backend; the weight-gradient GEMMs
+//         do not use it: they run as the loop, so that gradients are accumulated from fp32 results),
 //         "loop" (one cublasGemmEx per expert, bf16 A/B, fp32 C).
 // Shapes as smt::cpu::experts_forward: rows, out [R, d]; hidden_pre, hidden [R, f]; w1 [E, d, f]; b1 [E, f];
 // w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32).

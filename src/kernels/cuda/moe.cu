@@ -397,8 +397,11 @@ bool grouped_operands_aligned(const std::vector<GemmProblem>& problems, bool bf1
 
 // Runs the problems on the first backend cuBLAS accepts. Returns true if `gelu` (nullable) was applied by the
 // staged backend's fold; false if the caller must run the GELU pass itself.
+// weight_gradients: the outputs are fp32 gradients accumulated over steps: never through the bf16-output
+// backend (each GEMM result would be rounded to bf16 before it is added); on that backend the call runs as
+// the per-expert loop (fp32 C), which keeps the backend.
 bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cublasHandle_t handle,
-               cudaStream_t stream, const GeluEpilogue* gelu = nullptr) {
+               cudaStream_t stream, const GeluEpilogue* gelu = nullptr, bool weight_gradients = false) {
   const int G = static_cast<int>(problems.size());
   if (G == 0) return false;
   for (const GemmProblem& p : problems)
@@ -429,9 +432,10 @@ bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
     }
     if (!is_refusal(st)) ::smt::detail::throw_cublas_error(st, "cublasGemmGroupedBatchedEx (fp32 C)", __FILE__, __LINE__);
     b = bf16 ? kGroupedBf16Out : kLoop;
+    state.store(b);  // not asked again
     note_refusal(precision, kGrouped, static_cast<Backend>(b), st);
   }
-  if (b == kGroupedBf16Out && aligned) {
+  if (b == kGroupedBf16Out && aligned && !weight_gradients) {
     SMT_CHECK(bf16, "experts GEMM: the bf16-output grouped backend needs bf16 operands");
     const cublasStatus_t st = grouped_bf16_out(problems, gelu != nullptr ? *gelu : GeluEpilogue{}, handle, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
@@ -699,7 +703,7 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
           return GemmProblem{true, false, f, d, n, at(HID, rel * f, P), f, at(DOUT, rel * d, P), d, 1.0f,
                              dw2 + e * f * d, d};
         });
-    run_gemms(g_dw2, P, handle, stream);
+    run_gemms(g_dw2, P, handle, stream, nullptr, /*weight_gradients=*/true);
   }
   const unsigned cols_d = static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads);
   const unsigned cols_f = static_cast<unsigned>((f + detail::kThreads - 1) / detail::kThreads);
@@ -745,7 +749,7 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
           return GemmProblem{true, false, d, f, n, at(X, rel * d, P), d, at(DH, rel * f, P), f, 1.0f,
                              dw1 + e * d * f, f};
         });
-    run_gemms(g_dw1, P, handle, stream);
+    run_gemms(g_dw1, P, handle, stream, nullptr, /*weight_gradients=*/true);
   }
   if (db1 != nullptr) {
     expert_column_sums_kernel<<<dim3(cols_f, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(

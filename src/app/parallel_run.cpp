@@ -114,7 +114,7 @@ void inject_test_fault(int world_rank, int64_t step) {
   if (std::string(mode) == "hang")  // a rank that stops making progress (the step watchdog's case)
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   if (std::string(mode) == "slow") {  // a slow but live step, inside the watchdog's timeout
-    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    std::this_thread::sleep_for(std::chrono::seconds(5));
     return;
   }
   throw Error("injected test fault (SMT_TEST_FAULT) at step " + std::to_string(step));

@@ -28,7 +28,7 @@ Predictions predict_on_all_ranks(InferenceModel& model, const Dataset& data, int
 JsonObject parallel_step_record(const ParallelContext& ctx, const ExchangeStats& stats, double step_seconds);
 
 // Test hook for the fault tests: SMT_TEST_FAULT="RANK:STEP:throw|kill|hang|slow" makes world rank
-// RANK throw an error, SIGKILL itself, sleep forever or sleep 2.5 s (the step watchdog's cases) at the
+// RANK throw an error, SIGKILL itself, sleep forever or sleep 5 s (the step watchdog's cases) at the
 // start of STEP. Unset: nothing.
 void inject_test_fault(int world_rank, int64_t step);
 

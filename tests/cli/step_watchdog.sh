@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # A hung step ends the run (train.step_timeout): one process, and rank 1 of an mpirun -np 2 job,
-# sleep forever at step 3 (SMT_TEST_FAULT=R:3:hang); with train.step_timeout = 4 the run must exit
-# non-zero within 30 s, saying which step did not finish, keep the step-2 checkpoint, and continue
-# from it with --resume to the end. A slow but live run (steps inside the timeout) and a run stopped
-# by SIGSTOP for longer than the timeout, then continued, are not ended.
+# sleep forever at step 3 (SMT_TEST_FAULT=R:3:hang); with train.step_timeout = 8 the run must exit
+# non-zero within 45 s, saying which step did not finish, keep the step-2 checkpoint, and continue
+# from it with --resume to the end (default timeout). A slow but live run (a 5 s step) and a run
+# stopped by SIGSTOP for longer than the timeout, then continued, are not ended. The margins allow
+# for sanitizer builds on a loaded 2-core machine (a normal step there takes well under a second).
 # usage: step_watchdog.sh SMT_BINARY PROJECT_ROOT
 set -u
 smt=$1; root=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 common=(--config "$root/configs/synthetic-tiny.ini" --train.steps 6 --train.threads 1 --data.synthetic_train 128
-        --data.synthetic_heldout 32 --checkpoint.every 2 --train.step_timeout 4)
+        --data.synthetic_heldout 32 --checkpoint.every 2)
+watch=(--train.step_timeout 8)
 fails=0
 hang_case() {  # hang_case NAME RANK launcher...
   local name=$1 rank=$2; shift 2
   local dir=$tmp/$name start rc took
   start=$(date +%s)
-  SMT_TEST_FAULT="$rank:3:hang" timeout 90 "$@" "$smt" train "${common[@]}" --run.dir "$dir" >"$tmp/out" 2>"$tmp/err"
+  SMT_TEST_FAULT="$rank:3:hang" timeout 90 "$@" "$smt" train "${common[@]}" "${watch[@]}" --run.dir "$dir" \
+    >"$tmp/out" 2>"$tmp/err"
   rc=$?
   took=$(( $(date +%s) - start ))
-  if [ $rc -eq 0 ] || [ $rc -eq 124 ] || [ $took -gt 30 ] || ! grep -q "step 3 has not finished after 4 s" "$tmp/err"; then
+  if [ $rc -eq 0 ] || [ $rc -eq 124 ] || [ $took -gt 45 ] || ! grep -q "step 3 has not finished after 8 s" "$tmp/err"; then
     echo "FAIL: $name: exit $rc after ${took}s; stderr:"; head -20 "$tmp/err"; fails=$((fails+1)); return
   fi
   echo "ok: $name: exit $rc after ${took}s: $(grep -m1 "has not finished" "$tmp/err")"
@@ -31,21 +34,23 @@ hang_case() {  # hang_case NAME RANK launcher...
 }
 hang_case one-process 0
 if command -v mpirun >/dev/null; then
-  hang_case mpirun-np2 1 mpirun --oversubscribe -np 2
+  # Open MPI leaks at MPI_Finalize where LeakSanitizer cannot attribute it (see CMakeLists.txt): the
+  # multi-rank runs are checked by ASan without leak detection, the one-process runs above with it.
+  hang_case mpirun-np2 1 env ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun --oversubscribe -np 2
 else
   echo "SKIP: mpirun not installed, so the two-rank hang did not run"
 fi
-# Live but slow: step 2 sleeps 2.5 s (SMT_TEST_FAULT=0:2:slow) under the 4 s timeout: must finish.
-SMT_TEST_FAULT="0:2:slow" timeout 90 "$smt" train "${common[@]}" --run.dir "$tmp/slow" >"$tmp/out" 2>"$tmp/err" \
-  && echo "ok: a 2.5 s step under a 4 s timeout was not ended" \
+# Live but slow: step 2 sleeps 5 s (SMT_TEST_FAULT=0:2:slow) under the 8 s timeout: must finish.
+SMT_TEST_FAULT="0:2:slow" timeout 90 "$smt" train "${common[@]}" "${watch[@]}" --run.dir "$tmp/slow" \
+  >"$tmp/out" 2>"$tmp/err" && echo "ok: a 5 s step under an 8 s timeout was not ended" \
   || { echo "FAIL: a live run was ended:"; tail -5 "$tmp/err"; fails=$((fails+1)); }
-# Stopped, not hung: SIGSTOP for 7 s inside step 2 (after step 1's record is written), then SIGCONT;
+# Stopped, not hung: SIGSTOP for 11 s inside step 2 (after step 1's record is written), then SIGCONT;
 # time spent stopped does not count, so the run must finish.
-SMT_TEST_FAULT="0:2:slow" "$smt" train "${common[@]}" --train.log_every 1 --run.dir "$tmp/stopped" \
+SMT_TEST_FAULT="0:2:slow" "$smt" train "${common[@]}" "${watch[@]}" --train.log_every 1 --run.dir "$tmp/stopped" \
   >"$tmp/out" 2>"$tmp/err" &
 pid=$!
-for _ in $(seq 100); do grep -q '"step": 1,' "$tmp/stopped/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
-kill -STOP $pid; sleep 7; kill -CONT $pid
-if wait $pid; then echo "ok: a run stopped for 7 s (SIGSTOP) under a 4 s timeout was not ended"
+for _ in $(seq 300); do grep -q '"step": 1,' "$tmp/stopped/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+kill -STOP $pid; sleep 11; kill -CONT $pid
+if wait $pid; then echo "ok: a run stopped for 11 s (SIGSTOP) under an 8 s timeout was not ended"
 else echo "FAIL: the stopped-and-continued run was ended:"; tail -3 "$tmp/err"; fails=$((fails+1)); fi
 [ $fails -eq 0 ]

@@ -3,6 +3,7 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/cuda_check.h"
@@ -114,7 +115,7 @@ DeviceBlockMask build_block_mask_on_device(const AttnPatternConfig& config, int 
   size_t scan_bytes = 0;
   SMT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, counts.data(), row_ptr64.data(), nb64 + 1, stream));
   {
-    StreamBuffer<uint8_t> scan_temp(scan_bytes, stream);
+    StreamBuffer<uint8_t> scan_temp(std::max<size_t>(scan_bytes, 1), stream);  // non-null: null means "query"
     SMT_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_temp.data(), scan_bytes, counts.data(), row_ptr64.data(),
                                                  nb64 + 1, stream));
   }
@@ -163,7 +164,7 @@ DeviceBlockMask build_block_mask_on_device(const AttnPatternConfig& config, int 
     size_t sort_bytes = 0;
     SMT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in, sorted_cols.data(),
                                                    entry_index.data(), d.kv_entry.data(), nnz, 0, end_bit, stream));
-    StreamBuffer<uint8_t> sort_temp(sort_bytes, stream);
+    StreamBuffer<uint8_t> sort_temp(std::max<size_t>(sort_bytes, 1), stream);  // non-null: null means "query"
     SMT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp.data(), sort_bytes, keys_in, sorted_cols.data(),
                                                    entry_index.data(), d.kv_entry.data(), nnz, 0, end_bit, stream));
     transposed_rows_kernel<<<blocks_for(nnz), kThreads, 0, stream>>>(d.kv_entry.data(), row_of_entry.data(), nnz,

@@ -15,7 +15,7 @@ constexpr int kRankThreads = 1024;
 // One block per expert e: rank[a] = number of assignments a' < a with topk[a'] == e, for the
 // assignments of e (every assignment belongs to one expert, so the writes never collide).
 // routed[e] = all assignments of e; routed[E] (block 0) = assignments whose index is outside [0, E).
-__global__ void rank_in_expert_kernel(int32_t* rank, int64_t* routed, const int32_t* topk, int64_t A, int E) {
+__global__ void __launch_bounds__(kRankThreads) rank_in_expert_kernel(int32_t* rank, int64_t* routed, const int32_t* topk, int64_t A, int E) {
   __shared__ int warp_counts[kRankThreads / 32];
   const int e = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;

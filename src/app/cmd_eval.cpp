@@ -131,6 +131,7 @@ int cmd_eval(int argc, char** argv) {
   }
   SMT_USAGE_CHECK(!checkpoint.empty(), "--checkpoint FILE is required (smt eval --help)");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device, "'");
+  const int cuda_device = device == "cuda" ? usable_cuda_device() : -1;  // refused before reading anything
   SMT_USAGE_CHECK(!data_spec.empty(), "--data liar:PATH.tsv or --data synthetic is required (smt eval --help)");
   SMT_USAGE_CHECK(batch_size >= 0, "--batch-size must be >= 0, got ", batch_size);
   SMT_USAGE_CHECK(fs::is_regular_file(checkpoint), "checkpoint not found: ", checkpoint);
@@ -202,7 +203,7 @@ int cmd_eval(int argc, char** argv) {
   const int64_t step = CheckpointReader(checkpoint).state().step;
   // Inference on the CPU model itself or on a GPU copy of it (refused here, before anything is written).
   std::unique_ptr<InferenceModel> inference;
-  if (device == "cuda") inference = make_cuda_inference(model, cfg.seed, usable_cuda_device());
+  if (cuda_device >= 0) inference = make_cuda_inference(model, cfg.seed, cuda_device);
   else inference = std::make_unique<CpuInference>(model);
   {  // created only once the inputs are known to be good
     std::error_code ec;

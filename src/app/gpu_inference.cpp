@@ -54,8 +54,14 @@ class OwningGpuInference final : public GpuInference {
   OwningGpuInference(const Model& host, uint64_t attention_seed, int device) : GpuInference(nullptr) {
     SMT_CUDA_CHECK(cudaSetDevice(device));
     SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    owned_ = std::make_unique<GpuModel>(host.config(), 0.0f, 0.0f, attention_seed, stream_, gpu::Precision::kFp32);
-    owned_->upload_from(host);
+    try {
+      owned_ = std::make_unique<GpuModel>(host.config(), 0.0f, 0.0f, attention_seed, stream_, gpu::Precision::kFp32);
+      owned_->upload_from(host);
+    } catch (...) {
+      owned_.reset();
+      cudaStreamDestroy(stream_);
+      throw;
+    }
     model_ = owned_.get();
   }
   ~OwningGpuInference() override {

@@ -1,6 +1,8 @@
 // The hung-step watchdog (see step_watchdog.h).
 #include "app/step_watchdog.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -44,13 +46,18 @@ void StepWatchdog::run() {
     const Clock::time_point now = Clock::now();
     const Clock::duration gap = now - last_wake;
     last_wake = now;
-    if (gap > poll + std::chrono::seconds(2)) last_beat_ += gap - poll;  // the process was stopped meanwhile
+    // The process was stopped meanwhile (or this thread starved): that time is not the step's. Clamped to
+    // now: a beat that came after the stop already restarted the clock and gains at most a poll interval.
+    if (gap > poll + std::chrono::seconds(2)) last_beat_ = std::min(now, last_beat_ + (gap - poll));
     if (now - last_beat_ < timeout) continue;
-    std::fprintf(stderr,
-                 "%s: step %lld has not finished after %.0f s (train.step_timeout): a rank is hung or far slower "
-                 "than expected; stopping the run (continue from the last checkpoint with --resume)\n",
-                 who_.c_str(), static_cast<long long>(step_), timeout_s_);
-    std::fflush(stderr);
+    // Straight to the file descriptor: stdio's lock may be held by the hung thread.
+    char line[512];
+    const int n = std::snprintf(line, sizeof line,
+                                "%s: step %lld has not finished after %.0f s (train.step_timeout): a rank is hung or far "
+                                "slower than expected; stopping the run (continue from the last checkpoint with "
+                                "--resume)\n",
+                                who_.c_str(), static_cast<long long>(step_), timeout_s_);
+    if (n > 0) (void)!::write(STDERR_FILENO, line, std::min<size_t>(static_cast<size_t>(n), sizeof line - 1));
     std::_Exit(1);  // no unwinding: the main thread may be blocked inside a collective
   }
 }

@@ -158,8 +158,8 @@ void RunConfig::validate() const {
                     ")");
   SMT_USAGE_CHECK(T.lr > 0 && T.warmup >= 0 && T.clip >= 0 && T.weight_decay >= 0, "train.lr must be > 0 and train.warmup, train.clip, train.weight_decay >= 0");
   SMT_USAGE_CHECK(T.beta1 >= 0 && T.beta1 < 1 && T.beta2 >= 0 && T.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)");
-  SMT_USAGE_CHECK(T.step_timeout >= 0 && std::isfinite(T.step_timeout),
-                  "train.step_timeout must be >= 0 seconds (0 = no watchdog), got ", T.step_timeout);
+  SMT_USAGE_CHECK(T.step_timeout == 0 || (T.step_timeout >= 1 && T.step_timeout <= 1e7),
+                  "train.step_timeout must be 0 (no watchdog) or between 1 and 1e7 seconds, got ", T.step_timeout);
   SMT_USAGE_CHECK(T.max_bad_steps >= 1, "train.max_bad_steps must be >= 1, got ", T.max_bad_steps);
   SMT_USAGE_CHECK(T.log_every > 0 && T.eval_batch_size > 0, "train.log_every and train.eval_batch_size must be positive");
   SMT_USAGE_CHECK(data.source == "synthetic" || data.source == "liar", "data.source must be synthetic or liar, got '",

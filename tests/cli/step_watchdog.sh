@@ -2,8 +2,8 @@
 # A hung step ends the run (train.step_timeout): one process, and rank 1 of an mpirun -np 2 job,
 # sleep forever at step 3 (SMT_TEST_FAULT=R:3:hang); with train.step_timeout = 8 the run must exit
 # non-zero within 45 s, saying which step did not finish, keep the step-2 checkpoint, and continue
-# from it with --resume to the end (default timeout). A slow but live run (a 5 s step) and a run
-# stopped by SIGSTOP for longer than the timeout, then continued, are not ended. The margins allow
+# from it with --resume to the end (default timeout). A slow but live run (a 5 s step 3) and a run
+# stopped by SIGSTOP for longer than the timeout inside that step, then continued, are not ended. The margins allow
 # for sanitizer builds on a loaded 2-core machine (a normal step there takes well under a second).
 # usage: step_watchdog.sh SMT_BINARY PROJECT_ROOT
 set -u
@@ -40,17 +40,33 @@ if command -v mpirun >/dev/null; then
 else
   echo "SKIP: mpirun not installed, so the two-rank hang did not run"
 fi
-# Live but slow: step 2 sleeps 5 s (SMT_TEST_FAULT=0:2:slow) under the 8 s timeout: must finish.
-SMT_TEST_FAULT="0:2:slow" timeout 90 "$smt" train "${common[@]}" "${watch[@]}" --run.dir "$tmp/slow" \
-  >"$tmp/out" 2>"$tmp/err" && echo "ok: a 5 s step under an 8 s timeout was not ended" \
-  || { echo "FAIL: a live run was ended:"; tail -5 "$tmp/err"; fails=$((fails+1)); }
-# Stopped, not hung: SIGSTOP for 11 s inside step 2 (after step 1's record is written), then SIGCONT;
+# The slow step is step 3 (steps 2, 4, 6 write checkpoints: their time stays out of the margin), and its
+# logged step_s shows that the hook fired.
+slow_logged() {  # slow_logged METRICS: step 3 took at least 5 s
+  python3 - "$1" <<'PY'
+import json, sys
+steps = {r["step"]: r for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip()) if r.get("event") == "step"}
+sys.exit(0 if 3 in steps and steps[3]["step_s"] >= 5 else 1)
+PY
+}
+# Live but slow: step 3 sleeps 5 s (SMT_TEST_FAULT=0:3:slow) under the 8 s timeout: must finish.
+if SMT_TEST_FAULT="0:3:slow" timeout 90 "$smt" train "${common[@]}" "${watch[@]}" --train.log_every 1 \
+     --run.dir "$tmp/slow" >"$tmp/out" 2>"$tmp/err" && slow_logged "$tmp/slow/metrics.jsonl"; then
+  echo "ok: a 5 s step under an 8 s timeout was not ended"
+else
+  echo "FAIL: a live run was ended (or its slow step did not happen):"; tail -3 "$tmp/err"; fails=$((fails+1))
+fi
+# Stopped, not hung: SIGSTOP for 11 s inside step 3 (after step 2's record is written), then SIGCONT;
 # time spent stopped does not count, so the run must finish.
-SMT_TEST_FAULT="0:2:slow" "$smt" train "${common[@]}" "${watch[@]}" --train.log_every 1 --run.dir "$tmp/stopped" \
+SMT_TEST_FAULT="0:3:slow" "$smt" train "${common[@]}" "${watch[@]}" --train.log_every 1 --run.dir "$tmp/stopped" \
   >"$tmp/out" 2>"$tmp/err" &
 pid=$!
-for _ in $(seq 300); do grep -q '"step": 1,' "$tmp/stopped/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+trap 'kill -CONT $pid 2>/dev/null; kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 300); do grep -q '"step": 2,' "$tmp/stopped/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
 kill -STOP $pid; sleep 11; kill -CONT $pid
-if wait $pid; then echo "ok: a run stopped for 11 s (SIGSTOP) under an 8 s timeout was not ended"
-else echo "FAIL: the stopped-and-continued run was ended:"; tail -3 "$tmp/err"; fails=$((fails+1)); fi
+if wait $pid && slow_logged "$tmp/stopped/metrics.jsonl"; then
+  echo "ok: a run stopped for 11 s (SIGSTOP) under an 8 s timeout was not ended"
+else
+  echo "FAIL: the stopped-and-continued run was ended:"; tail -3 "$tmp/err"; fails=$((fails+1))
+fi
 [ $fails -eq 0 ]

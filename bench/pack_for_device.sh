@@ -13,3 +13,6 @@ for b in smt smt_gpu_tests; do
 done
 git rev-parse HEAD >device/bin/COMMIT
 du -ch device/bin/*.gz | tail -1
+# All of device/ travels: anything else left there counts against the 64 MiB too.
+total_kib=$(du -sk device | cut -f1)
+[ "$total_kib" -le $((60 * 1024)) ] || echo "warning: device/ holds $((total_kib / 1024)) MiB; remove what is not device/bin" >&2

@@ -16,6 +16,7 @@
 #include "kernels/attention_pattern.h"
 #include "kernels/gpu_attention_pattern.h"
 #include "kernels/gpu_ops.h"
+#include "support/pattern_config.h"
 
 namespace smt {
 namespace {
@@ -26,21 +27,9 @@ namespace {
     if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why; \
   } while (0)
 
-AttnPatternConfig make(AttnPatternKind kind, bool causal, int bs) {
-  AttnPatternConfig c;
-  c.kind = kind;
-  c.causal = causal;
-  c.block_size = bs;
-  return c;
-}
+using testing_support::describe_pattern;
+using testing_support::make_pattern;
 
-std::string describe(const AttnPatternConfig& c, int n, int layer) {
-  return attn_pattern_name(c.kind) + (c.causal ? " causal" : " bidir") + " N=" + std::to_string(n) +
-         " b=" + std::to_string(c.block_size) + " w=" + std::to_string(c.window) +
-         " r=" + std::to_string(c.num_random_blocks) + " s=" + std::to_string(c.stride_blocks) +
-         " g=" + std::to_string(c.num_global_blocks) + " seed=" + std::to_string(c.seed) +
-         " layer=" + std::to_string(layer);
-}
 
 // Every array and scalar of the device mask equals the CPU mask.
 void expect_device_equals_cpu(const gpu::DeviceBlockMask& d, const BlockMask& m, const std::string& what) {
@@ -62,28 +51,28 @@ void expect_device_equals_cpu(const gpu::DeviceBlockMask& d, const BlockMask& m,
 // Every pattern with its parameters varied (random draws with r below, near and above the candidates).
 std::vector<AttnPatternConfig> pattern_variants(bool causal, int bs) {
   std::vector<AttnPatternConfig> out;
-  out.push_back(make(AttnPatternKind::kDense, causal, bs));
+  out.push_back(make_pattern(AttnPatternKind::kDense, causal, bs));
   for (int w : {0, 5, 3 * bs + 1, 100000}) {
-    auto c = make(AttnPatternKind::kLocal, causal, bs);
+    auto c = make_pattern(AttnPatternKind::kLocal, causal, bs);
     c.window = w;
     out.push_back(c);
   }
   for (int r : {0, 1, 3, 40, 5000})
     for (uint64_t seed : {uint64_t{0}, uint64_t{0xDEADBEEFCAFEull}}) {
-      auto c = make(AttnPatternKind::kRandom, causal, bs);
+      auto c = make_pattern(AttnPatternKind::kRandom, causal, bs);
       c.num_random_blocks = r;
       c.seed = seed;
       out.push_back(c);
     }
   for (int s : {1, 3, 4, 1000}) {
-    auto c = make(AttnPatternKind::kBlockSparse, causal, bs);
+    auto c = make_pattern(AttnPatternKind::kBlockSparse, causal, bs);
     c.stride_blocks = s;
     out.push_back(c);
   }
   for (int g : {0, 1, 2})
     for (int w : {0, bs + 3})
       for (int r : {0, 2, 7}) {
-        auto c = make(AttnPatternKind::kBigBird, causal, bs);
+        auto c = make_pattern(AttnPatternKind::kBigBird, causal, bs);
         c.num_global_blocks = g;
         c.window = w;
         c.num_random_blocks = r;
@@ -104,7 +93,7 @@ TEST(GpuAttentionPattern, EveryPatternMatchesCpuBitForBit) {
           for (int layer : {0, 5}) {
             const BlockMask m = build_block_mask(c, n, layer);
             const gpu::DeviceBlockMask d = gpu::build_block_mask_on_device(c, n, layer, nullptr);
-            expect_device_equals_cpu(d, m, describe(c, n, layer));
+            expect_device_equals_cpu(d, m, describe_pattern(c, n, layer));
             if (HasFatalFailure()) return;
             ++compared;
           }
@@ -117,16 +106,16 @@ TEST(GpuAttentionPattern, EveryPatternMatchesCpuBitForBit) {
 TEST(GpuAttentionPattern, EachPatternOnceMatchesCpu) {
   SKIP_WITHOUT_GPU();
   for (bool causal : {true, false}) {
-    std::vector<AttnPatternConfig> configs = {make(AttnPatternKind::kDense, causal, 64),
-                                              make(AttnPatternKind::kBlockSparse, causal, 64)};
-    auto local = make(AttnPatternKind::kLocal, causal, 64);
+    std::vector<AttnPatternConfig> configs = {make_pattern(AttnPatternKind::kDense, causal, 64),
+                                              make_pattern(AttnPatternKind::kBlockSparse, causal, 64)};
+    auto local = make_pattern(AttnPatternKind::kLocal, causal, 64);
     local.window = 100;
     configs.push_back(local);
-    auto random = make(AttnPatternKind::kRandom, causal, 64);
+    auto random = make_pattern(AttnPatternKind::kRandom, causal, 64);
     random.num_random_blocks = 4;
     random.seed = 31;
     configs.push_back(random);
-    auto bigbird = make(AttnPatternKind::kBigBird, causal, 64);
+    auto bigbird = make_pattern(AttnPatternKind::kBigBird, causal, 64);
     bigbird.window = 70;
     bigbird.num_random_blocks = 3;
     bigbird.num_global_blocks = 1;
@@ -135,7 +124,7 @@ TEST(GpuAttentionPattern, EachPatternOnceMatchesCpu) {
     for (const auto& c : configs) {
       const BlockMask m = build_block_mask(c, 1000, 2);  // 16 blocks, the last one clipped
       const gpu::DeviceBlockMask d = gpu::build_block_mask_on_device(c, 1000, 2, nullptr);
-      expect_device_equals_cpu(d, m, describe(c, 1000, 2));
+      expect_device_equals_cpu(d, m, describe_pattern(c, 1000, 2));
       if (HasFatalFailure()) return;
     }
   }
@@ -149,24 +138,24 @@ TEST(GpuAttentionPattern, LongSequencesMatchCpu) {
       for (bool causal : {true, false}) {
         const int nb = n / bs;
         std::vector<AttnPatternConfig> configs;
-        auto random = make(AttnPatternKind::kRandom, causal, bs);
+        auto random = make_pattern(AttnPatternKind::kRandom, causal, bs);
         random.num_random_blocks = nb / 5;
         random.seed = 2026;
         configs.push_back(random);
-        auto local = make(AttnPatternKind::kLocal, causal, bs);
+        auto local = make_pattern(AttnPatternKind::kLocal, causal, bs);
         local.window = 1024;
         configs.push_back(local);
-        auto bigbird = make(AttnPatternKind::kBigBird, causal, bs);
+        auto bigbird = make_pattern(AttnPatternKind::kBigBird, causal, bs);
         bigbird.window = 3 * bs;
         bigbird.num_random_blocks = 3;
         bigbird.num_global_blocks = 2;
         configs.push_back(bigbird);
-        configs.push_back(make(AttnPatternKind::kBlockSparse, causal, bs));
-        if (n == 16384) configs.push_back(make(AttnPatternKind::kDense, causal, bs));
+        configs.push_back(make_pattern(AttnPatternKind::kBlockSparse, causal, bs));
+        if (n == 16384) configs.push_back(make_pattern(AttnPatternKind::kDense, causal, bs));
         for (const auto& c : configs) {
           const BlockMask m = build_block_mask(c, n, 1);
           const gpu::DeviceBlockMask d = gpu::build_block_mask_on_device(c, n, 1, nullptr);
-          expect_device_equals_cpu(d, m, describe(c, n, 1));
+          expect_device_equals_cpu(d, m, describe_pattern(c, n, 1));
           if (HasFatalFailure()) return;
         }
       }
@@ -176,7 +165,7 @@ TEST(GpuAttentionPattern, NonBlockingStreamAndUploadAgree) {
   SKIP_WITHOUT_GPU();
   cudaStream_t stream = nullptr;
   SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  auto c = make(AttnPatternKind::kBigBird, true, 32);
+  auto c = make_pattern(AttnPatternKind::kBigBird, true, 32);
   c.window = 40;
   c.num_random_blocks = 2;
   c.seed = 9;
@@ -184,7 +173,7 @@ TEST(GpuAttentionPattern, NonBlockingStreamAndUploadAgree) {
   const BlockMask m = build_block_mask(c, n, 3);
   const gpu::DeviceBlockMask built = gpu::build_block_mask_on_device(c, n, 3, stream);
   SMT_CUDA_CHECK(cudaStreamDestroy(stream));
-  expect_device_equals_cpu(built, m, describe(c, n, 3));
+  expect_device_equals_cpu(built, m, describe_pattern(c, n, 3));
   const gpu::DeviceBlockMask uploaded = gpu::upload_block_mask(m);
   EXPECT_EQ(built.nnz, uploaded.nnz);
   EXPECT_EQ(copy_to_host(built.kv_entry), copy_to_host(uploaded.kv_entry));
@@ -193,13 +182,13 @@ TEST(GpuAttentionPattern, NonBlockingStreamAndUploadAgree) {
 
 // The config is validated before any CUDA call: this test runs (and must pass) without a device too.
 TEST(GpuAttentionPattern, BadConfigThrowsLikeTheCpuBuilder) {
-  auto c = make(AttnPatternKind::kLocal, true, 16);
+  auto c = make_pattern(AttnPatternKind::kLocal, true, 16);
   c.window = -1;
   EXPECT_THROW(gpu::build_block_mask_on_device(c, 64, 0, nullptr), UsageError);
-  c = make(AttnPatternKind::kRandom, false, 0);
+  c = make_pattern(AttnPatternKind::kRandom, false, 0);
   EXPECT_THROW(gpu::build_block_mask_on_device(c, 64, 0, nullptr), UsageError);
-  EXPECT_THROW(gpu::build_block_mask_on_device(make(AttnPatternKind::kDense, true, 16), 0, 0, nullptr), Error);
-  EXPECT_THROW(gpu::build_block_mask_on_device(make(AttnPatternKind::kDense, true, 16), 64, -1, nullptr), Error);
+  EXPECT_THROW(gpu::build_block_mask_on_device(make_pattern(AttnPatternKind::kDense, true, 16), 0, 0, nullptr), Error);
+  EXPECT_THROW(gpu::build_block_mask_on_device(make_pattern(AttnPatternKind::kDense, true, 16), 64, -1, nullptr), Error);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/attention_pattern.h"
+#include "support/pattern_config.h"
 
 namespace smt {
 namespace {
@@ -87,13 +88,8 @@ std::vector<int> listed(const BlockMask& m, int qb) {
   return {m.q_col_idx.begin() + m.q_row_ptr[qb], m.q_col_idx.begin() + m.q_row_ptr[qb + 1]};
 }
 
-AttnPatternConfig make(AttnPatternKind kind, bool causal, int bs) {
-  AttnPatternConfig c;
-  c.kind = kind;
-  c.causal = causal;
-  c.block_size = bs;
-  return c;
-}
+using testing_support::describe_pattern;
+using testing_support::make_pattern;
 
 // Sweep of configurations (every pattern, causal and not, block multiples and not, edge params).
 std::vector<std::pair<AttnPatternConfig, int>> sweep() {
@@ -101,26 +97,26 @@ std::vector<std::pair<AttnPatternConfig, int>> sweep() {
   for (bool causal : {true, false})
     for (int bs : {4, 8})
       for (int n : {1, 7, 32, 37}) {
-        out.push_back({make(AttnPatternKind::kDense, causal, bs), n});
+        out.push_back({make_pattern(AttnPatternKind::kDense, causal, bs), n});
         for (int w : {0, 3, 8, 13, 100}) {
-          auto c = make(AttnPatternKind::kLocal, causal, bs);
+          auto c = make_pattern(AttnPatternKind::kLocal, causal, bs);
           c.window = w;
           out.push_back({c, n});
         }
         for (int r : {0, 1, 2, 50}) {
-          auto c = make(AttnPatternKind::kRandom, causal, bs);
+          auto c = make_pattern(AttnPatternKind::kRandom, causal, bs);
           c.num_random_blocks = r;
           c.seed = 1234 + r;
           out.push_back({c, n});
         }
         for (int s : {1, 2, 3}) {
-          auto c = make(AttnPatternKind::kBlockSparse, causal, bs);
+          auto c = make_pattern(AttnPatternKind::kBlockSparse, causal, bs);
           c.stride_blocks = s;
           out.push_back({c, n});
         }
         for (int g : {0, 1, 2})
           for (int w : {0, 5, 9}) {
-            auto c = make(AttnPatternKind::kBigBird, causal, bs);
+            auto c = make_pattern(AttnPatternKind::kBigBird, causal, bs);
             c.num_global_blocks = g;
             c.window = w;
             c.num_random_blocks = 1 + g % 2;
@@ -131,12 +127,6 @@ std::vector<std::pair<AttnPatternConfig, int>> sweep() {
   return out;
 }
 
-std::string describe(const AttnPatternConfig& c, int n) {
-  return attn_pattern_name(c.kind) + (c.causal ? " causal" : " bidir") + " N=" + std::to_string(n) +
-         " b=" + std::to_string(c.block_size) + " w=" + std::to_string(c.window) +
-         " r=" + std::to_string(c.num_random_blocks) + " s=" + std::to_string(c.stride_blocks) +
-         " g=" + std::to_string(c.num_global_blocks);
-}
 
 // ---- Names and validation -----------------------------------------------------------------------
 
@@ -164,33 +154,33 @@ TEST(AttentionPattern, UnknownNameThrowsUsageErrorListingValidNames) {
 }
 
 TEST(AttentionPattern, InvalidConfigThrows) {
-  auto c = make(AttnPatternKind::kDense, true, 0);
+  auto c = make_pattern(AttnPatternKind::kDense, true, 0);
   EXPECT_THROW(build_block_mask(c, 16, 0), UsageError);
-  c = make(AttnPatternKind::kLocal, true, 4);
+  c = make_pattern(AttnPatternKind::kLocal, true, 4);
   c.window = -1;
   EXPECT_THROW(build_block_mask(c, 16, 0), UsageError);
-  c = make(AttnPatternKind::kBlockSparse, false, 4);
+  c = make_pattern(AttnPatternKind::kBlockSparse, false, 4);
   c.stride_blocks = 0;
   EXPECT_THROW(build_block_mask(c, 16, 0), UsageError);
-  c = make(AttnPatternKind::kRandom, false, 4);
+  c = make_pattern(AttnPatternKind::kRandom, false, 4);
   c.num_random_blocks = -2;
   EXPECT_THROW(build_block_mask(c, 16, 0), UsageError);
-  c = make(AttnPatternKind::kBigBird, false, 4);
+  c = make_pattern(AttnPatternKind::kBigBird, false, 4);
   c.num_global_blocks = -1;
   EXPECT_THROW(build_block_mask(c, 16, 0), UsageError);
-  EXPECT_THROW(build_block_mask(make(AttnPatternKind::kDense, true, 4), 0, 0), Error);
-  EXPECT_THROW(build_block_mask(make(AttnPatternKind::kDense, true, 4), 16, -1), Error);
+  EXPECT_THROW(build_block_mask(make_pattern(AttnPatternKind::kDense, true, 4), 0, 0), Error);
+  EXPECT_THROW(build_block_mask(make_pattern(AttnPatternKind::kDense, true, 4), 16, -1), Error);
 }
 
 // ---- Hand-checked lists -------------------------------------------------------------------------
 
 TEST(AttentionPattern, DenseListsEveryBlockCausalLowerTriangle) {
-  const auto bi = build_block_mask(make(AttnPatternKind::kDense, false, 8), 37, 0);  // nb = 5
+  const auto bi = build_block_mask(make_pattern(AttnPatternKind::kDense, false, 8), 37, 0);  // nb = 5
   ASSERT_EQ(bi.num_blocks, 5);
   for (int qb = 0; qb < 5; ++qb) EXPECT_EQ(listed(bi, qb), (std::vector<int>{0, 1, 2, 3, 4}));
   EXPECT_DOUBLE_EQ(bi.block_density(), 1.0);
   EXPECT_DOUBLE_EQ(bi.element_density(), 1.0);
-  const auto ca = build_block_mask(make(AttnPatternKind::kDense, true, 8), 37, 0);
+  const auto ca = build_block_mask(make_pattern(AttnPatternKind::kDense, true, 8), 37, 0);
   for (int qb = 0; qb < 5; ++qb) {
     std::vector<int> expect;
     for (int kb = 0; kb <= qb; ++kb) expect.push_back(kb);
@@ -207,7 +197,7 @@ TEST(AttentionPattern, DenseListsEveryBlockCausalLowerTriangle) {
 TEST(AttentionPattern, BlockSparseStride2Nb4HandChecked) {
   // s = 2: own group {2*(qb/2), 2*(qb/2)+1} plus the last block of every group {1, 3}.
   for (int n : {16, 14}) {  // nb = 4 at b = 4, the last block full or clipped
-    auto c = make(AttnPatternKind::kBlockSparse, false, 4);
+    auto c = make_pattern(AttnPatternKind::kBlockSparse, false, 4);
     c.stride_blocks = 2;
     auto m = build_block_mask(c, n, 0);
     ASSERT_EQ(m.num_blocks, 4);
@@ -225,7 +215,7 @@ TEST(AttentionPattern, BlockSparseStride2Nb4HandChecked) {
     EXPECT_EQ(listed(m, 3), (std::vector<int>{1, 2, 3}));
   }
   // The same lists by brute force over positions with the rule restated.
-  auto c = make(AttnPatternKind::kBlockSparse, false, 4);
+  auto c = make_pattern(AttnPatternKind::kBlockSparse, false, 4);
   c.stride_blocks = 2;
   const auto m = build_block_mask(c, 16, 0);
   for (int qb = 0; qb < 4; ++qb) {
@@ -244,7 +234,7 @@ TEST(AttentionPattern, BlockSparseStride2Nb4HandChecked) {
 }
 
 TEST(AttentionPattern, LocalHandChecked) {
-  auto c = make(AttnPatternKind::kLocal, true, 4);
+  auto c = make_pattern(AttnPatternKind::kLocal, true, 4);
   c.window = 5;
   auto m = build_block_mask(c, 16, 0);
   // causal: keys [q-5, q]. qb1 (q 4..7) reaches k >= -1; qb2 (8..11) k >= 3; qb3 (12..15) k >= 7.
@@ -282,12 +272,12 @@ TEST(AttentionPattern, CausalNeverListsFutureBlocks) {
     if (!c.causal) continue;
     const auto m = build_block_mask(c, n, 2);
     for (int qb = 0; qb < m.num_blocks; ++qb)
-      for (int kb : listed(m, qb)) EXPECT_LE(kb, qb) << describe(c, n);
+      for (int kb : listed(m, qb)) EXPECT_LE(kb, qb) << describe_pattern(c, n);
   }
 }
 
 TEST(AttentionPattern, RandomIsDeterministicBySeedAndLayer) {
-  auto c = make(AttnPatternKind::kRandom, false, 4);
+  auto c = make_pattern(AttnPatternKind::kRandom, false, 4);
   c.num_random_blocks = 3;
   c.seed = 42;
   const int n = 4 * 32;  // nb = 32: C(31, 3) choices per block
@@ -315,7 +305,7 @@ TEST(AttentionPattern, RandomIsDeterministicBySeedAndLayer) {
 
 TEST(AttentionPattern, RandomWithRAtLeastCandidatesTakesAll) {
   for (bool causal : {false, true}) {
-    auto c = make(AttnPatternKind::kRandom, causal, 4);
+    auto c = make_pattern(AttnPatternKind::kRandom, causal, 4);
     c.num_random_blocks = 4;  // nb = 5: 4 candidates bidirectional, qb candidates causal
     const auto m = build_block_mask(c, 20, 0);
     for (int qb = 0; qb < 5; ++qb) {
@@ -325,14 +315,14 @@ TEST(AttentionPattern, RandomWithRAtLeastCandidatesTakesAll) {
     }
   }
   // r = 0: only the own block.
-  auto c = make(AttnPatternKind::kRandom, false, 4);
+  auto c = make_pattern(AttnPatternKind::kRandom, false, 4);
   c.num_random_blocks = 0;
   const auto m = build_block_mask(c, 20, 0);
   for (int qb = 0; qb < 5; ++qb) EXPECT_EQ(listed(m, qb), (std::vector<int>{qb}));
 }
 
 TEST(AttentionPattern, BigBirdGlobalRowsAndColumns) {
-  auto c = make(AttnPatternKind::kBigBird, false, 4);
+  auto c = make_pattern(AttnPatternKind::kBigBird, false, 4);
   c.num_global_blocks = 1;
   c.num_random_blocks = 0;
   c.window = 2;
@@ -354,7 +344,7 @@ TEST(AttentionPattern, ListsKindsAndFullFlagsMatchBruteForce) {
     const int layer = 3;
     const auto m = build_block_mask(c, n, layer);
     const RefPattern ref(c, n, layer);
-    ASSERT_EQ(m.num_blocks, ref.nb) << describe(c, n);
+    ASSERT_EQ(m.num_blocks, ref.nb) << describe_pattern(c, n);
     ASSERT_EQ(m.seq_len, n);
     ASSERT_EQ(m.block_size, c.block_size);
     ASSERT_EQ(static_cast<int>(m.q_row_ptr.size()), ref.nb + 1);
@@ -364,13 +354,13 @@ TEST(AttentionPattern, ListsKindsAndFullFlagsMatchBruteForce) {
       std::vector<int> expect;
       for (int kb = 0; kb < ref.nb; ++kb)
         if (ref.tile_count(qb, kb) > 0) expect.push_back(kb);
-      ASSERT_EQ(listed(m, qb), expect) << describe(c, n) << " qb " << qb;
+      ASSERT_EQ(listed(m, qb), expect) << describe_pattern(c, n) << " qb " << qb;
       for (int e = m.q_row_ptr[qb]; e < m.q_row_ptr[qb + 1]; ++e) {
         const int kb = m.q_col_idx[e];
         EXPECT_EQ(m.q_kind[e], ref.whole(qb, kb) ? BlockMask::kWhole : BlockMask::kWindow)
-            << describe(c, n) << " qb " << qb << " kb " << kb;
+            << describe_pattern(c, n) << " qb " << qb << " kb " << kb;
         EXPECT_EQ(m.q_is_full[e] != 0, ref.tile_count(qb, kb) == ref.tile_size(qb, kb))
-            << describe(c, n) << " qb " << qb << " kb " << kb;
+            << describe_pattern(c, n) << " qb " << qb << " kb " << kb;
       }
     }
   }
@@ -383,22 +373,22 @@ TEST(AttentionPattern, AllowedAndDensitiesMatchBruteForce) {
     int64_t count = 0;
     for (int q = 0; q < n; ++q)
       for (int k = 0; k < n; ++k) {
-        ASSERT_EQ(m.allowed(q, k), ref.allowed(q, k)) << describe(c, n) << " q " << q << " k " << k;
+        ASSERT_EQ(m.allowed(q, k), ref.allowed(q, k)) << describe_pattern(c, n) << " q " << q << " k " << k;
         count += ref.allowed(q, k);
       }
     EXPECT_NEAR(m.element_density(), static_cast<double>(count) / (static_cast<double>(n) * n), 1e-15)
-        << describe(c, n);
+        << describe_pattern(c, n);
     int64_t blocks = 0;
     for (int qb = 0; qb < ref.nb; ++qb)
       for (int kb = 0; kb < ref.nb; ++kb) blocks += ref.tile_count(qb, kb) > 0;
     EXPECT_NEAR(m.block_density(), static_cast<double>(blocks) / (static_cast<double>(ref.nb) * ref.nb), 1e-15)
-        << describe(c, n);
+        << describe_pattern(c, n);
   }
 }
 
 TEST(AttentionPattern, ElementDensityAtLongSequence) {
   // Local causal at N = 1000, b = 64, w = 100: count of pairs 0 <= q - k <= 100.
-  auto c = make(AttnPatternKind::kLocal, true, 64);
+  auto c = make_pattern(AttnPatternKind::kLocal, true, 64);
   c.window = 100;
   const auto m = build_block_mask(c, 1000, 0);
   int64_t count = 0;
@@ -410,7 +400,7 @@ TEST(AttentionPattern, TransposedListsConsistent) {
   for (const auto& [c, n] : sweep()) {
     const auto m = build_block_mask(c, n, 0);
     const int nb = m.num_blocks;
-    ASSERT_EQ(static_cast<int>(m.kv_col_ptr.size()), nb + 1) << describe(c, n);
+    ASSERT_EQ(static_cast<int>(m.kv_col_ptr.size()), nb + 1) << describe_pattern(c, n);
     ASSERT_EQ(m.kv_row_idx.size(), m.q_col_idx.size());
     ASSERT_EQ(m.kv_entry.size(), m.q_col_idx.size());
     EXPECT_EQ(m.kv_col_ptr[0], 0);
@@ -420,7 +410,7 @@ TEST(AttentionPattern, TransposedListsConsistent) {
       for (int t = m.kv_col_ptr[kb]; t < m.kv_col_ptr[kb + 1]; ++t) {
         const int qb = m.kv_row_idx[t], e = m.kv_entry[t];
         if (t > m.kv_col_ptr[kb]) {
-          EXPECT_LT(m.kv_row_idx[t - 1], qb) << describe(c, n);
+          EXPECT_LT(m.kv_row_idx[t - 1], qb) << describe_pattern(c, n);
         }
         ASSERT_GE(e, m.q_row_ptr[qb]);
         ASSERT_LT(e, m.q_row_ptr[qb + 1]);
@@ -428,7 +418,7 @@ TEST(AttentionPattern, TransposedListsConsistent) {
         ++seen[e];
       }
     }
-    for (int s : seen) EXPECT_EQ(s, 1) << describe(c, n);
+    for (int s : seen) EXPECT_EQ(s, 1) << describe_pattern(c, n);
   }
 }
 

@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "kernels/attention_pattern.h"
 #include "kernels/attention_pattern_rule.h"
+#include "support/pattern_config.h"
 
 namespace smt {
 namespace {
@@ -154,21 +155,9 @@ BlockMask build(const AttnPatternConfig& config, int seq_len, int layer_idx) {
 
 // ---- Sweep ----------------------------------------------------------------------------------------
 
-AttnPatternConfig make(AttnPatternKind kind, bool causal, int bs) {
-  AttnPatternConfig c;
-  c.kind = kind;
-  c.causal = causal;
-  c.block_size = bs;
-  return c;
-}
+using testing_support::describe_pattern;
+using testing_support::make_pattern;
 
-std::string describe(const AttnPatternConfig& c, int n, int layer) {
-  return attn_pattern_name(c.kind) + (c.causal ? " causal" : " bidir") + " N=" + std::to_string(n) +
-         " b=" + std::to_string(c.block_size) + " w=" + std::to_string(c.window) +
-         " r=" + std::to_string(c.num_random_blocks) + " s=" + std::to_string(c.stride_blocks) +
-         " g=" + std::to_string(c.num_global_blocks) + " seed=" + std::to_string(c.seed) +
-         " layer=" + std::to_string(layer);
-}
 
 // Every pattern, causal and not, sequence lengths that are and are not block multiples, up to 150
 // blocks (random draws with r small, near n, at n and beyond n).
@@ -178,9 +167,9 @@ std::vector<std::pair<AttnPatternConfig, int>> wide_sweep() {
     for (int bs : {1, 4, 16})
       for (int n : {1, 5, 16, 97, 600}) {
         if (n / bs > 150) continue;
-        out.push_back({make(AttnPatternKind::kDense, causal, bs), n});
+        out.push_back({make_pattern(AttnPatternKind::kDense, causal, bs), n});
         for (int w : {0, 1, 7, 16, 40, 5000}) {
-          auto c = make(AttnPatternKind::kLocal, causal, bs);
+          auto c = make_pattern(AttnPatternKind::kLocal, causal, bs);
           c.window = w;
           out.push_back({c, n});
         }
@@ -188,21 +177,21 @@ std::vector<std::pair<AttnPatternConfig, int>> wide_sweep() {
         for (int r : {0, 1, 3, 17, nb - 3, nb - 2, nb - 1, nb, 1000}) {
           if (r < 0) continue;
           for (uint64_t seed : {uint64_t{0}, uint64_t{7}, uint64_t{0xFFFFFFFFFFFFull}}) {
-            auto c = make(AttnPatternKind::kRandom, causal, bs);
+            auto c = make_pattern(AttnPatternKind::kRandom, causal, bs);
             c.num_random_blocks = r;
             c.seed = seed;
             out.push_back({c, n});
           }
         }
         for (int s : {1, 2, 5, 200}) {
-          auto c = make(AttnPatternKind::kBlockSparse, causal, bs);
+          auto c = make_pattern(AttnPatternKind::kBlockSparse, causal, bs);
           c.stride_blocks = s;
           out.push_back({c, n});
         }
         for (int g : {0, 1, 3})
           for (int w : {0, 6, 33})
             for (int r : {0, 2, 9}) {
-              auto c = make(AttnPatternKind::kBigBird, causal, bs);
+              auto c = make_pattern(AttnPatternKind::kBigBird, causal, bs);
               c.num_global_blocks = g;
               c.window = w;
               c.num_random_blocks = r;
@@ -234,7 +223,7 @@ TEST(AttentionPatternRule, BuildBlockMaskEqualsThePreviousBuilderBitForBit) {
     for (int layer : {0, 3}) {
       const BlockMask now = build_block_mask(c, n, layer);
       const BlockMask before = legacy::build(c, n, layer);
-      expect_same_mask(now, before, describe(c, n, layer));
+      expect_same_mask(now, before, describe_pattern(c, n, layer));
       if (HasFatalFailure()) return;
       const int nb = now.num_blocks;
       if (c.kind == AttnPatternKind::kRandom && c.num_random_blocks > 0 && c.num_random_blocks < nb - 1)
@@ -256,7 +245,7 @@ TEST(AttentionPatternRule, DrawEqualsFullFisherYatesSorted) {
             for (int qb = 0; qb < nb; qb += std::max(1, nb / 7)) {
               std::vector<int32_t> expect = legacy::draw_random_blocks(qb, nb, causal, r, seed, layer);
               std::sort(expect.begin(), expect.end());
-              AttnPatternConfig c = make(AttnPatternKind::kRandom, causal, 1);
+              AttnPatternConfig c = make_pattern(AttnPatternKind::kRandom, causal, 1);
               c.num_random_blocks = r;
               std::vector<int32_t> scratch(static_cast<size_t>(pattern::random_draw_scratch_words(c, nb)) + 1, -77);
               const int64_t drawn = pattern::draw_random_blocks(qb, nb, causal, r, seed, layer, scratch.data());
@@ -289,18 +278,18 @@ TEST(AttentionPatternRule, CountPassEqualsFillPassAndListsAreAscending) {
       std::fill(cols.begin(), cols.end(), -9);
       const int counted = pattern::pattern_row(c, n, 2, qb, scratch.data(), nullptr, nullptr, nullptr);
       const int filled = pattern::pattern_row(c, n, 2, qb, scratch.data(), cols.data(), kinds.data(), fulls.data());
-      ASSERT_EQ(counted, filled) << describe(c, n, 2) << " qb " << qb;
-      ASSERT_GE(filled, 1) << "every pattern lists the diagonal block: " << describe(c, n, 2);
+      ASSERT_EQ(counted, filled) << describe_pattern(c, n, 2) << " qb " << qb;
+      ASSERT_GE(filled, 1) << "every pattern lists the diagonal block: " << describe_pattern(c, n, 2);
       ASSERT_LE(filled, nb);
       for (int i = 0; i < filled; ++i) {
-        ASSERT_TRUE(cols[i] >= 0 && cols[i] < nb) << describe(c, n, 2);
-        if (i > 0) ASSERT_LT(cols[i - 1], cols[i]) << describe(c, n, 2);
+        ASSERT_TRUE(cols[i] >= 0 && cols[i] < nb) << describe_pattern(c, n, 2);
+        if (i > 0) ASSERT_LT(cols[i - 1], cols[i]) << describe_pattern(c, n, 2);
         ASSERT_LE(kinds[i], 1);
         ASSERT_LE(fulls[i], 1);
       }
-      EXPECT_EQ(cols[filled], -9) << "wrote past its count: " << describe(c, n, 2);
+      EXPECT_EQ(cols[filled], -9) << "wrote past its count: " << describe_pattern(c, n, 2);
       for (size_t i = static_cast<size_t>(words); i < scratch.size(); ++i)
-        ASSERT_EQ(scratch[i], -5) << "scratch overrun: " << describe(c, n, 2);
+        ASSERT_EQ(scratch[i], -5) << "scratch overrun: " << describe_pattern(c, n, 2);
     }
   }
 }
@@ -309,7 +298,7 @@ TEST(AttentionPatternRule, ScratchWordsOnlyForRandomPatternsThatDraw) {
   EXPECT_EQ(pattern::draw_table_slots(1), 2);
   EXPECT_EQ(pattern::draw_table_slots(5), 16);
   EXPECT_EQ(pattern::draw_table_slots(8), 16);
-  auto c = make(AttnPatternKind::kRandom, false, 4);
+  auto c = make_pattern(AttnPatternKind::kRandom, false, 4);
   c.num_random_blocks = 5;
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 5 + 2 * 16 + 4);
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 7), 5 + 2 * 16 + 1);  // r = nb - 2: the last query block draws
@@ -320,7 +309,7 @@ TEST(AttentionPatternRule, ScratchWordsOnlyForRandomPatternsThatDraw) {
   c.num_random_blocks = 0;
   EXPECT_EQ(pattern::random_draw_scratch_words(c, 100), 0);
   for (auto k : {AttnPatternKind::kDense, AttnPatternKind::kLocal, AttnPatternKind::kBlockSparse}) {
-    auto d = make(k, true, 4);
+    auto d = make_pattern(k, true, 4);
     d.num_random_blocks = 5;
     EXPECT_EQ(pattern::random_draw_scratch_words(d, 100), 0);
   }

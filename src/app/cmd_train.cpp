@@ -266,6 +266,10 @@ int cmd_train(int argc, char** argv) {
   if (cfg.model.head == "classifier") rec.merge(eval_json(summary));
   if (par.distributed()) rec.add("world_size", par.world_size()).add("expert_parallel", par.expert_parallel);
   if (peak_device_bytes >= 0) rec.add("device", backend->describe()).add("device_memory_peak_GiB", peak_device_bytes / (1u << 30));
+  if (const PhaseTotals* phases = backend->phase_totals(); phases != nullptr && phases->steps() > 0) {
+    rec.add_raw("phase_ms_per_step", phases->json());
+    if (is_root) log_info("GPU time per step by phase (train.profile, rank 0):\n" + phases->table());
+  }
   if (is_root) append_jsonl(metrics_path, rec);
   log_info("run folder: " + cfg.run_dir);
   return 0;

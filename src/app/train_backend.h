@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/phase_totals.h"
 #include "data/batch.h"
 #include "data/dataset.h"
 #include "eval/evaluator.h"
@@ -39,6 +40,8 @@ class TrainBackend {
   virtual Model& synced_host_model() = 0;
   // Device memory in use (bytes, cudaMemGetInfo: total - free on this rank's device), -1 on the CPU.
   virtual double device_memory_used_bytes() const { return -1; }
+  // train.profile: the GPU time per phase of the timed steps; nullptr when not profiling.
+  virtual const PhaseTotals* phase_totals() const { return nullptr; }
   // The host Model's parameters and moments were replaced (checkpoint loaded): take them over.
   virtual void host_model_changed() = 0;
   // After training: the classifier's predictions on `data`, in data order on every rank. The model is

@@ -15,6 +15,7 @@
 #include "model/finite_check.h"
 #include "app/gpu_inference.h"
 #include "app/parallel_run.h"
+#include "core/gpu_phase_timer.h"
 #include "model/gpu_model.h"
 #include "parallel/device_parallel.h"
 #endif
@@ -43,9 +44,14 @@ class CudaBackend final : public TrainBackend {
           make_device_parallel_context(par, config.parallel.device_comm, device_, stream_));
       gpu_->set_parallel(parallel_.get());
     }
+    if (config.train.profile) {
+      timer_ = std::make_unique<GpuPhaseTimer>(stream_);
+      gpu_->set_phase_timer(timer_.get());
+    }
   }
   ~CudaBackend() override {
     gpu_.reset();       // its buffers and cuBLAS handle use the stream
+    timer_.reset();     // its events too
     parallel_.reset();  // so do the device communicators
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
@@ -58,13 +64,19 @@ class CudaBackend final : public TrainBackend {
            (gpu_->uses_flash_attention() ? "flash bf16" : "fp32 kernels") +
            (parallel_ ? ", MoE rows and gradients over " + parallel_->backend : "");
   }
-  void zero_grads() override { gpu_->zero_grads(); }
+  void zero_grads() override {  // a step begins
+    if (timer_ && steps_begun_++ > 0) timer_->begin_step();  // the first step (allocations, heuristics) is not timed
+    gpu_->zero_grads();
+    gpu_->mark("zero_grads");
+  }
   LossParts forward(const Batch& batch) override { return gpu_->forward(batch); }
   void backward() override { gpu_->backward(); }
   double gradient_norm() override { return smt::gradient_norm(*gpu_); }
   void apply_update(const TrainConfig& train, int64_t step, double grad_norm) override {
     smt::apply_update(*gpu_, train, step, grad_norm);
+    if (timer_) timer_->end_step();
   }
+  const PhaseTotals* phase_totals() const override { return timer_ ? &timer_->totals() : nullptr; }
   const std::vector<LayerRouting>& routing() const override { return gpu_->routing(); }
   const ExchangeStats& exchange_stats() const override { return gpu_->exchange_stats(); }
   void poison_gradient(int64_t offset) override {
@@ -103,6 +115,8 @@ class CudaBackend final : public TrainBackend {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DeviceParallelContext> parallel_;  // several ranks only
   std::unique_ptr<GpuModel> gpu_;
+  std::unique_ptr<GpuPhaseTimer> timer_;  // train.profile only
+  int64_t steps_begun_ = 0;
 };
 
 }  // namespace

@@ -86,6 +86,8 @@ po::options_description run_config_options(RunConfig& c) {
       ("train.threads", po::value(&T.threads)->default_value(T.threads), "CPU threads (0 = all cores)")
       ("train.step_timeout", po::value(&T.step_timeout)->default_value(T.step_timeout),
        "seconds without a finished step before the run is ended as hung (exit 1; 0 = no watchdog)")
+      ("train.profile", po::value(&T.profile)->default_value(T.profile),
+       "device = cuda: GPU time per phase of the step (CUDA events), reported at the end; the first step is not timed")
       ("train.max_bad_steps", po::value(&T.max_bad_steps)->default_value(T.max_bad_steps),
        "a step with a non-finite loss or gradient is skipped; stop after this many in a row");
   po::options_description dd("data");
@@ -178,6 +180,8 @@ void RunConfig::validate() const {
   SMT_USAGE_CHECK(parallel.device_comm == "auto" || parallel.device_comm == "nccl" || parallel.device_comm == "mpi",
                   "parallel.device_comm must be auto, nccl or mpi, got '", parallel.device_comm, "'");
   SMT_USAGE_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda, got '", device, "'");
+  SMT_USAGE_CHECK(!train.profile || device == "cuda",
+                  "train.profile times the phases of a GPU step: it needs device = cuda");
   SMT_USAGE_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
                   "precision must be auto, fp32 or bf16, got '", precision, "'");
   SMT_USAGE_CHECK(precision != "bf16" || device == "cuda",

@@ -63,6 +63,9 @@ struct TrainConfig {
   // Seconds a training step (with the checkpoint written after it) may take before the run is ended
   // as hung (exit 1; a rank stuck in a collective would otherwise wait forever). 0 = no watchdog.
   double step_timeout = 1800;
+  // device = cuda: time the phases of each step on the GPU (CUDA events) and report the mean per
+  // phase in the final metrics record ("phase_ms_per_step") and the log; the first step is not timed.
+  bool profile = false;
 };
 
 struct DataConfig {

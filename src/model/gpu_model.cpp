@@ -151,6 +151,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     if (params16_.size() != static_cast<size_t>(n_)) params16_ = DeviceBuffer<__nv_bfloat16>(static_cast<size_t>(n_));
     gpu::cast_fp32_to_bf16(params16_.data(), params(), n_, s);
   }
+  mark("fwd.upload_cast");
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   LossParts loss;
 
@@ -159,6 +160,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   ensure(x, T * d);
   ensure(tmp, T * d);
   gpu::embedding_forward(x.data(), tokens_.data(), p("embedding"), T, d, s);
+  mark("fwd.embedding");
   for (int l = 0; l < config_.layers; ++l) {
     LayerActs& A = acts_[l];
     const std::string pre = "layers." + std::to_string(l) + ".";
@@ -178,6 +180,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
     gpu::rope_forward(A.k.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
     gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
+    mark("fwd.norm_qkv_rope");
     if (use_flash_) {  // bf16 tensor-core kernel: o comes out in bf16, the wo GEMM's operand as it is
       for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
       gpu::cast_fp32_to_bf16(A.q16.data(), A.q.data(), T * d, s);
@@ -189,9 +192,11 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       gpu::attention_forward(A.o.data(), A.lse.data(), A.q.data(), A.k.data(), A.v.data(), valid_.data(),
                              mask(l, static_cast<int>(N)), B, H, hd, scale, s);
     }
+    mark("fwd.attention");
     copy_d2d(A.x_mid.data(), A.x_in.data(), T * d, s);
     const gpu::GemmOperand o_op = use_flash_ ? gpu::GemmOperand(A.o16.data()) : as_operand(A.o, A.o16, T * d);
     gpu::linear_forward(A.x_mid.data(), o_op, w(pre + "wo"), nullptr, T, d, d, /*accumulate=*/true, handle_, s);
+    mark("fwd.out_proj");
 
     gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s);
     ensure(A.topk_idx, T * k);
@@ -208,6 +213,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       ones_host_.assign(static_cast<size_t>(T * k), 1.0f);  // a member: the async copy's source outlives the call
       upload(A.topk_w, ones_host_, s);
     }
+    mark("fwd.norm_router");
     // Counts, then (under several ranks) the global counts and the lower ranks' share, then the rows.
     gpu::count_routing_on_device(A.dplan, A.topk_idx.data(), T, E, k, s);
     A.global = global_routing(host_world(), A.dplan.num_routed_per_expert_host, T, k, config_.capacity_factor, moe);
@@ -229,6 +235,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     } else {
       A.exchange.reset();
     }
+    mark("fwd.dispatch");
     const ExpertSide ex = expert_side(A, moe);
     const int64_t e0 = ex.first_expert;
     ensure(A.hidden_pre, ex.num_rows * f);
@@ -245,9 +252,11 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
                          w(pre + "experts.w1").offset_by(e0 * d * f), p(pre + "experts.b1") + e0 * f,
                          w(pre + "experts.w2").offset_by(e0 * f * d), p(pre + "experts.b2") + e0 * d, ex.row_offset,
                          ex.num_experts, d, f, handle_, s, precision_, keep);
+    mark("fwd.experts");
     if (A.exchange) A.exchange->from_experts(A.expert_rows_out.data(), A.rows_out.data(), d);  // combine
     copy_d2d(x.data(), A.x_mid.data(), T * d, s);
     gpu::unpermute_forward(x.data(), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s);
+    mark("fwd.combine");
 
     routing_[l] = routing_stats(A.global, moe);
     if (moe) {
@@ -260,6 +269,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       const RouterLosses rl = router_losses(host_world(), std::move(sums), A.global, k, aux_coeff_, z_coeff_);
       loss.aux += rl.aux;
       loss.z += rl.z;
+      mark("fwd.router_losses");
     }
   }
 
@@ -292,6 +302,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     upload(targets_, with_loss ? batch.labels : no_targets_host_, s);
     loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), B, C, &num_targets_, s);
   }
+  mark("fwd.head_loss");
   if (Communicator* world = host_world(); world != nullptr && world->size() > 1) {  // over the global batch
     double sum_and_count[2] = {loss.task, static_cast<double>(num_targets_)};
     world->all_reduce_sum(sum_and_count, 2);
@@ -332,6 +343,7 @@ void GpuModel::backward() {
   }
   gpu::rmsnorm_backward(dx.data(), g("final_norm"), d_h.data(), x_final_.data(), p("final_norm"), rstd_final_.data(), T,
                         d, s);
+  mark("bwd.head");
 
   for (int l = config_.layers - 1; l >= 0; --l) {
     LayerActs& A = acts_[l];
@@ -343,6 +355,7 @@ void GpuModel::backward() {
     zero(d_topk_w, T * k, s);
     gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(), A.dplan,
                             d, s);
+    mark("bwd.combine");
     // The experts' side mirrors the forward: d(rows_out) to the owners, d(rows) back.
     const ExpertSide ex = expert_side(A, moe);
     const int64_t e0 = ex.first_expert;
@@ -364,12 +377,14 @@ void GpuModel::backward() {
                           ex.rows, A.hidden_pre.data(), A.hidden.data(), w(pre + "experts.w1").offset_by(e0 * d * f),
                           w(pre + "experts.w2").offset_by(e0 * f * d), ex.row_offset, ex.num_experts, d, f, handle_, s,
                           precision_, precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr);
+    mark("bwd.experts");
     if (A.exchange) {
       ensure(d_rows, R * d);
       A.exchange->from_experts(d_ex_in, d_rows.data(), d);
     }
     zero(d_m, T * d, s);
     gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
+    mark("bwd.dispatch");
     if (moe) {
       // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / Tg (global batch).
       const int64_t Tg = A.global.num_tokens_global;
@@ -386,10 +401,12 @@ void GpuModel::backward() {
     }
     gpu::rmsnorm_backward(dx.data(), g(pre + "ffn_norm"), d_m.data(), A.x_mid.data(), p(pre + "ffn_norm"),
                           A.rstd2.data(), T, d, s);
+    mark("bwd.router_norm");
 
     zero(d_o, T * d, s);
     gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), saved_operand(A.o, A.o16), w(pre + "wo"), T, d,
                          d, handle_, s);
+    mark("bwd.out_proj");
     zero(dq, T * d, s);
     zero(dk, T * d, s);
     zero(dv, T * d, s);
@@ -407,6 +424,7 @@ void GpuModel::backward() {
       gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
                               A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
     }
+    mark("bwd.attention");
     zero(d_a, T * d, s);
     zero(d_tmp, T * d, s);
     gpu::rope_backward(d_tmp.data(), dq.data(), B, N, H, hd, config_.rope_theta, s);
@@ -418,8 +436,10 @@ void GpuModel::backward() {
     gpu::linear_backward(d_a.data(), g(pre + "wv"), nullptr, dv.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
     gpu::rmsnorm_backward(dx.data(), g(pre + "attn_norm"), d_a.data(), A.x_in.data(), p(pre + "attn_norm"),
                           A.rstd1.data(), T, d, s);
+    mark("bwd.rope_qkv_norm");
   }
   gpu::embedding_backward(g("embedding"), dx.data(), tokens_.data(), T, d, s);
+  mark("bwd.embedding");
 }
 
 bool GpuModel::expert_parallel_layer(bool moe) const {
@@ -441,7 +461,9 @@ double gradient_norm(GpuModel& model) {
   cudaStream_t s = model.stream();
   if (par == nullptr || !par->host->distributed()) {
     // The gradients are one contiguous range of the arena: one deterministic reduction over all of it.
-    return std::sqrt(gpu::sum_squares(model.grads(), model.layout().total(), s));
+    const double norm = std::sqrt(gpu::sum_squares(model.grads(), model.layout().total(), s));
+    model.mark("opt.grad_norm");
+    return norm;
   }
   // Pack what this rank holds, replicated tensors first, then expert slices; sum each part over the
   // ranks holding the same tensors (one device all-reduce per part); unpack; the norm counts every
@@ -476,6 +498,7 @@ double gradient_norm(GpuModel& model) {
     sq[part] = gpu::sum_squares(pack[part], count[part], s);  // synchronises
   }
   if (host.expert_parallel > 1) host.expert_group->all_reduce_sum(&sq[1], 1);
+  model.mark("opt.grad_norm");
   return std::sqrt(sq[0] + sq[1]);
 }
 
@@ -490,6 +513,7 @@ void apply_update(GpuModel& model, const TrainConfig& train, int64_t step, doubl
     gpu::adamw_update(model.params() + h.offset, model.grads() + h.offset, model.adam_m() + h.offset,
                       model.adam_v() + h.offset, h.numel, hp, step, grad_scale, s);
   }
+  model.mark("opt.adamw");
   SMT_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 

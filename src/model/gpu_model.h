@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/device_buffer.h"
+#include "core/gpu_phase_timer.h"
 #include "data/batch.h"
 #include "kernels/gpu_ops.h"
 #include "model/model.h"
@@ -61,6 +62,12 @@ class GpuModel {
   void set_parallel(const DeviceParallelContext* ctx) { parallel_ = ctx; }
   const DeviceParallelContext* parallel() const { return parallel_; }
   const ExchangeStats& exchange_stats() const { return exchange_stats_; }
+  // train.profile: forward, backward and the optimizer mark their phases on `timer` (nullptr = none).
+  void set_phase_timer(GpuPhaseTimer* timer) { timer_ = timer; }
+  GpuPhaseTimer* phase_timer() const { return timer_; }
+  void mark(const char* phase) {
+    if (timer_ != nullptr) timer_->mark(phase);
+  }
 
   void zero_grads();
   LossParts forward(const Batch& batch, bool with_loss = true);
@@ -110,6 +117,7 @@ class GpuModel {
   ParamLayout layout_;
   const DeviceParallelContext* parallel_ = nullptr;
   ExchangeStats exchange_stats_;
+  GpuPhaseTimer* timer_ = nullptr;
   DeviceBuffer<float> grad_pack_;  // gradient_norm under several ranks: held gradients packed per group
   float aux_coeff_, z_coeff_;
   uint64_t attention_seed_;

@@ -20,7 +20,8 @@ expect 2 "attention" -- train --config "$cfg" --model.attention=starburst --run.
 expect 2 "precision must be auto, fp32 or bf16" -- train --config "$cfg" --precision=fp16 --run.dir "$tmp/r8"
 expect 2 "precision = bf16 needs device = cuda" -- train --config "$cfg" --precision=bf16 --run.dir "$tmp/r9"
 expect 2 "data.pack = true needs model.head = lm" -- train --config "$cfg" --data.pack=true --run.dir "$tmp/r10"
-for r in r1 r2 r3 r4 r5 r6 r7 r8 r9 r10; do
+expect 2 "train.profile .* needs device = cuda" -- train --config "$cfg" --train.profile=true --run.dir "$tmp/r11"
+for r in r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11; do
   [ -e "$tmp/$r" ] && { echo "FAIL: run folder $r was created by a rejected run"; fails=$((fails+1)); }
 done
 # --help lists every option with its default.

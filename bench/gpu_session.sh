@@ -7,7 +7,8 @@
 # torch installed; everything goes under $OUT (default ./gpu_session_out).
 #   bash bench/gpu_session.sh check   # correctness: GPU tests, 2 ranks on one GPU, sanitizer,
 #                                     # smt train on the GPU vs the CPU, a 65,536-token B1 step
-#   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1, B3
+#   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1, B3, then B1's
+#                                     # GPU time per phase (train.profile)
 # Each step has its own time limit so one hang cannot eat the call; a summary of exit codes ends
 # each part (summary.txt). Nothing here needs ../shared or the network.
 set -u
@@ -46,8 +47,8 @@ case "$part" in
     step synthetic_gpu 60 "$smt" train --config configs/synthetic-tiny.ini --device=cuda --run.dir "$OUT/synthetic-gpu"
     grep '"final"' "$OUT/synthetic-gpu/metrics.jsonl" >>"$summary" 2>/dev/null
     # Issue 7: one training step of the B1 model at 65,536 tokens with the local pattern.
-    step b1_65k 60 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-65k" --train.steps=2 \
-      --train.seq_len=65536 --train.batch_size=1 --train.log_every=1
+    step b1_65k 60 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-65k" --train.steps=3 \
+      --train.seq_len=65536 --train.batch_size=1 --train.log_every=1 --train.profile=true
     grep '"final"' "$OUT/b1-65k/metrics.jsonl" >>"$summary" 2>/dev/null
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     step memcheck 90 "$CS" --tool memcheck --error-exitcode 9 "$tests" \
@@ -57,6 +58,10 @@ case "$part" in
     step b2 90 bash bench/run_b2.sh "$OUT/b2"
     step b1 160 bash bench/run_b1.sh "$OUT/b1" 12
     step b3 160 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
+    # Where B1's step time goes (train.profile: CUDA events between the phases; not the timed run above).
+    step b1_profile 60 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-profile" --train.steps=4 \
+      --train.log_every=1 --train.profile=true
+    grep -A40 "GPU time per step by phase" "$OUT/b1_profile.log" >>"$summary" 2>/dev/null
     ;;
   *) echo "unknown part $part (check | bench)"; exit 2 ;;
 esac

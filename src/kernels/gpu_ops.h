@@ -58,18 +58,32 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* tokens,
                         cudaStream_t stream);
 
 // ---- rmsnorm: x, out [T, d]; weight [d]; rstd [T] (nullable in the forward) ----
-// One block per row, row sums in double (as the CPU).
+// One block per row, row sums in double (as the CPU). out_bf16 (nullable): also write the result rounded
+// to bf16 there (the fused cast for a bf16-operand GEMM); out may then be null (the fp32 result unused).
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t d, float eps,
-                     cudaStream_t stream);
+                     cudaStream_t stream, __nv_bfloat16* out_bf16 = nullptr);
 // dweight: per-256-row-block partials (double), then summed in block order (deterministic).
 void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
                       const float* rstd, int64_t T, int64_t d, cudaStream_t stream);
 
-// ---- rope ("rotate half"): x, out [B, N, H, hd]; angles, cos, sin in double; out may alias x ----
-void rope_forward(float* out, const float* x, int64_t B, int64_t N, int64_t H, int64_t hd, float theta,
-                  cudaStream_t stream);
-void rope_backward(float* dx, const float* dout, int64_t B, int64_t N, int64_t H, int64_t hd, float theta,
-                   cudaStream_t stream);
+// ---- rope ("rotate half"): x, out [B, N, H, hd]; out may alias x ----
+// The rotation table on the device: the CPU's cpu::rope_cos_sin (angles in double, rounded to float),
+// [num_positions, head_dim / 2] each; one table serves every sequence of up to num_positions tokens.
+struct RopeTable {
+  int64_t num_positions = 0, head_dim = 0;
+  float theta = 0.0f;
+  DeviceBuffer<float> cos_t, sin_t;
+};
+// Builds the table (blocking upload) unless it already covers N positions of this hd and theta.
+void ensure_rope_table(RopeTable& table, int64_t N, int64_t hd, float theta);
+// out = R x (fp32) and/or out_bf16 = bf16(R x): either may be null, not both (out_bf16: the fused cast for
+// bf16 attention).
+void rope_forward(float* out, __nv_bfloat16* out_bf16, const float* x, const RopeTable& table, int64_t B, int64_t N,
+                  int64_t H, cudaStream_t stream);
+// dx += R^T dout (dx fp32, accumulated), or with dx null: dx_bf16 = bf16(R^T dout) (overwritten; the
+// rounded gradient a bf16 GEMM backward takes). Exactly one of dx and dx_bf16.
+void rope_backward(float* dx, const float* dout, const RopeTable& table, int64_t B, int64_t N, int64_t H,
+                   cudaStream_t stream, __nv_bfloat16* dx_bf16 = nullptr);
 
 // ---- gelu (tanh approximation, the CPU float path's rational tanh with fmaf) ----
 // out_bf16 / d_bf16 (nullable): also write the result rounded to bf16 there (fused cast for a following
@@ -106,6 +120,20 @@ void linear_forward(float* y, GemmOperand x, GemmOperand w, const float* b, int6
                     bool accumulate, cublasHandle_t handle, cudaStream_t stream);
 void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
                      int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream);
+// y [M, n_out] = bf16(x w) with bf16 x and w, fp32 accumulation, one rounding at the end (no bias, no
+// accumulate): the fp32 linear_forward's result rounded to bf16, for an output that only feeds bf16 kernels.
+void linear_forward_bf16(__nv_bfloat16* y, GemmOperand x, GemmOperand w, int64_t M, int64_t n_in, int64_t n_out,
+                         cublasHandle_t handle, cudaStream_t stream);
+// The backward from a dy already rounded to bf16 [M, n_out] (bf16 x and w; no bias): dw and dx (fp32) are
+// accumulated as by linear_backward; dx_bf16 instead of dx is overwritten with bf16(dy W^T) (rounded once),
+// for a gradient that only feeds bf16 kernels. Each output nullable; not dx and dx_bf16 together.
+struct LinearGradsBf16 {
+  float* dx = nullptr;
+  __nv_bfloat16* dx_bf16 = nullptr;
+  float* dw = nullptr;
+};
+void linear_backward_bf16(const LinearGradsBf16& grads, const __nv_bfloat16* dy, GemmOperand x, GemmOperand w,
+                          int64_t M, int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream);
 void matmul_transposed_forward(float* y, GemmOperand x, GemmOperand w, int64_t M, int64_t k, int64_t n,
                                cublasHandle_t handle, cudaStream_t stream);
 void matmul_transposed_backward(float* dx, float* dw, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
@@ -163,9 +191,10 @@ void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std
 void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
 // dx[t] += sum over kept slots of drows[row(t, j)] (per token, no atomics)
 void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
-// y[t] += sum_j topk_weight[t, j] * rows_out[row(t, j)]
+// y[t] += sum_j topk_weight[t, j] * rows_out[row(t, j)]; with a residual [T, d] (nullable):
+// y[t] = residual[t] + the same sum (y is only written: the residual connection without a copy).
 void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
-                       int64_t d, cudaStream_t stream);
+                       int64_t d, cudaStream_t stream, const float* residual = nullptr);
 // drows_out[r] += w * dy[t]; dtopk_weight[t, j] += dot(dy[t], rows_out[r]) (one warp per assignment). Nullable.
 void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
                         const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
@@ -224,6 +253,8 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 // Sum of squares in double: fixed grid of per-thread double sums, block tree reductions, then one block over
 // the partials (deterministic for a given n). Synchronises the stream.
 double sum_squares(const float* x, int64_t n, cudaStream_t stream);
+// The same sum written to device memory (*result, one double; 0 for n <= 0); does not synchronise.
+void sum_squares_on_device(double* result, const float* x, int64_t n, cudaStream_t stream);
 
 // ---- attention over a BlockMask ----
 // The BlockMask lists uploaded to the device (blocking copies).

@@ -18,5 +18,9 @@ void rope_forward(Real* out, const Real* x, int64_t B, int64_t N, int64_t H, int
 template <typename Real>
 void rope_backward(Real* dx, const Real* dout, int64_t B, int64_t N, int64_t H, int64_t hd,
                    std::type_identity_t<Real> theta);
+// The rotation table both use (and the GPU ops upload, so both backends rotate by the same numbers):
+// cos_t[n * hd/2 + i] = Real(cos(n * theta^(-2i/hd))), sin_t likewise, angles in double; n < N.
+template <typename Real>
+void rope_cos_sin(Real* cos_t, Real* sin_t, int64_t N, int64_t hd, double theta);
 
 }  // namespace smt::cpu

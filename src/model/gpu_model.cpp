@@ -153,39 +153,59 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   }
   mark("fwd.upload_cast");
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  gpu::ensure_rope_table(rope_, N, hd, config_.rope_theta);
   LossParts loss;
 
-  DeviceBuffer<float>& x = x_;
+  // The residual stream: layer l reads acts_[l].x_in and writes layer l + 1's (the last one x_final_),
+  // so no copy carries it from layer to layer.
+  for (LayerActs& A : acts_) ensure(A.x_in, T * d);
+  ensure(x_final_, T * d);
+  auto stream_in = [&](int l) { return l < config_.layers ? acts_[l].x_in.data() : x_final_.data(); };
   DeviceBuffer<float>& tmp = tmp_;
-  ensure(x, T * d);
   ensure(tmp, T * d);
-  gpu::embedding_forward(x.data(), tokens_.data(), p("embedding"), T, d, s);
+  zero(psum_, static_cast<int64_t>(config_.layers) * config_.experts, s);  // [layers, E] router probability sums
+  ensure(lse_sq_, static_cast<size_t>(config_.layers));                     // [layers] sums of lse^2
+  gpu::embedding_forward(stream_in(0), tokens_.data(), p("embedding"), T, d, s);
   mark("fwd.embedding");
   for (int l = 0; l < config_.layers; ++l) {
     LayerActs& A = acts_[l];
     const std::string pre = "layers." + std::to_string(l) + ".";
     const bool moe = ParamLayout::layer_is_moe(config_, l);
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
-    for (auto* b : {&A.x_in, &A.a, &A.q, &A.k, &A.v, &A.x_mid, &A.m}) ensure(*b, T * d);
-    if (!use_flash_) ensure(A.o, T * d);
+    for (auto* b : {&A.x_mid, &A.m}) ensure(*b, T * d);
+    // fp32 copies only where something reads them: bf16 GEMMs read a16, flash attention q16/k16/v16.
+    if (precision_ != gpu::Precision::kBf16) ensure(A.a, T * d);
+    if (!use_flash_)
+      for (auto* b : {&A.q, &A.k, &A.v, &A.o}) ensure(*b, T * d);
     ensure(A.rstd1, T);
     ensure(A.rstd2, T);
     ensure(A.lse, B * H * N);
-    copy_d2d(A.x_in.data(), x.data(), T * d, s);
 
-    gpu::rmsnorm_forward(A.a.data(), A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s);
-    const gpu::GemmOperand a_op = as_operand(A.a, A.a16, T * d);
-    gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
-    gpu::rope_forward(A.q.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
-    gpu::rope_forward(A.k.data(), tmp.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
+    gpu::GemmOperand a_op = A.a.data();
+    if (precision_ == gpu::Precision::kBf16) {  // the norm writes the wq/wk/wv GEMMs' bf16 operand only
+      ensure(A.a16, T * d);
+      gpu::rmsnorm_forward(nullptr, A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s,
+                           A.a16.data());
+      a_op = A.a16.data();
+    } else {
+      gpu::rmsnorm_forward(A.a.data(), A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s);
+    }
+    if (use_flash_) {  // q, k, v straight into flash attention's bf16 inputs (rope rounds its fp32 result once)
+      for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
+      gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
+      gpu::rope_forward(nullptr, A.q16.data(), tmp.data(), rope_, B, N, H, s);
+      gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
+      gpu::rope_forward(nullptr, A.k16.data(), tmp.data(), rope_, B, N, H, s);
+      gpu::linear_forward_bf16(A.v16.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
+    } else {
+      gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
+      gpu::rope_forward(A.q.data(), nullptr, tmp.data(), rope_, B, N, H, s);
+      gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
+      gpu::rope_forward(A.k.data(), nullptr, tmp.data(), rope_, B, N, H, s);
+      gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
+    }
     mark("fwd.norm_qkv_rope");
     if (use_flash_) {  // bf16 tensor-core kernel: o comes out in bf16, the wo GEMM's operand as it is
-      for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
-      gpu::cast_fp32_to_bf16(A.q16.data(), A.q.data(), T * d, s);
-      gpu::cast_fp32_to_bf16(A.k16.data(), A.k.data(), T * d, s);
-      gpu::cast_fp32_to_bf16(A.v16.data(), A.v.data(), T * d, s);
       gpu::flash_attention_forward(A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(), A.v16.data(), valid_.data(),
                                    mask(l, static_cast<int>(N)), B, H, hd, scale, s);
     } else {
@@ -254,38 +274,57 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
                          ex.num_experts, d, f, handle_, s, precision_, keep);
     mark("fwd.experts");
     if (A.exchange) A.exchange->from_experts(A.expert_rows_out.data(), A.rows_out.data(), d);  // combine
-    copy_d2d(x.data(), A.x_mid.data(), T * d, s);
-    gpu::unpermute_forward(x.data(), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s);
+    gpu::unpermute_forward(stream_in(l + 1), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s, A.x_mid.data());
     mark("fwd.combine");
 
     routing_[l] = routing_stats(A.global, moe);
-    if (moe) {
-      DeviceBuffer<float>& psum = psum_;
-      zero(psum, E, s);
-      gpu::add_column_sums(psum.data(), A.router_probs.data(), T, E, s);
-      const std::vector<float> p_sum = download(psum.data(), static_cast<size_t>(E), s);
-      std::vector<double> sums(p_sum.begin(), p_sum.end());  // [E] probabilities per expert, then z
-      sums.push_back(gpu::sum_squares(A.router_lse.data(), T, s));
-      const RouterLosses rl = router_losses(host_world(), std::move(sums), A.global, k, aux_coeff_, z_coeff_);
-      loss.aux += rl.aux;
-      loss.z += rl.z;
-      mark("fwd.router_losses");
+    if (moe) {  // the router losses' sums, read back once after the last layer
+      gpu::add_column_sums(psum_.data() + l * config_.experts, A.router_probs.data(), T, E, s);
+      gpu::sum_squares_on_device(lse_sq_.data() + l, A.router_lse.data(), T, s);
+      mark("fwd.router_sums");
     }
   }
+  {  // One synchronisation for every layer's router losses (in layer order, as the CPU model).
+    const int64_t L = config_.layers, Ex = config_.experts;
+    std::vector<float> p_sums(static_cast<size_t>(L * Ex));
+    std::vector<double> lse_sq(static_cast<size_t>(L));
+    SMT_CUDA_CHECK(cudaMemcpyAsync(p_sums.data(), psum_.data(), p_sums.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    SMT_CUDA_CHECK(cudaMemcpyAsync(lse_sq.data(), lse_sq_.data(), lse_sq.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    SMT_CUDA_CHECK(cudaStreamSynchronize(s));
+    for (int l = 0; l < config_.layers; ++l) {
+      if (!ParamLayout::layer_is_moe(config_, l)) continue;
+      // [E] probabilities per expert, then the sum of lse^2
+      std::vector<double> sums(p_sums.begin() + l * Ex, p_sums.begin() + (l + 1) * Ex);
+      sums.push_back(lse_sq[static_cast<size_t>(l)]);
+      const RouterLosses rl =
+          router_losses(host_world(), std::move(sums), acts_[l].global, config_.top_k, aux_coeff_, z_coeff_);
+      loss.aux += rl.aux;
+      loss.z += rl.z;
+    }
+    mark("fwd.router_losses");
+  }
 
-  ensure(x_final_, T * d);
-  copy_d2d(x_final_.data(), x.data(), T * d, s);
-  ensure(h_final_, T * d);
   ensure(rstd_final_, T);
-  gpu::rmsnorm_forward(h_final_.data(), rstd_final_.data(), x_final_.data(), p("final_norm"), T, d, config_.norm_eps, s);
+  // The LM head's bf16 GEMM reads only the bf16 copy of the final norm; the classifier pools fp32.
+  const bool head_reads_bf16 = config_.head == "lm" && precision_ == gpu::Precision::kBf16;
+  if (head_reads_bf16) {
+    ensure(h_final16_, T * d);
+    gpu::rmsnorm_forward(nullptr, rstd_final_.data(), x_final_.data(), p("final_norm"), T, d, config_.norm_eps, s,
+                         h_final16_.data());
+  } else {
+    ensure(h_final_, T * d);
+    gpu::rmsnorm_forward(h_final_.data(), rstd_final_.data(), x_final_.data(), p("final_norm"), T, d, config_.norm_eps,
+                         s);
+  }
   if (config_.head == "lm") {
     const int64_t V = config_.vocab_size;
     head_rows_ = T;
     head_cols_ = V;
     ensure(logits_, T * V);
     ensure(head_probs_, T * V);
-    gpu::matmul_transposed_forward(logits_.data(), as_operand(h_final_, h_final16_, T * d), w("embedding"), T, d, V,
-                                   handle_, s);
+    const gpu::GemmOperand h_op =
+        head_reads_bf16 ? gpu::GemmOperand(h_final16_.data()) : gpu::GemmOperand(h_final_.data());
+    gpu::matmul_transposed_forward(logits_.data(), h_op, w("embedding"), T, d, V, handle_, s);
     no_targets_host_.assign(static_cast<size_t>(T), -1);
     upload(targets_, with_loss ? batch.lm_targets : no_targets_host_, s);
     loss.task = gpu::cross_entropy_forward(head_probs_.data(), logits_.data(), targets_.data(), T, V, &num_targets_, s);
@@ -403,37 +442,60 @@ void GpuModel::backward() {
                           A.rstd2.data(), T, d, s);
     mark("bwd.router_norm");
 
-    zero(d_o, T * d, s);
-    gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), saved_operand(A.o, A.o16), w(pre + "wo"), T, d,
-                         d, handle_, s);
-    mark("bwd.out_proj");
-    zero(dq, T * d, s);
-    zero(dk, T * d, s);
-    zero(dv, T * d, s);
     if (use_flash_) {
-      ensure(d_o16_, T * d);
-      gpu::cast_fp32_to_bf16(d_o16_.data(), d_o.data(), T * d, s);
+      // Every gradient that only feeds a bf16 kernel is produced in bf16: d_o (flash's dout) by the wo
+      // GEMM, dv by flash, rope's dq/dk by rope; the fp32 ones are dx, d_a and the accumulators dq/dk.
+      for (auto* b : {&dx16_, &d_o16_, &dv16_, &d_tmp16_}) ensure(*b, T * d);
+      gpu::cast_fp32_to_bf16(dx16_.data(), dx.data(), T * d, s);
+      gpu::LinearGradsBf16 wo_grads;
+      wo_grads.dx_bf16 = d_o16_.data();
+      wo_grads.dw = g(pre + "wo");
+      gpu::linear_backward_bf16(wo_grads, dx16_.data(), A.o16.data(), w(pre + "wo"), T, d, d, handle_, s);
+      mark("bwd.out_proj");
+      zero(dq, T * d, s);
+      zero(dk, T * d, s);
       gpu::FlashAttentionGrads fg;
       fg.dq_acc = dq.data();
       fg.dk_acc = dk.data();
-      fg.dv_acc = dv.data();
+      fg.dv = dv16_.data();
       gpu::flash_attention_backward(fg, d_o16_.data(), A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(),
                                     A.v16.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale,
                                     gpu::FlashDqMode::kDeterministic, s);
+      mark("bwd.attention");
+      zero(d_a, T * d, s);
+      const gpu::GemmOperand a_op = A.a16.data();
+      auto qkv_backward = [&](__nv_bfloat16* dy16, const char* weight) {
+        gpu::LinearGradsBf16 lg;
+        lg.dx = d_a.data();
+        lg.dw = g(pre + weight);
+        gpu::linear_backward_bf16(lg, dy16, a_op, w(pre + weight), T, d, d, handle_, s);
+      };
+      gpu::rope_backward(nullptr, dq.data(), rope_, B, N, H, s, d_tmp16_.data());
+      qkv_backward(d_tmp16_.data(), "wq");
+      gpu::rope_backward(nullptr, dk.data(), rope_, B, N, H, s, d_tmp16_.data());  // after wq's GEMMs read it
+      qkv_backward(d_tmp16_.data(), "wk");
+      qkv_backward(dv16_.data(), "wv");
     } else {
+      zero(d_o, T * d, s);
+      gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), saved_operand(A.o, A.o16), w(pre + "wo"), T,
+                           d, d, handle_, s);
+      mark("bwd.out_proj");
+      zero(dq, T * d, s);
+      zero(dk, T * d, s);
+      zero(dv, T * d, s);
       gpu::attention_backward(dq.data(), dk.data(), dv.data(), d_o.data(), A.o.data(), A.lse.data(), A.q.data(),
                               A.k.data(), A.v.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale, s);
+      mark("bwd.attention");
+      zero(d_a, T * d, s);
+      zero(d_tmp, T * d, s);
+      gpu::rope_backward(d_tmp.data(), dq.data(), rope_, B, N, H, s);
+      const gpu::GemmOperand a_op = saved_operand(A.a, A.a16);
+      gpu::linear_backward(d_a.data(), g(pre + "wq"), nullptr, d_tmp.data(), a_op, w(pre + "wq"), T, d, d, handle_, s);
+      zero(d_tmp, T * d, s);
+      gpu::rope_backward(d_tmp.data(), dk.data(), rope_, B, N, H, s);
+      gpu::linear_backward(d_a.data(), g(pre + "wk"), nullptr, d_tmp.data(), a_op, w(pre + "wk"), T, d, d, handle_, s);
+      gpu::linear_backward(d_a.data(), g(pre + "wv"), nullptr, dv.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
     }
-    mark("bwd.attention");
-    zero(d_a, T * d, s);
-    zero(d_tmp, T * d, s);
-    gpu::rope_backward(d_tmp.data(), dq.data(), B, N, H, hd, config_.rope_theta, s);
-    const gpu::GemmOperand a_op = saved_operand(A.a, A.a16);
-    gpu::linear_backward(d_a.data(), g(pre + "wq"), nullptr, d_tmp.data(), a_op, w(pre + "wq"), T, d, d, handle_, s);
-    zero(d_tmp, T * d, s);
-    gpu::rope_backward(d_tmp.data(), dk.data(), B, N, H, hd, config_.rope_theta, s);
-    gpu::linear_backward(d_a.data(), g(pre + "wk"), nullptr, d_tmp.data(), a_op, w(pre + "wk"), T, d, d, handle_, s);
-    gpu::linear_backward(d_a.data(), g(pre + "wv"), nullptr, dv.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
     gpu::rmsnorm_backward(dx.data(), g(pre + "attn_norm"), d_a.data(), A.x_in.data(), p(pre + "attn_norm"),
                           A.rstd1.data(), T, d, s);
     mark("bwd.rope_qkv_norm");

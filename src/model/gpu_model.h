@@ -78,7 +78,9 @@ class GpuModel {
 
  private:
   struct LayerActs {
-    DeviceBuffer<float> x_in, a, rstd1, q, k, v, o, lse, x_mid, m, rstd2;  // [T,d] / [T] / [B,H,N]
+    // [T,d] / [T] / [B,H,N]. x_in is written by the layer before (the embedding for layer 0). Held only
+    // where read: a under kFp32 (kBf16 keeps a16), q/k/v/o without flash attention (with it q16..o16).
+    DeviceBuffer<float> x_in, a, rstd1, q, k, v, o, lse, x_mid, m, rstd2;
     DeviceBuffer<float> router_logits, router_probs, router_lse, topk_w;   // [T,E] [T,E] [T] [T,k]
     DeviceBuffer<int32_t> topk_idx;                                         // [T,k]
     gpu::DeviceRoutingPlan dplan;  // built on the device from topk_idx
@@ -130,6 +132,7 @@ class GpuModel {
   int64_t n_ = 0;
   DeviceBuffer<float> arena_;  // [4 n]
   std::vector<gpu::DeviceBlockMask> masks_;
+  gpu::RopeTable rope_;  // cos/sin for the longest sequence seen
   int mask_seq_len_ = -1;
 
   int64_t B_ = 0, N_ = 0;
@@ -142,13 +145,16 @@ class GpuModel {
   std::vector<LayerRouting> routing_;
   DeviceBuffer<float> x_final_, h_final_, rstd_final_, pooled_, logits_, head_probs_;
   int64_t num_targets_ = 0, head_rows_ = 0, head_cols_ = 0;
-  // Scratch reused across steps: forward residual stream and projection, backward gradients.
-  DeviceBuffer<float> x_, tmp_, psum_, d_pooled_, d_probs_, d_lse_, d_router_logits_;
+  // Scratch reused across steps: the forward's q/k projection before rope, backward gradients.
+  DeviceBuffer<float> tmp_, psum_, d_pooled_, d_probs_, d_lse_, d_router_logits_;
+  DeviceBuffer<double> lse_sq_;  // [layers] the router z-loss sums of the last forward
   struct BackwardScratch {
     DeviceBuffer<float> dx, d_h, d_logits, d_tmp, d_a, dq, dk, dv, d_o, d_m, d_rows, d_rows_out, d_hidden, d_topk_w;
     DeviceBuffer<float> d_expert_rows, d_expert_rows_out;  // expert parallel: [Re,d]
   } scratch_;
-  DeviceBuffer<__nv_bfloat16> d_o16_;
+  // Flash attention's backward in bf16: dx rounded for the wo GEMMs, d_o (flash's dout), dv (flash's output),
+  // rope's dq / dk (the wq / wk GEMMs' dy, one at a time). [T, d] each.
+  DeviceBuffer<__nv_bfloat16> dx16_, d_o16_, dv16_, d_tmp16_;
 };
 
 // Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor), and its

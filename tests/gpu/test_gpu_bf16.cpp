@@ -234,6 +234,81 @@ TEST_F(GpuBf16, LinearBf16) {
                Error);
 }
 
+// linear_forward_bf16: the same product with bf16 output: within one bf16 rounding of the fp32-output
+// GEMM of the same bf16 operands (relative 2^-8 per element, plus the fp32 sums' own differences).
+TEST_F(GpuBf16, LinearBf16Output) {
+  const int64_t M = 130, n_in = 64, n_out = 96;
+  const auto x = rand_vec(M * n_in, 50), w = rand_vec(n_in * n_out, 51, -0.3f, 0.3f);
+  auto d_x = copy_to_device(x), d_w = copy_to_device(w);
+  auto bx = bf16_of(d_x), bw = bf16_of(d_w);
+  DeviceBuffer<float> d_y32(M * n_out);
+  DeviceBuffer<__nv_bfloat16> d_y16(M * n_out);
+  gpu::linear_forward(d_y32.data(), bx.data(), bw.data(), nullptr, M, n_in, n_out, false, handle, stream);
+  gpu::linear_forward_bf16(d_y16.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
+  sync();
+  const std::vector<float> y32 = host(d_y32);
+  std::vector<uint16_t> bits(y32.size());
+  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), d_y16.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  double max_abs = 0;
+  for (float v : y32) max_abs = std::max(max_abs, double(std::fabs(v)));
+  int64_t bad = 0;
+  for (size_t i = 0; i < y32.size(); ++i) {
+    const double got = float_from_bf16_bits(bits[i]);
+    bad += std::fabs(got - y32[i]) > std::ldexp(std::fabs(y32[i]), -8) + 1e-5 * max_abs;
+  }
+  EXPECT_EQ(bad, 0) << "elements farther than one bf16 rounding from the fp32-output GEMM";
+  std::vector<float> y_c(M * n_out);
+  cpu::linear_forward<float>(y_c.data(), x.data(), w.data(), nullptr, M, n_in, n_out, false);
+  std::vector<float> y16(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) y16[i] = float_from_bf16_bits(bits[i]);
+  expect_rel("linear_forward_bf16 vs cpu fp32", y16, y_c);
+  EXPECT_THROW(gpu::linear_forward_bf16(d_y16.data(), d_x.data(), d_w.data(), M, n_in, n_out, handle, stream), Error);
+}
+
+// linear_backward_bf16 from a dy that is already bf16: the same GEMMs as linear_backward given that dy in fp32
+// (whose rounding is then exact), so dx and dw match it; dx_bf16 is that dx increment rounded once.
+TEST_F(GpuBf16, LinearBackwardFromBf16Gradient) {
+  const int64_t M = 112, n_in = 64, n_out = 80;
+  const auto x = rand_vec(M * n_in, 60), w = rand_vec(n_in * n_out, 61, -0.3f, 0.3f);
+  const auto dy = rounded(rand_vec(M * n_out, 62));  // bf16-representable
+  auto d_x = copy_to_device(x), d_w = copy_to_device(w), d_dy = copy_to_device(dy);
+  auto bx = bf16_of(d_x), bw = bf16_of(d_w), bdy = bf16_of(d_dy);
+  const auto dx0 = rand_vec(M * n_in, 63), dw0 = rand_vec(n_in * n_out, 64);
+  auto d_dx_ref = copy_to_device(dx0), d_dw_ref = copy_to_device(dw0);
+  gpu::linear_backward(d_dx_ref.data(), d_dw_ref.data(), nullptr, d_dy.data(), bx.data(), bw.data(), M, n_in, n_out,
+                       handle, stream);
+  auto d_dx = copy_to_device(dx0), d_dw = copy_to_device(dw0);
+  gpu::LinearGradsBf16 grads;
+  grads.dx = d_dx.data();
+  grads.dw = d_dw.data();
+  gpu::linear_backward_bf16(grads, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
+  DeviceBuffer<float> d_dx_inc(M * n_in);  // the dx increment alone, fp32
+  SMT_CUDA_CHECK(cudaMemsetAsync(d_dx_inc.data(), 0, d_dx_inc.bytes(), stream));
+  gpu::LinearGradsBf16 inc;
+  inc.dx = d_dx_inc.data();
+  gpu::linear_backward_bf16(inc, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
+  DeviceBuffer<__nv_bfloat16> d_dx16(M * n_in);
+  gpu::LinearGradsBf16 to16;
+  to16.dx_bf16 = d_dx16.data();
+  gpu::linear_backward_bf16(to16, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
+  sync();
+  expect_rel("linear_backward_bf16 dx vs linear_backward", host(d_dx), host(d_dx_ref), 1e-6);
+  expect_rel("linear_backward_bf16 dw vs linear_backward", host(d_dw), host(d_dw_ref), 1e-6);
+  const std::vector<float> inc_h = host(d_dx_inc);
+  std::vector<uint16_t> bits(inc_h.size());
+  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), d_dx16.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  double max_abs = 0;
+  for (float v : inc_h) max_abs = std::max(max_abs, double(std::fabs(v)));
+  int64_t bad = 0;
+  for (size_t i = 0; i < inc_h.size(); ++i)
+    bad += std::fabs(double(float_from_bf16_bits(bits[i])) - inc_h[i]) > std::ldexp(std::fabs(inc_h[i]), -8) + 1e-5 * max_abs;
+  EXPECT_EQ(bad, 0) << "dx_bf16 elements farther than one bf16 rounding from the fp32 dx";
+  gpu::LinearGradsBf16 both;
+  both.dx = d_dx.data();
+  both.dx_bf16 = d_dx16.data();
+  EXPECT_THROW(gpu::linear_backward_bf16(both, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream), Error);
+}
+
 TEST_F(GpuBf16, MatmulTransposedBf16) {
   const int64_t M = 64, k = 48, n = 100;
   const auto x = rand_vec(M * k, 50), w = rand_vec(n * k, 51);

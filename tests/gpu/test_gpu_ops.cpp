@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gpu_test_env.h"
+#include "core/bf16.h"
 #include "core/cuda_check.h"
 #include "core/device_buffer.h"
 #include "core/error.h"
@@ -105,6 +106,17 @@ std::vector<int32_t> rand_ints(size_t n, uint64_t seed, int32_t lo, int32_t hi) 
 template <typename T>
 std::vector<T> to_host(const DeviceBuffer<T>& d) {
   return copy_to_host(d);
+}
+
+// A fused bf16 output (rmsnorm, rope) must be the op's fp32 output rounded to nearest even, bit for bit.
+void expect_bf16_is_rounded(const std::string& what, const DeviceBuffer<__nv_bfloat16>& got,
+                            const std::vector<float>& fp32) {
+  std::vector<uint16_t> bits(fp32.size());
+  ASSERT_GE(got.size(), fp32.size()) << what;
+  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), got.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  size_t mismatches = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) mismatches += bits[i] != bf16_bits_from_float(fp32[i]);
+  EXPECT_EQ(mismatches, 0u) << what << ": bf16 output differs from bf16(fp32 output)";
 }
 
 // Elementwise check: |g - c| <= rtol |c| + atol_frac max|c|; infinities must match exactly.
@@ -205,8 +217,16 @@ TEST_F(Gpu, RmsNorm) {
     DeviceBuffer<float> d_out(T * d), d_rstd(T);
     gpu::rmsnorm_forward(d_out.data(), d_rstd.data(), d_x.data(), d_w.data(), T, d, eps, stream);
     sync();
-    expect_close("rmsnorm_forward out", to_host(d_out), out_c, kElementwise);
+    const std::vector<float> out_g = to_host(d_out);
+    expect_close("rmsnorm_forward out", out_g, out_c, kElementwise);
     expect_close("rmsnorm_forward rstd", to_host(d_rstd), rstd_c, kElementwise);
+    DeviceBuffer<__nv_bfloat16> d_out16(T * d), d_only16(T * d);
+    gpu::rmsnorm_forward(d_out.data(), nullptr, d_x.data(), d_w.data(), T, d, eps, stream, d_out16.data());
+    gpu::rmsnorm_forward(nullptr, nullptr, d_x.data(), d_w.data(), T, d, eps, stream, d_only16.data());
+    sync();
+    expect_bf16_is_rounded("rmsnorm_forward with both outputs", d_out16, out_g);
+    expect_bf16_is_rounded("rmsnorm_forward bf16 only", d_only16, out_g);
+    EXPECT_THROW(gpu::rmsnorm_forward(nullptr, nullptr, d_x.data(), d_w.data(), T, d, eps, stream), Error);
 
     std::vector<float> dx_c = dx0, dw_c = dw0;
     cpu::rmsnorm_backward<float>(dx_c.data(), dw_c.data(), dout.data(), x.data(), w.data(), rstd_c.data(), T, d);
@@ -232,15 +252,20 @@ TEST_F(Gpu, Rope) {
   const auto x = rand_vec(n, 20);
   const auto dout = rand_vec(n, 21);
   const auto dx0 = rand_vec(n, 22);
+  gpu::RopeTable table;
+  gpu::ensure_rope_table(table, N + 5, hd, theta);  // a longer table serves a shorter sequence
 
   std::vector<float> out_c(n);
   cpu::rope_forward<float>(out_c.data(), x.data(), B, N, H, hd, theta);
   auto d_x = copy_to_device(x);
   DeviceBuffer<float> d_out(n);
-  gpu::rope_forward(d_out.data(), d_x.data(), B, N, H, hd, theta, stream);
+  DeviceBuffer<__nv_bfloat16> d_out16(n);
+  gpu::rope_forward(d_out.data(), d_out16.data(), d_x.data(), table, B, N, H, stream);
   sync();
-  expect_close("rope_forward", to_host(d_out), out_c, kElementwise);
-  gpu::rope_forward(d_x.data(), d_x.data(), B, N, H, hd, theta, stream);  // in place
+  const std::vector<float> out_g = to_host(d_out);
+  expect_close("rope_forward", out_g, out_c, kElementwise);
+  expect_bf16_is_rounded("rope_forward", d_out16, out_g);
+  gpu::rope_forward(d_x.data(), nullptr, d_x.data(), table, B, N, H, stream);  // in place
   sync();
   expect_close("rope_forward in place", to_host(d_x), out_c, kElementwise);
 
@@ -248,9 +273,24 @@ TEST_F(Gpu, Rope) {
   cpu::rope_backward<float>(dx_c.data(), dout.data(), B, N, H, hd, theta);
   auto d_dout = copy_to_device(dout);
   auto d_dx = copy_to_device(dx0);
-  gpu::rope_backward(d_dx.data(), d_dout.data(), B, N, H, hd, theta, stream);
+  gpu::rope_backward(d_dx.data(), d_dout.data(), table, B, N, H, stream);
   sync();
   expect_close("rope_backward", to_host(d_dx), dx_c, kElementwise);
+  // To bf16: the overwritten, rounded R^T dout (the accumulating fp32 form from zero, rounded).
+  DeviceBuffer<float> d_dx_zero(n);
+  SMT_CUDA_CHECK(cudaMemsetAsync(d_dx_zero.data(), 0, d_dx_zero.bytes(), stream));
+  gpu::rope_backward(d_dx_zero.data(), d_dout.data(), table, B, N, H, stream);
+  DeviceBuffer<__nv_bfloat16> d_dx16(n);
+  SMT_CUDA_CHECK(cudaMemsetAsync(d_dx16.data(), 0x7f, d_dx16.size() * sizeof(__nv_bfloat16), stream));
+  gpu::rope_backward(nullptr, d_dout.data(), table, B, N, H, stream, d_dx16.data());
+  sync();
+  expect_bf16_is_rounded("rope_backward to bf16", d_dx16, to_host(d_dx_zero));
+  EXPECT_THROW(gpu::rope_backward(d_dx.data(), d_dout.data(), table, B, N, H, stream, d_dx16.data()), Error);
+
+  gpu::RopeTable short_table;
+  gpu::ensure_rope_table(short_table, N - 1, hd, theta);
+  EXPECT_THROW(gpu::rope_backward(d_dx.data(), d_dout.data(), short_table, B, N, H, stream), Error);
+  EXPECT_THROW(gpu::rope_forward(nullptr, nullptr, d_x.data(), table, B, N, H, stream), Error);
 }
 
 // =====================================================================================================
@@ -561,6 +601,13 @@ TEST_F(Gpu, PermuteUnpermute) {
     gpu::unpermute_forward(d_y.data(), d_rows_out.data(), d_weights.data(), dplan, d, stream);
     sync();
     expect_close("unpermute_forward", to_host(d_y), y_c, kElementwise);
+    // With a residual: the output buffer's old contents are ignored (y = residual + the same sum).
+    DeviceBuffer<float> d_y_res(T * d);
+    SMT_CUDA_CHECK(cudaMemsetAsync(d_y_res.data(), 0x7f, d_y_res.bytes(), stream));  // garbage (~3.4e38)
+    auto d_residual = copy_to_device(y0);
+    gpu::unpermute_forward(d_y_res.data(), d_rows_out.data(), d_weights.data(), dplan, d, stream, d_residual.data());
+    sync();
+    expect_close("unpermute_forward with residual", to_host(d_y_res), y_c, kElementwise);
 
     const auto dy = rand_vec(T * d, 107);
     const auto drows_out0 = rand_vec(R * d, 108);
@@ -682,7 +729,16 @@ TEST_F(Gpu, AdamWAndSumSquares) {
     auto d_x = copy_to_device(x);
     const double s_g = gpu::sum_squares(d_x.data(), len, stream);
     EXPECT_NEAR(s_g, s_c, 1e-10 * s_c) << "sum_squares n=" << len;
+    DeviceBuffer<double> d_s(1);
+    gpu::sum_squares_on_device(d_s.data(), d_x.data(), len, stream);
+    sync();
+    EXPECT_EQ(to_host(d_s)[0], s_g) << "sum_squares_on_device n=" << len << ": the same reduction";
   }
+  DeviceBuffer<double> d_zero(1);
+  SMT_CUDA_CHECK(cudaMemsetAsync(d_zero.data(), 0xff, sizeof(double), stream));
+  gpu::sum_squares_on_device(d_zero.data(), nullptr, 0, stream);
+  sync();
+  EXPECT_EQ(to_host(d_zero)[0], 0.0) << "sum_squares_on_device of nothing";
 }
 
 // =====================================================================================================

@@ -28,20 +28,7 @@ const RopeTable<Real>& rope_table(int64_t N, int64_t hd, double theta) {
   const int64_t half = hd / 2;
   table.cos_t.resize(N * half);
   table.sin_t.resize(N * half);
-  std::vector<double> inv_freq(half);
-  for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(hd));
-  Real* c = table.cos_t.data();
-  Real* s = table.sin_t.data();
-  parallel_for(
-      N,
-      [&](int64_t n) {
-        for (int64_t i = 0; i < half; ++i) {
-          const double a = double(n) * inv_freq[i];
-          c[n * half + i] = static_cast<Real>(std::cos(a));
-          s[n * half + i] = static_cast<Real>(std::sin(a));
-        }
-      },
-      half * 40);
+  rope_cos_sin<Real>(table.cos_t.data(), table.sin_t.data(), N, hd, theta);
   table.num_positions = N;
   table.head_dim = hd;
   table.theta = theta;
@@ -84,6 +71,24 @@ void rope_apply(Real* out, const Real* x, int64_t B, int64_t N, int64_t H, int64
 }  // namespace
 
 template <typename Real>
+void rope_cos_sin(Real* cos_t, Real* sin_t, int64_t N, int64_t hd, double theta) {
+  SMT_CHECK(hd % 2 == 0 && N >= 0, "rope: head dim must be even, got ", hd);
+  const int64_t half = hd / 2;
+  std::vector<double> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(hd));
+  parallel_for(
+      N,
+      [&](int64_t n) {
+        for (int64_t i = 0; i < half; ++i) {
+          const double a = double(n) * inv_freq[i];
+          cos_t[n * half + i] = static_cast<Real>(std::cos(a));
+          sin_t[n * half + i] = static_cast<Real>(std::sin(a));
+        }
+      },
+      half * 40);
+}
+
+template <typename Real>
 void rope_forward(Real* out, const Real* x, int64_t B, int64_t N, int64_t H, int64_t hd,
                   std::type_identity_t<Real> theta) {
   rope_apply<Real, false>(out, x, B, N, H, hd, double(theta));
@@ -99,5 +104,7 @@ template void rope_forward<float>(float*, const float*, int64_t, int64_t, int64_
 template void rope_forward<double>(double*, const double*, int64_t, int64_t, int64_t, int64_t, double);
 template void rope_backward<float>(float*, const float*, int64_t, int64_t, int64_t, int64_t, float);
 template void rope_backward<double>(double*, const double*, int64_t, int64_t, int64_t, int64_t, double);
+template void rope_cos_sin<float>(float*, float*, int64_t, int64_t, double);
+template void rope_cos_sin<double>(double*, double*, int64_t, int64_t, double);
 
 }  // namespace smt::cpu

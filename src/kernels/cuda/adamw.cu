@@ -69,15 +69,23 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-double sum_squares(const float* x, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return 0.0;
+void sum_squares_on_device(double* result, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) {
+    SMT_CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), stream));
+    return;
+  }
   const unsigned blocks = std::min<unsigned>(kSumBlocks, detail::grid_for(n));
   StreamBuffer<double> partial(blocks, stream);
-  StreamBuffer<double> result(1, stream);
   sum_squares_partial_kernel<<<blocks, detail::kThreads, 0, stream>>>(partial.data(), x, n);
   SMT_CUDA_CHECK_LAUNCH();
-  sum_partials_kernel<<<1, detail::kThreads, 0, stream>>>(result.data(), partial.data(), blocks);
+  sum_partials_kernel<<<1, detail::kThreads, 0, stream>>>(result, partial.data(), blocks);
   SMT_CUDA_CHECK_LAUNCH();
+}
+
+double sum_squares(const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return 0.0;
+  StreamBuffer<double> result(1, stream);
+  sum_squares_on_device(result.data(), x, n, stream);
   double host = 0.0;
   SMT_CUDA_CHECK(cudaMemcpyAsync(&host, result.data(), sizeof(double), cudaMemcpyDeviceToHost, stream));
   SMT_CUDA_CHECK(cudaStreamSynchronize(stream));

@@ -64,12 +64,10 @@ GemmOperand grad_operand(const float* dy, int64_t n, Precision p,
   return GemmOperand(static_cast<const __nv_bfloat16*>(holder->data()));
 }
 
-}  // namespace
-
-void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A,
-                    int64_t lda, GemmOperand B, int64_t ldb, float beta, float* C, int64_t ldc,
-                    cublasHandle_t handle, cudaStream_t stream) {
-  if (M <= 0 || N <= 0) return;
+// Row-major C [M, N] (of c_type) = alpha op(A) op(B) + beta C through one cublasGemmEx.
+void gemm_ex(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A, int64_t lda,
+             GemmOperand B, int64_t ldb, float beta, void* C, cudaDataType_t c_type, int64_t ldc,
+             cublasHandle_t handle, cudaStream_t stream) {
   check_same_dtype(A, B, "gpu::gemm_row_major");
   const cudaDataType_t ab_type = cuda_type(A.dtype);
   SMT_CUBLAS_CHECK(cublasSetStream(handle, stream));
@@ -77,8 +75,35 @@ void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   SMT_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, to_int(N, "N"), to_int(M, "M"), to_int(K, "K"), &alpha, B.ptr,
-                                ab_type, to_int(ldb, "ldb"), A.ptr, ab_type, to_int(lda, "lda"), &beta, C,
-                                CUDA_R_32F, to_int(ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                ab_type, to_int(ldb, "ldb"), A.ptr, ab_type, to_int(lda, "lda"), &beta, C, c_type,
+                                to_int(ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// A bf16 C through gemm_ex with only the final rounding: no split-K partial sums reduced in bf16 inside cuBLAS
+// (the handle's math mode is restored afterwards, also on error).
+void gemm_bf16_out(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, GemmOperand A, int64_t lda,
+                   GemmOperand B, int64_t ldb, __nv_bfloat16* C, int64_t ldc, cublasHandle_t handle,
+                   cudaStream_t stream) {
+  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
+  SMT_CUBLAS_CHECK(cublasGetMathMode(handle, &mode));
+  SMT_CUBLAS_CHECK(cublasSetMathMode(
+      handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  try {
+    gemm_ex(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, CUDA_R_16BF, ldc, handle, stream);
+  } catch (...) {
+    cublasSetMathMode(handle, mode);
+    throw;
+  }
+  SMT_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
+}
+
+}  // namespace
+
+void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A,
+                    int64_t lda, GemmOperand B, int64_t ldb, float beta, float* C, int64_t ldc,
+                    cublasHandle_t handle, cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  gemm_ex(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, CUDA_R_32F, ldc, handle, stream);
 }
 
 void add_column_sums(float* out, const float* a, int64_t M, int64_t n, cudaStream_t stream) {
@@ -111,6 +136,15 @@ void linear_forward(float* y, GemmOperand x, GemmOperand w, const float* b, int6
   gemm_row_major(false, false, M, n_out, n_in, 1.0f, x, n_in, w, n_out, beta, y, n_out, handle, stream);
 }
 
+void linear_forward_bf16(__nv_bfloat16* y, GemmOperand x, GemmOperand w, int64_t M, int64_t n_in, int64_t n_out,
+                         cublasHandle_t handle, cudaStream_t stream) {
+  if (M <= 0 || n_out <= 0) return;
+  SMT_CHECK(x.dtype == Precision::kBf16 && w.dtype == Precision::kBf16,
+            "gpu::linear_forward_bf16: needs bf16 operands");
+  SMT_CHECK(n_in > 0, "gpu::linear_forward_bf16: n_in must be positive");
+  gemm_bf16_out(false, false, M, n_out, n_in, x, n_in, w, n_out, y, n_out, handle, stream);
+}
+
 void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOperand x, GemmOperand w, int64_t M,
                      int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream) {
   if (M <= 0 || n_out <= 0) return;
@@ -123,6 +157,21 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOpera
   if (dw != nullptr && n_in > 0)  // dW [n_in, n_out] += x^T @ dy
     gemm_row_major(true, false, n_in, n_out, M, 1.0f, x, n_in, g, n_out, 1.0f, dw, n_out, handle, stream);
   if (db != nullptr) add_column_sums(db, dy, M, n_out, stream);
+}
+
+void linear_backward_bf16(const LinearGradsBf16& grads, const __nv_bfloat16* dy, GemmOperand x, GemmOperand w,
+                          int64_t M, int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream) {
+  if (M <= 0 || n_out <= 0 || n_in <= 0) return;
+  SMT_CHECK(x.dtype == Precision::kBf16 && w.dtype == Precision::kBf16,
+            "gpu::linear_backward_bf16: needs bf16 operands");
+  SMT_CHECK(grads.dx == nullptr || grads.dx_bf16 == nullptr, "gpu::linear_backward_bf16: dx and dx_bf16 both given");
+  const GemmOperand g(dy);
+  if (grads.dx != nullptr)  // dx [M, n_in] += dy [M, n_out] @ W^T
+    gemm_row_major(false, true, M, n_in, n_out, 1.0f, g, n_out, w, n_out, 1.0f, grads.dx, n_in, handle, stream);
+  if (grads.dx_bf16 != nullptr)  // dx_bf16 = bf16(dy @ W^T), rounded once at the end
+    gemm_bf16_out(false, true, M, n_in, n_out, g, n_out, w, n_out, grads.dx_bf16, n_in, handle, stream);
+  if (grads.dw != nullptr)  // dW [n_in, n_out] += x^T @ dy
+    gemm_row_major(true, false, n_in, n_out, M, 1.0f, x, n_in, g, n_out, 1.0f, grads.dw, n_out, handle, stream);
 }
 
 void matmul_transposed_forward(float* y, GemmOperand x, GemmOperand w, int64_t M, int64_t k, int64_t n,

@@ -118,13 +118,15 @@ __global__ void permute_backward_kernel(float* dx, const float* drows, const int
   }
 }
 
-__global__ void unpermute_forward_kernel(float* y, const float* rows_out, const float* topk_weight,
-                                         const int64_t* row_of_assignment, int64_t T, int64_t k, int64_t d) {
+// y[t] = (residual or y)[t] + sum_j w[t, j] rows_out[row(t, j)]; residual may be null (then y accumulates).
+__global__ void unpermute_forward_kernel(float* y, const float* residual, const float* rows_out,
+                                         const float* topk_weight, const int64_t* row_of_assignment, int64_t T,
+                                         int64_t k, int64_t d) {
   const int64_t total = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / d, c = i - t * d;
-    float acc = y[i];
+    float acc = residual != nullptr ? residual[i] : y[i];
     for (int64_t j = 0; j < k; ++j) {
       const int64_t r = row_of_assignment[t * k + j];
       if (r >= 0) acc += topk_weight[t * k + j] * rows_out[r * d + c];
@@ -554,10 +556,10 @@ void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& pl
 }
 
 void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
-                       int64_t d, cudaStream_t stream) {
+                       int64_t d, cudaStream_t stream, const float* residual) {
   if (plan.num_tokens <= 0 || d <= 0) return;
   unpermute_forward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
-      y, rows_out, topk_weight, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d);
+      y, residual, rows_out, topk_weight, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d);
   SMT_CUDA_CHECK_LAUNCH();
 }
 

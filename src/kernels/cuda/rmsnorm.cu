@@ -9,8 +9,8 @@ namespace {
 
 constexpr int64_t kRowBlock = 256;
 
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t d,
-                                       float eps) {
+__global__ void rmsnorm_forward_kernel(float* out, __nv_bfloat16* out_bf16, float* rstd, const float* x,
+                                       const float* weight, int64_t d, float eps) {
   __shared__ double scratch[32];
   const int64_t t = blockIdx.x;
   const float* xr = x + t * d;
@@ -19,8 +19,11 @@ __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* x, 
   ss = detail::block_sum(ss, scratch);
   const float r = static_cast<float>(1.0 / sqrt(ss / double(d) + double(eps)));
   if (rstd != nullptr && threadIdx.x == 0) rstd[t] = r;
-  float* o = out + t * d;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) o[j] = xr[j] * r * weight[j];
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float y = xr[j] * r * weight[j];
+    if (out != nullptr) out[t * d + j] = y;
+    if (out_bf16 != nullptr) out_bf16[t * d + j] = __float2bfloat16_rn(y);
+  }
 }
 
 __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* weight,
@@ -61,10 +64,12 @@ __global__ void reduce_partials_kernel(float* out, const double* partial, int64_
 }  // namespace
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t d, float eps,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, __nv_bfloat16* out_bf16) {
   if (T <= 0 || d <= 0) return;
+  SMT_CHECK(out != nullptr || out_bf16 != nullptr, "gpu::rmsnorm_forward: no output");
   SMT_CHECK(T <= 2147483647LL, "gpu::rmsnorm_forward: too many rows ", T);
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), detail::kThreads, 0, stream>>>(out, rstd, x, weight, d, eps);
+  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), detail::kThreads, 0, stream>>>(out, out_bf16, rstd, x, weight,
+                                                                                     d, eps);
   SMT_CUDA_CHECK_LAUNCH();
 }
 

@@ -165,6 +165,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   ensure(tmp, T * d);
   zero(psum_, static_cast<int64_t>(config_.layers) * config_.experts, s);  // [layers, E] router probability sums
   ensure(lse_sq_, static_cast<size_t>(config_.layers));                     // [layers] sums of lse^2
+  SMT_CUDA_CHECK(cudaMemsetAsync(lse_sq_.data(), 0, config_.layers * sizeof(double), s));  // dense layers: 0
   gpu::embedding_forward(stream_in(0), tokens_.data(), p("embedding"), T, d, s);
   mark("fwd.embedding");
   for (int l = 0; l < config_.layers; ++l) {

@@ -8,6 +8,9 @@
 //   its distance to the unrounded fp32 product must exceed 1e-5 (the operands really were bf16).
 //   Bias gradients (summed from the fp32 dy / dout): 1e-4, as the fp32 ops.
 //   Kept bf16 activations vs rounding them again: 1e-6 (the same bf16 operands).
+//   bf16-output GEMMs (linear_forward_bf16, linear_backward_bf16's dx_bf16) vs the fp32-output GEMM of the same
+//   bf16 operands: every element within one bf16 rounding (2^-8 relative, floor 1e-5 of the largest); the
+//   bf16-dy backward's fp32 dx / dw vs linear_backward given the same (exactly representable) dy: 1e-6.
 // Skips every test with a visible "no CUDA device" message where no device is usable.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -87,6 +90,21 @@ void expect_rel(const std::string& what, const std::vector<float>& gpu, const st
 }
 
 std::vector<float> host(const DeviceBuffer<float>& d) { return copy_to_host(d); }
+
+// Elements of a bf16 GEMM output farther than one bf16 rounding (relative 2^-8, plus 1e-5 of the largest
+// magnitude for the fp32 sums' own ordering differences) from the fp32 result of the same product.
+int64_t count_beyond_one_rounding(const DeviceBuffer<__nv_bfloat16>& got, const std::vector<float>& fp32) {
+  std::vector<uint16_t> bits(fp32.size());
+  EXPECT_GE(got.size(), fp32.size());
+  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), got.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  double max_abs = 0;
+  for (float v : fp32) max_abs = std::max(max_abs, double(std::fabs(v)));
+  int64_t bad = 0;
+  for (size_t i = 0; i < fp32.size(); ++i)
+    bad += std::fabs(double(float_from_bf16_bits(bits[i])) - fp32[i]) >
+           std::ldexp(std::fabs(fp32[i]), -8) + 1e-5 * max_abs;
+  return bad;
+}
 
 // Row-major C = alpha op(A) op(B) + beta C in double (the exact reference of the fp32-accumulated GEMM).
 std::vector<float> gemm_ref(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const std::vector<float>& A,
@@ -246,22 +264,14 @@ TEST_F(GpuBf16, LinearBf16Output) {
   gpu::linear_forward(d_y32.data(), bx.data(), bw.data(), nullptr, M, n_in, n_out, false, handle, stream);
   gpu::linear_forward_bf16(d_y16.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
   sync();
-  const std::vector<float> y32 = host(d_y32);
-  std::vector<uint16_t> bits(y32.size());
-  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), d_y16.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
-  double max_abs = 0;
-  for (float v : y32) max_abs = std::max(max_abs, double(std::fabs(v)));
-  int64_t bad = 0;
-  for (size_t i = 0; i < y32.size(); ++i) {
-    const double got = float_from_bf16_bits(bits[i]);
-    bad += std::fabs(got - y32[i]) > std::ldexp(std::fabs(y32[i]), -8) + 1e-5 * max_abs;
-  }
-  EXPECT_EQ(bad, 0) << "elements farther than one bf16 rounding from the fp32-output GEMM";
+  EXPECT_EQ(count_beyond_one_rounding(d_y16, host(d_y32)), 0)
+      << "elements farther than one bf16 rounding from the fp32-output GEMM";
   std::vector<float> y_c(M * n_out);
   cpu::linear_forward<float>(y_c.data(), x.data(), w.data(), nullptr, M, n_in, n_out, false);
-  std::vector<float> y16(bits.size());
-  for (size_t i = 0; i < bits.size(); ++i) y16[i] = float_from_bf16_bits(bits[i]);
-  expect_rel("linear_forward_bf16 vs cpu fp32", y16, y_c);
+  DeviceBuffer<float> d_y16_as32(M * n_out);
+  gpu::cast_bf16_to_fp32(d_y16_as32.data(), d_y16.data(), M * n_out, stream);
+  sync();
+  expect_rel("linear_forward_bf16 vs cpu fp32", host(d_y16_as32), y_c);
   EXPECT_THROW(gpu::linear_forward_bf16(d_y16.data(), d_x.data(), d_w.data(), M, n_in, n_out, handle, stream), Error);
 }
 
@@ -294,15 +304,8 @@ TEST_F(GpuBf16, LinearBackwardFromBf16Gradient) {
   sync();
   expect_rel("linear_backward_bf16 dx vs linear_backward", host(d_dx), host(d_dx_ref), 1e-6);
   expect_rel("linear_backward_bf16 dw vs linear_backward", host(d_dw), host(d_dw_ref), 1e-6);
-  const std::vector<float> inc_h = host(d_dx_inc);
-  std::vector<uint16_t> bits(inc_h.size());
-  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), d_dx16.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
-  double max_abs = 0;
-  for (float v : inc_h) max_abs = std::max(max_abs, double(std::fabs(v)));
-  int64_t bad = 0;
-  for (size_t i = 0; i < inc_h.size(); ++i)
-    bad += std::fabs(double(float_from_bf16_bits(bits[i])) - inc_h[i]) > std::ldexp(std::fabs(inc_h[i]), -8) + 1e-5 * max_abs;
-  EXPECT_EQ(bad, 0) << "dx_bf16 elements farther than one bf16 rounding from the fp32 dx";
+  EXPECT_EQ(count_beyond_one_rounding(d_dx16, host(d_dx_inc)), 0)
+      << "dx_bf16 elements farther than one bf16 rounding from the fp32 dx";
   gpu::LinearGradsBf16 both;
   both.dx = d_dx.data();
   both.dx_bf16 = d_dx16.data();

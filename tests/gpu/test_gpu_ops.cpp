@@ -48,6 +48,7 @@ namespace {
 //                 ||gpu - cpu|| / ||cpu|| <= 1e-4.
 //   kAttention:   1e-4 relative, floor 1e-4 max|cpu| (lse: -inf must match exactly).
 //   Double results (cross-entropy sum, sum of squares): 1e-6 and 1e-10 relative.
+//   Fused bf16 outputs (rmsnorm, rope forward and backward): bit-exact with the op's fp32 result rounded.
 // ---------------------------------------------------------------------------------------------------
 struct Tol {
   double rtol, atol_frac;
@@ -108,14 +109,20 @@ std::vector<T> to_host(const DeviceBuffer<T>& d) {
   return copy_to_host(d);
 }
 
-// A fused bf16 output (rmsnorm, rope) must be the op's fp32 output rounded to nearest even, bit for bit.
+// A fused bf16 output (rmsnorm, rope) must be the op's fp32 output rounded to nearest even, bit for bit
+// (same_kernel: the fp32 result came from the same kernel run), or, where the fp32 result came from another
+// instantiation whose fused multiply-adds may contract differently, within one bf16 rounding of it.
 void expect_bf16_is_rounded(const std::string& what, const DeviceBuffer<__nv_bfloat16>& got,
-                            const std::vector<float>& fp32) {
+                            const std::vector<float>& fp32, bool same_kernel = true) {
   std::vector<uint16_t> bits(fp32.size());
   ASSERT_GE(got.size(), fp32.size()) << what;
   SMT_CUDA_CHECK(cudaMemcpy(bits.data(), got.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
   size_t mismatches = 0;
-  for (size_t i = 0; i < fp32.size(); ++i) mismatches += bits[i] != bf16_bits_from_float(fp32[i]);
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    mismatches += same_kernel ? bits[i] != bf16_bits_from_float(fp32[i])
+                              : std::fabs(double(float_from_bf16_bits(bits[i])) - fp32[i]) >
+                                    std::ldexp(std::fabs(double(fp32[i])), -8);
+  }
   EXPECT_EQ(mismatches, 0u) << what << ": bf16 output differs from bf16(fp32 output)";
 }
 
@@ -284,7 +291,7 @@ TEST_F(Gpu, Rope) {
   SMT_CUDA_CHECK(cudaMemsetAsync(d_dx16.data(), 0x7f, d_dx16.size() * sizeof(__nv_bfloat16), stream));
   gpu::rope_backward(nullptr, d_dout.data(), table, B, N, H, stream, d_dx16.data());
   sync();
-  expect_bf16_is_rounded("rope_backward to bf16", d_dx16, to_host(d_dx_zero));
+  expect_bf16_is_rounded("rope_backward to bf16", d_dx16, to_host(d_dx_zero), /*same_kernel=*/false);
   EXPECT_THROW(gpu::rope_backward(d_dx.data(), d_dout.data(), table, B, N, H, stream, d_dx16.data()), Error);
 
   gpu::RopeTable short_table;

@@ -206,16 +206,18 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 //   fp32: "grouped" (fp32 A/B/C), "loop" (one cublasGemmEx per expert);
 //   bf16: "grouped" (bf16 A/B, fp32 C: not in cuBLAS's documented type table for the grouped call, so
 //         expected to be refused, kept for a cuBLAS that accepts it), "grouped_bf16_out" (bf16 A/B/C with
-//         fp32 accumulation into a bf16 staging buffer, then one kernel C = beta C + float(staging) that
+//         fp32 accumulation into a bf16 staging buffer, then one kernel C = beta C + float(staging) + bias that
 //         also applies the GELU (forward: hidden and its bf16 copy; backward: dhidden *= gelu'(hidden_pre)
-//         and its bf16 copy), so no separate GELU pass runs on this backend; the weight-gradient GEMMs
+//         and its bf16 copy), so no separate bias or GELU pass runs on this backend; the weight-gradient GEMMs
 //         do not use it: they run as the loop, so that gradients are accumulated from fp32 results),
 //         "loop" (one cublasGemmEx per expert, bf16 A/B, fp32 C).
 // Shapes as smt::cpu::experts_forward: rows, out [R, d]; hidden_pre, hidden [R, f]; w1 [E, d, f]; b1 [E, f];
-// w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32).
+// w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32). The forward's biases (and GELU) are epilogues of
+// its GEMMs: in the staged fold, or one pass over the GEMM's output on the other backends.
 // precision kFp32: w1, w2 fp32. kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream
 // temporaries) or pre-rounded bf16 copies (used as they are); rows and hidden are rounded to bf16 before
-// their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32.
+// their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32. hidden may be null
+// when `keep` is given (the fp32 hidden is then not written: the backward reads the kept bf16 copy).
 // bf16 copies of the experts' GEMM inputs kept from the forward for the backward (kBf16 only): rows [R, d]
 // and hidden [R, f], row 0 = row expert_row_offset[0]. A bf16 experts_forward given one writes them; an
 // experts_backward given the same reads them instead of rounding rows and hidden again (its fp32 `hidden`

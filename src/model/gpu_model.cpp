@@ -260,7 +260,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     const ExpertSide ex = expert_side(A, moe);
     const int64_t e0 = ex.first_expert;
     ensure(A.hidden_pre, ex.num_rows * f);
-    ensure(A.hidden, ex.num_rows * f);
+    if (precision_ != gpu::Precision::kBf16) ensure(A.hidden, ex.num_rows * f);  // kBf16 keeps hidden16 only
     const gpu::ExpertsBf16Activations* keep = nullptr;
     if (precision_ == gpu::Precision::kBf16) {  // the experts' bf16 GEMM inputs, kept for the backward
       // At least one element: a rank whose experts get no rows still passes non-null buffers.

@@ -426,16 +426,20 @@ TEST_P(GpuBf16Experts, EveryBackend) {
   }
   gpu::set_experts_gemm_backend(Precision::kBf16, "auto");
 
-  // bf16 activations kept from the forward for the backward: the same results as rounding them again.
+  // bf16 activations kept from the forward for the backward: the same results as rounding them again. With
+  // them the forward writes no fp32 hidden (hidden = nullptr here), the kept copy is bf16 of the hidden the
+  // forward without them writes.
   {
     std::vector<std::vector<float>> results[2];
+    std::vector<float> hidden_not_kept;
     for (int keep = 0; keep < 2; ++keep) {
       DeviceBuffer<__nv_bfloat16> k_rows(R * d), k_hidden(R * f);
       const gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
       const gpu::ExpertsBf16Activations* kept = keep ? &acts : nullptr;
       DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
-      gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), d_b1.data(), bw2.data(),
-                           d_b2.data(), offsets, E, d, f, handle, stream, Precision::kBf16, kept);
+      gpu::experts_forward(d_out.data(), d_hp.data(), keep ? nullptr : d_h.data(), d_rows.data(), bw1.data(),
+                           d_b1.data(), bw2.data(), d_b2.data(), offsets, E, d, f, handle, stream, Precision::kBf16,
+                           kept);
       DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_dw2(E * f * d), d_scr(R * f);
       for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_dw2}) b->memset_bytes(0);
       gpu::experts_backward(d_drows.data(), d_dw1.data(), nullptr, d_dw2.data(), nullptr, d_scr.data(), d_dout.data(),
@@ -443,12 +447,12 @@ TEST_P(GpuBf16Experts, EveryBackend) {
                             stream, Precision::kBf16, kept);
       sync();
       results[keep] = {host(d_out), host(d_drows), host(d_dw1), host(d_dw2)};
+      if (!keep) hidden_not_kept = host(d_h);
       if (keep) {
         std::vector<uint16_t> kh(R * f);
         SMT_CUDA_CHECK(cudaMemcpy(kh.data(), k_hidden.data(), R * f * 2, cudaMemcpyDeviceToHost));
-        const auto h = host(d_h);
         int64_t bad = 0;
-        for (int64_t i = 0; i < R * f; ++i) bad += kh[i] != bf16_bits_from_float(h[i]);
+        for (int64_t i = 0; i < R * f; ++i) bad += kh[i] != bf16_bits_from_float(hidden_not_kept[i]);
         EXPECT_EQ(bad, 0) << "kept hidden is not bf16(hidden)";
       }
     }
@@ -469,6 +473,10 @@ TEST_P(GpuBf16Experts, EveryBackend) {
                Error);
   EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), nullptr,
                                     bw2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32),
+               Error);
+  // Only a bf16 call with kept activations may leave out the fp32 hidden.
+  EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), nullptr, d_rows.data(), bw1.data(), nullptr,
+                                    bw2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kBf16),
                Error);
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kFp32, "grouped_bf16_out"), Error);
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kBf16, "cutlass"), Error);

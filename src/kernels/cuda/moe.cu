@@ -175,14 +175,35 @@ __device__ __forceinline__ int expert_of_row(const int64_t* offsets, int E, int6
   return lo;
 }
 
-// out[r, j] = bias[expert(r), j] for rows r in [offsets[0], offsets[E]).
-__global__ void expert_bias_rows_kernel(float* out, const float* bias, const int64_t* offsets, int E, int64_t n) {
+// out[r, j] += bias[expert(r), j] for rows r in [offsets[0], offsets[E]).
+__global__ void expert_bias_add_kernel(float* out, const float* bias, const int64_t* offsets, int E, int64_t n) {
   const int64_t r0 = offsets[0];
   const int64_t total = (offsets[E] - r0) * n;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = r0 + i / n, j = i % n;
-    out[r * n + j] = bias[int64_t(expert_of_row(offsets, E, r)) * n + j];
+    out[r * n + j] += bias[int64_t(expert_of_row(offsets, E, r)) * n + j];
+  }
+}
+
+// The experts' first epilogue where the GEMM did not apply it: hidden_pre[r, j] += bias[expert(r), j] (bias
+// nullable), then hidden = gelu(hidden_pre) (nullable) and hidden_bf16 = bf16(gelu) (nullable); rows r in
+// [offsets[0], offsets[E]), all three arrays indexed from offsets[0] (row 0 = row offsets[0]).
+__global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, __nv_bfloat16* hidden_bf16,
+                                        const float* bias, const int64_t* offsets, int E, int64_t f) {
+  const int64_t r0 = offsets[0];
+  const int64_t total = (offsets[E] - r0) * f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float v = hidden_pre[i];
+    if (bias != nullptr) {
+      const int64_t r = r0 + i / f, j = i % f;
+      v += bias[int64_t(expert_of_row(offsets, E, r)) * f + j];
+      hidden_pre[i] = v;
+    }
+    const float g = detail::gelu_value(v);
+    if (hidden != nullptr) hidden[i] = g;
+    if (hidden_bf16 != nullptr) hidden_bf16[i] = __float2bfloat16_rn(g);
   }
 }
 
@@ -201,6 +222,8 @@ __global__ void expert_column_sums_kernel(float* db, const float* a, const int64
 // ---- grouped GEMM over experts ----
 
 // One row-major problem C = op(A) op(B) + beta C (alpha = 1); A and B of the precision run_gemms is given.
+// bias (nullable, [N], added to every row of C) is applied ONLY by the staged fold: run_gemms returns
+// true when the fold ran; otherwise the caller adds it.
 struct GemmProblem {
   bool trans_a, trans_b;
   int64_t M, N, K;
@@ -211,6 +234,7 @@ struct GemmProblem {
   float beta;
   float* C;
   int64_t ldc;
+  const float* bias = nullptr;
 };
 
 // One GEMM problem per expert that has rows (the others are left out): make(e, r0, n, rel) with r0 the
@@ -246,7 +270,7 @@ void note_refusal(Precision p, Backend refused, Backend next, cublasStatus_t st)
 
 // GELU fused into the staged backend's fold (the separate GELU pass is then skipped). Pointers are the bases
 // that correspond to the C base `c_base` (same row-major layout as C: element o of C <-> element o of each).
-//   kForward:  C is hidden_pre: g = gelu(C) -> g_base (hidden), bf16(g) -> bf16_base (nullable).
+//   kForward:  C is hidden_pre: g = gelu(C) -> g_base (hidden; nullable), bf16(g) -> bf16_base (nullable).
 //   kBackward: C is dhidden: C *= gelu'(x_base) (hidden_pre), bf16(C) -> bf16_base (nullable).
 struct GeluEpilogue {
   enum Mode : int { kNone = 0, kForward = 1, kBackward = 2 } mode = kNone;
@@ -256,8 +280,8 @@ struct GeluEpilogue {
   __nv_bfloat16* bf16_base = nullptr;
 };
 
-// C [M, N] (row stride ldc) = beta C + float(S) with S compact [M, N] bf16; beta == 0 does not read C. Then the
-// GELU epilogue (gelu mode, X, G, Gb at C's offset; see GeluEpilogue).
+// C [M, N] (row stride ldc) = beta C + float(S) + bias (bias nullable, [N] per row) with S compact [M, N] bf16;
+// beta == 0 does not read C. Then the GELU epilogue (gelu mode, X, G, Gb at C's offset; see GeluEpilogue).
 struct StagedOutput {
   float* C;
   const __nv_bfloat16* S;
@@ -267,6 +291,7 @@ struct StagedOutput {
   const float* X;
   float* G;
   __nv_bfloat16* Gb;
+  const float* bias;
 };
 
 // grid (x: grid-stride over a problem's M*N, y: problem).
@@ -278,11 +303,12 @@ __global__ void staged_output_kernel(const StagedOutput* problems) {
     const int64_t r = i / p.N, c = i - r * p.N, o = r * p.ldc + c;
     const float s = __bfloat162float(p.S[i]);
     float v = p.beta == 0.0f ? s : fmaf(p.beta, p.C[o], s);
+    if (p.bias != nullptr) v += p.bias[c];
     if (p.gelu == GeluEpilogue::kBackward) v = detail::gelu_grad(p.X[o]) * v;
     p.C[o] = v;
     if (p.gelu == GeluEpilogue::kForward) {
       const float g = detail::gelu_value(v);
-      p.G[o] = g;
+      if (p.G != nullptr) p.G[o] = g;
       if (p.Gb != nullptr) p.Gb[o] = __float2bfloat16_rn(g);
     } else if (p.gelu == GeluEpilogue::kBackward && p.Gb != nullptr) {
       p.Gb[o] = __float2bfloat16_rn(v);
@@ -349,7 +375,7 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
     const GemmProblem& p = problems[g];
     c_ptrs[g] = stage.data() + off;
     c_ld[g] = static_cast<int>(p.N);  // row-major [M, N] compact = column-major [N, M] with ld N
-    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta, gelu.mode, nullptr, nullptr, nullptr};
+    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta, gelu.mode, nullptr, nullptr, nullptr, p.bias};
     if (gelu.mode != GeluEpilogue::kNone) {
       const int64_t o = p.C - gelu.c_base;  // the problem's offset in every epilogue array
       if (gelu.x_base != nullptr) outs[g].X = gelu.x_base + o;
@@ -397,8 +423,8 @@ bool grouped_operands_aligned(const std::vector<GemmProblem>& problems, bool bf1
   return true;
 }
 
-// Runs the problems on the first backend cuBLAS accepts. Returns true if `gelu` (nullable) was applied by the
-// staged backend's fold; false if the caller must run the GELU pass itself.
+// Runs the problems on the first backend cuBLAS accepts. Returns true if the staged backend's fold ran: then
+// `gelu` (nullable) and the problems' biases were applied; false if the caller must apply them itself.
 // weight_gradients: the outputs are fp32 gradients accumulated over steps: never through the bf16-output
 // backend (each GEMM result would be rounded to bf16 before it is added); on that backend the call runs as
 // the per-expert loop (fp32 C), which keeps the backend.
@@ -442,7 +468,7 @@ bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
     const cublasStatus_t st = grouped_bf16_out(problems, gelu != nullptr ? *gelu : GeluEpilogue{}, handle, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
       state.store(kGroupedBf16Out);
-      return gelu != nullptr && gelu->mode != GeluEpilogue::kNone;
+      return true;
     }
     if (!is_refusal(st)) ::smt::detail::throw_cublas_error(st, "cublasGemmGroupedBatchedEx (bf16 C)", __FILE__, __LINE__);
     b = kLoop;
@@ -625,15 +651,16 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
                      const ExpertsBf16Activations* keep) {
   check_offsets(expert_row_offset, E, "gpu::experts_forward");
   check_kept(keep, precision, "gpu::experts_forward");
+  SMT_CHECK(hidden != nullptr || keep != nullptr, "gpu::experts_forward: hidden may be null only with kept activations");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
   const Precision P = precision;
   std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, rows_h, hidden_h;
   const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_forward");
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_forward");
-  // bf16 copies cover rows [base, base + R) only; index them relative to base.
+  // GEMM inputs; bf16 copies cover rows [base, base + R) only: index them relative to base.
   const void* X = rows + base * d;
-  const void* H = hidden + base * f;
+  const void* H = nullptr;
   __nv_bfloat16* H_bf16 = nullptr;
   if (P == Precision::kBf16) {
     __nv_bfloat16* X_bf16 = nullptr;
@@ -649,36 +676,39 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
     cast_fp32_to_bf16(X_bf16, rows + base * d, R * d, stream);
     X = X_bf16;
     H = H_bf16;
+  } else {
+    H = hidden + base * f;
   }
+  // The fp32 hidden is written unless the backward reads the kept bf16 copy instead.
+  float* G = keep != nullptr ? nullptr : hidden + base * f;
   StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
-  if (b1 != nullptr) {
-    expert_bias_rows_kernel<<<detail::grid_for(R * f), detail::kThreads, 0, stream>>>(hidden_pre, b1, offsets.data(),
-                                                                                    static_cast<int>(E), f);
-    SMT_CUDA_CHECK_LAUNCH();
-  }
+  // Biases and GELU are epilogues: in the staged fold where that backend runs, else one pass after the GEMM
+  // (no bias rows written into C beforehand for the GEMM to read back).
   const std::vector<GemmProblem> g1 =
       per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-        return GemmProblem{false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, b1 ? 1.0f : 0.0f,
-                           hidden_pre + r0 * f, f};
+        return GemmProblem{false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, 0.0f,
+                           hidden_pre + r0 * f, f, b1 != nullptr ? b1 + e * f : nullptr};
       });
   const std::vector<GemmProblem> g2 =
       per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-        return GemmProblem{false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, b2 ? 1.0f : 0.0f,
-                           out + r0 * d, d};
+        return GemmProblem{false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, 0.0f,
+                           out + r0 * d, d, b2 != nullptr ? b2 + e * d : nullptr};
       });
   GeluEpilogue fwd_gelu;
   fwd_gelu.mode = GeluEpilogue::kForward;
   fwd_gelu.c_base = hidden_pre + base * f;
-  fwd_gelu.g_base = hidden + base * f;
+  fwd_gelu.g_base = G;
   fwd_gelu.bf16_base = H_bf16;
-  if (!run_gemms(g1, P, handle, stream, &fwd_gelu))
-    gelu_forward(hidden + base * f, hidden_pre + base * f, R * f, stream, fwd_gelu.bf16_base);
-  if (b2 != nullptr) {
-    expert_bias_rows_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
-                                                                                    static_cast<int>(E), d);
+  if (!run_gemms(g1, P, handle, stream, &fwd_gelu)) {
+    expert_bias_gelu_kernel<<<detail::grid_for(R * f), detail::kThreads, 0, stream>>>(
+        hidden_pre + base * f, G, H_bf16, b1, offsets.data(), static_cast<int>(E), f);
     SMT_CUDA_CHECK_LAUNCH();
   }
-  run_gemms(g2, P, handle, stream);
+  if (!run_gemms(g2, P, handle, stream) && b2 != nullptr) {
+    expert_bias_add_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
+                                                                                   static_cast<int>(E), d);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
 }
 
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,

@@ -187,8 +187,10 @@ void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std
                        double aux_scale, double z_coeff, int64_t T, int64_t num_tokens_global, int64_t E,
                        cudaStream_t stream);
 
-// rows [R, d] = x[token_of_row]
+// rows [R, d] = x[token_of_row] (fp32, or bf16: e.g. the experts' bf16 GEMM input gathered from a bf16 copy of x)
 void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
+void permute_forward(__nv_bfloat16* rows, const __nv_bfloat16* x, const DeviceRoutingPlan& plan, int64_t d,
+                     cudaStream_t stream);
 // dx[t] += sum over kept slots of drows[row(t, j)] (per token, no atomics)
 void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
 // y[t] += sum_j topk_weight[t, j] * rows_out[row(t, j)]; with a residual [T, d] (nullable):
@@ -221,10 +223,13 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 // bf16 copies of the experts' GEMM inputs kept from the forward for the backward (kBf16 only): rows [R, d]
 // and hidden [R, f], row 0 = row expert_row_offset[0]. A bf16 experts_forward given one writes them; an
 // experts_backward given the same reads them instead of rounding rows and hidden again (its fp32 `hidden`
-// is then not read; `rows` neither). Both pointers required.
+// is then not read; `rows` neither). Both pointers required. rows_ready: `rows` already holds the bf16 rows
+// (permuted from a bf16 copy of the layer input): experts_forward reads them as they are and its fp32 `rows`
+// argument may be null.
 struct ExpertsBf16Activations {
   __nv_bfloat16* rows = nullptr;
   __nv_bfloat16* hidden = nullptr;
+  bool rows_ready = false;
 };
 void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
                      GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,

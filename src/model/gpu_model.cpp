@@ -219,7 +219,12 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     gpu::linear_forward(A.x_mid.data(), o_op, w(pre + "wo"), nullptr, T, d, d, /*accumulate=*/true, handle_, s);
     mark("fwd.out_proj");
 
-    gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s);
+    // kBf16 on one rank's own experts: the rows are gathered straight into the experts' bf16 GEMM input from a
+    // bf16 copy of m (no fp32 rows); the router still reads the fp32 m. Expert parallel: fp32 rows are exchanged.
+    const bool rows_in_bf16 = precision_ == gpu::Precision::kBf16 && !expert_parallel_layer(moe);
+    if (rows_in_bf16) ensure(A.m16, T * d);
+    gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s,
+                         rows_in_bf16 ? A.m16.data() : nullptr);
     ensure(A.topk_idx, T * k);
     ensure(A.topk_w, T * k);
     if (moe) {
@@ -240,9 +245,14 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     A.global = global_routing(host_world(), A.dplan.num_routed_per_expert_host, T, k, config_.capacity_factor, moe);
     gpu::place_routing_on_device(A.dplan, A.topk_idx.data(), A.global.capacity, A.global.num_routed_before.data(), s);
     const int64_t R = A.dplan.num_rows;
-    ensure(A.rows, R * d);
     ensure(A.rows_out, R * d);
-    gpu::permute_forward(A.rows.data(), A.m.data(), A.dplan, d, s);
+    if (rows_in_bf16) {  // at least one element: non-null even when no row is kept
+      ensure(A.rows16, static_cast<size_t>(std::max<int64_t>(1, R * d)));
+      gpu::permute_forward(A.rows16.data(), A.m16.data(), A.dplan, d, s);
+    } else {
+      ensure(A.rows, R * d);
+      gpu::permute_forward(A.rows.data(), A.m.data(), A.dplan, d, s);
+    }
     if (expert_parallel_layer(moe)) {  // dispatch this rank's rows to the experts' owners
       A.exchange = std::make_shared<ExpertExchange>(*parallel_->host->expert_group, *parallel_->expert_group,
                                                     A.dplan.num_tokens_per_expert_host);
@@ -266,10 +276,10 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       // At least one element: a rank whose experts get no rows still passes non-null buffers.
       ensure(A.rows16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * d)));
       ensure(A.hidden16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * f)));
-      A.expert_inputs16 = {A.rows16.data(), A.hidden16.data()};
+      A.expert_inputs16 = {A.rows16.data(), A.hidden16.data(), /*rows_ready=*/rows_in_bf16};
       keep = &A.expert_inputs16;
     }
-    gpu::experts_forward(ex.rows_out, A.hidden_pre.data(), A.hidden.data(), ex.rows,
+    gpu::experts_forward(ex.rows_out, A.hidden_pre.data(), A.hidden.data(), rows_in_bf16 ? nullptr : ex.rows,
                          w(pre + "experts.w1").offset_by(e0 * d * f), p(pre + "experts.b1") + e0 * f,
                          w(pre + "experts.w2").offset_by(e0 * f * d), p(pre + "experts.b2") + e0 * d, ex.row_offset,
                          ex.num_experts, d, f, handle_, s, precision_, keep);

@@ -94,6 +94,7 @@ class GpuModel {
     DeviceBuffer<__nv_bfloat16> a16, o16;                                   // kBf16: GEMM copies of a, o
     DeviceBuffer<__nv_bfloat16> q16, k16, v16;                              // flash attention's inputs
     DeviceBuffer<__nv_bfloat16> rows16, hidden16;                           // kBf16: the experts' GEMM inputs [Re,.]
+    DeviceBuffer<__nv_bfloat16> m16;  // kBf16, own experts: bf16 m, gathered into rows16 (rows then unused)
     gpu::ExpertsBf16Activations expert_inputs16;                            // -> rows16, hidden16
   };
   float* p(const std::string& name) { return params() + layout_.at(name).offset; }

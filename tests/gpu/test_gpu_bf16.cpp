@@ -429,17 +429,22 @@ TEST_P(GpuBf16Experts, EveryBackend) {
   // bf16 activations kept from the forward for the backward: the same results as rounding them again. With
   // them the forward writes no fp32 hidden (hidden = nullptr here), the kept copy is bf16 of the hidden the
   // forward without them writes.
+  // keep = 2: the kept rows are filled beforehand (rows_ready) and the fp32 rows are not passed at all.
   {
-    std::vector<std::vector<float>> results[2];
+    std::vector<std::vector<float>> results[3];
     std::vector<float> hidden_not_kept;
-    for (int keep = 0; keep < 2; ++keep) {
+    for (int keep = 0; keep < 3; ++keep) {
       DeviceBuffer<__nv_bfloat16> k_rows(R * d), k_hidden(R * f);
-      const gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
+      gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
+      if (keep == 2) {
+        gpu::cast_fp32_to_bf16(k_rows.data(), d_rows.data() + offsets[0] * d, R * d, stream);
+        acts.rows_ready = true;
+      }
       const gpu::ExpertsBf16Activations* kept = keep ? &acts : nullptr;
       DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
-      gpu::experts_forward(d_out.data(), d_hp.data(), keep ? nullptr : d_h.data(), d_rows.data(), bw1.data(),
-                           d_b1.data(), bw2.data(), d_b2.data(), offsets, E, d, f, handle, stream, Precision::kBf16,
-                           kept);
+      gpu::experts_forward(d_out.data(), d_hp.data(), keep ? nullptr : d_h.data(),
+                           keep == 2 ? nullptr : d_rows.data(), bw1.data(), d_b1.data(), bw2.data(), d_b2.data(),
+                           offsets, E, d, f, handle, stream, Precision::kBf16, kept);
       DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_dw2(E * f * d), d_scr(R * f);
       for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_dw2}) b->memset_bytes(0);
       gpu::experts_backward(d_drows.data(), d_dw1.data(), nullptr, d_dw2.data(), nullptr, d_scr.data(), d_dout.data(),
@@ -461,6 +466,7 @@ TEST_P(GpuBf16Experts, EveryBackend) {
     for (int i = 0; i < 4; ++i) {
       expect_rel(std::string("kept activations ") + names[i] + " vs CPU", results[1][i], *refs[i]);
       expect_rel(std::string("kept activations ") + names[i] + " vs not kept", results[1][i], results[0][i], 1e-6);
+      expect_rel(std::string("rows_ready ") + names[i] + " vs kept", results[2][i], results[1][i], 1e-6);
     }
   }
 

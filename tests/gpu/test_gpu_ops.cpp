@@ -588,6 +588,12 @@ TEST_F(Gpu, PermuteUnpermute) {
     gpu::permute_forward(d_rows.data(), d_x.data(), dplan, d, stream);
     sync();
     expect_close("permute_forward", to_host(d_rows), rows_c, kElementwise);
+    // bf16: a gather, so exactly the rounded CPU rows.
+    DeviceBuffer<__nv_bfloat16> d_x16(T * d), d_rows16(std::max<int64_t>(R * d, 1));
+    gpu::cast_fp32_to_bf16(d_x16.data(), d_x.data(), T * d, stream);
+    gpu::permute_forward(d_rows16.data(), d_x16.data(), dplan, d, stream);
+    sync();
+    expect_bf16_is_rounded("permute_forward bf16", d_rows16, rows_c);
 
     const auto drows = rand_vec(R * d, 103);
     const auto dx0 = rand_vec(T * d, 104);

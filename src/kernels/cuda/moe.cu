@@ -92,8 +92,8 @@ __global__ void router_topk_backward_kernel(float* dlogits, const float* dtopk_w
   for (int j = 0; j < kk; ++j) dz[idx[j]] += static_cast<float>(double(p[idx[j]]) * contrib[j]);
 }
 
-__global__ void permute_forward_kernel(float* rows, const float* x, const int64_t* token_of_row, int64_t R,
-                                       int64_t d) {
+template <typename T>
+__global__ void permute_forward_kernel(T* rows, const T* x, const int64_t* token_of_row, int64_t R, int64_t d) {
   const int64_t total = R * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -574,6 +574,14 @@ void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan,
   SMT_CUDA_CHECK_LAUNCH();
 }
 
+void permute_forward(__nv_bfloat16* rows, const __nv_bfloat16* x, const DeviceRoutingPlan& plan, int64_t d,
+                     cudaStream_t stream) {
+  if (plan.num_rows <= 0 || d <= 0) return;
+  permute_forward_kernel<<<detail::grid_for(plan.num_rows * d), detail::kThreads, 0, stream>>>(
+      rows, x, plan.token_of_row.data(), plan.num_rows, d);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
 void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream) {
   if (plan.num_tokens <= 0 || d <= 0 || dx == nullptr) return;
   permute_backward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
@@ -652,6 +660,8 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
   check_offsets(expert_row_offset, E, "gpu::experts_forward");
   check_kept(keep, precision, "gpu::experts_forward");
   SMT_CHECK(hidden != nullptr || keep != nullptr, "gpu::experts_forward: hidden may be null only with kept activations");
+  const bool rows_ready = keep != nullptr && keep->rows_ready;
+  SMT_CHECK(rows != nullptr || rows_ready, "gpu::experts_forward: rows may be null only with kept rows_ready");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
   const Precision P = precision;
@@ -659,7 +669,7 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
   const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_forward");
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_forward");
   // GEMM inputs; bf16 copies cover rows [base, base + R) only: index them relative to base.
-  const void* X = rows + base * d;
+  const void* X = rows_ready ? nullptr : rows + base * d;
   const void* H = nullptr;
   __nv_bfloat16* H_bf16 = nullptr;
   if (P == Precision::kBf16) {
@@ -673,7 +683,7 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
       X_bf16 = rows_h->data();
       H_bf16 = hidden_h->data();
     }
-    cast_fp32_to_bf16(X_bf16, rows + base * d, R * d, stream);
+    if (!rows_ready) cast_fp32_to_bf16(X_bf16, rows + base * d, R * d, stream);
     X = X_bf16;
     H = H_bf16;
   } else {

@@ -191,15 +191,20 @@ void router_loss_grads(float* d_probs, float* d_lse, const float* lse, const std
 void permute_forward(float* rows, const float* x, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
 void permute_forward(__nv_bfloat16* rows, const __nv_bfloat16* x, const DeviceRoutingPlan& plan, int64_t d,
                      cudaStream_t stream);
-// dx[t] += sum over kept slots of drows[row(t, j)] (per token, no atomics)
-void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
+// dx[t] += sum over kept slots of drows[row(t, j)] (per token, no atomics); accumulate = false: dx[t] = that
+// sum (overwritten, every token; no zeroing pass needed).
+void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                      bool accumulate = true);
 // y[t] += sum_j topk_weight[t, j] * rows_out[row(t, j)]; with a residual [T, d] (nullable):
 // y[t] = residual[t] + the same sum (y is only written: the residual connection without a copy).
 void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
                        int64_t d, cudaStream_t stream, const float* residual = nullptr);
 // drows_out[r] += w * dy[t]; dtopk_weight[t, j] += dot(dy[t], rows_out[r]) (one warp per assignment). Nullable.
+// accumulate_rows = false: drows_out[r] = w * dy[t] (overwritten; every row [0, R) belongs to exactly one
+// kept assignment, so all are written and no zeroing pass is needed). dtopk_weight always accumulates.
 void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
-                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream);
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                        bool accumulate_rows = true);
 
 // Experts' FFN over expert-contiguous rows. expert_row_offset is a HOST array [E+1] (e.g.
 // DeviceRoutingPlan::expert_row_offset_host). The per-expert GEMMs are ONE cublasGemmGroupedBatchedEx call

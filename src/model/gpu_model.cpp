@@ -401,10 +401,10 @@ void GpuModel::backward() {
     const bool moe = ParamLayout::layer_is_moe(config_, l);
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
     const int64_t R = A.dplan.num_rows;
-    zero(d_rows_out, R * d, s);
+    ensure(d_rows_out, R * d);  // overwritten: every row belongs to one kept assignment
     zero(d_topk_w, T * k, s);
     gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(), A.dplan,
-                            d, s);
+                            d, s, /*accumulate_rows=*/false);
     mark("bwd.combine");
     // The experts' side mirrors the forward: d(rows_out) to the owners, d(rows) back.
     const ExpertSide ex = expert_side(A, moe);
@@ -432,8 +432,8 @@ void GpuModel::backward() {
       ensure(d_rows, R * d);
       A.exchange->from_experts(d_ex_in, d_rows.data(), d);
     }
-    zero(d_m, T * d, s);
-    gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s);
+    ensure(d_m, T * d);  // overwritten for every token; the router's dx is added after
+    gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s, /*accumulate=*/false);
     mark("bwd.dispatch");
     if (moe) {
       // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / Tg (global batch).

@@ -604,6 +604,14 @@ TEST_F(Gpu, PermuteUnpermute) {
     gpu::permute_backward(d_dx.data(), d_drows.data(), dplan, d, stream);
     sync();
     expect_close("permute_backward", to_host(d_dx), dx_c, kElementwise);
+    {  // overwrite: the CPU's accumulation from zero, whatever the buffer held
+      std::vector<float> dx_from_zero(T * d, 0.0f);
+      cpu::permute_backward<float>(dx_from_zero.data(), drows.data(), plan, d);
+      SMT_CUDA_CHECK(cudaMemsetAsync(d_dx.data(), 0x7f, d_dx.bytes(), stream));
+      gpu::permute_backward(d_dx.data(), d_drows.data(), dplan, d, stream, /*accumulate=*/false);
+      sync();
+      expect_close("permute_backward overwrite", to_host(d_dx), dx_from_zero, kElementwise);
+    }
 
     const auto rows_out = rand_vec(R * d, 105);
     const auto y0 = rand_vec(T * d, 106);
@@ -636,6 +644,16 @@ TEST_F(Gpu, PermuteUnpermute) {
     sync();
     expect_close("unpermute_backward drows_out", to_host(d_drows_out), drows_out_c, kElementwise);
     expect_close("unpermute_backward dtopk_weight", to_host(d_dweights), dweights_c, kReduction);
+    if (R > 0) {  // rows overwritten: every row is written (garbage before), as the CPU's from zero
+      std::vector<float> drows_from_zero(R * d, 0.0f);
+      cpu::unpermute_backward<float>(drows_from_zero.data(), nullptr, dy.data(), rows_out.data(), weights.data(), plan,
+                                     d);
+      SMT_CUDA_CHECK(cudaMemsetAsync(d_drows_out.data(), 0x7f, d_drows_out.bytes(), stream));
+      gpu::unpermute_backward(d_drows_out.data(), nullptr, d_dy.data(), d_rows_out.data(), d_weights.data(), dplan, d,
+                              stream, /*accumulate_rows=*/false);
+      sync();
+      expect_close("unpermute_backward rows overwritten", to_host(d_drows_out), drows_from_zero, kElementwise);
+    }
   }
 }
 

@@ -102,14 +102,14 @@ __global__ void permute_forward_kernel(T* rows, const T* x, const int64_t* token
   }
 }
 
-// One thread per (token, column): dx[t, c] += sum_j drows[row(t, j), c].
+// One thread per (token, column): dx[t, c] (+)= sum_j drows[row(t, j), c] (accumulate, or overwrite).
 __global__ void permute_backward_kernel(float* dx, const float* drows, const int64_t* row_of_assignment, int64_t T,
-                                        int64_t k, int64_t d) {
+                                        int64_t k, int64_t d, bool accumulate) {
   const int64_t total = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / d, c = i - t * d;
-    float acc = dx[i];
+    float acc = accumulate ? dx[i] : 0.0f;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t r = row_of_assignment[t * k + j];
       if (r >= 0) acc += drows[r * d + c];
@@ -137,14 +137,16 @@ __global__ void unpermute_forward_kernel(float* y, const float* residual, const 
 
 // drows_out[r, c] += w * dy[t, c]: one thread per (assignment, column); each row has one assignment.
 __global__ void unpermute_backward_rows_kernel(float* drows_out, const float* dy, const float* topk_weight,
-                                               const int64_t* row_of_assignment, int64_t A, int64_t k, int64_t d) {
+                                               const int64_t* row_of_assignment, int64_t A, int64_t k, int64_t d,
+                                               bool accumulate) {
   const int64_t total = A * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t a = i / d, c = i - a * d;
     const int64_t r = row_of_assignment[a];
     if (r < 0) continue;
-    drows_out[r * d + c] += topk_weight[a] * dy[(a / k) * d + c];
+    const float v = topk_weight[a] * dy[(a / k) * d + c];
+    drows_out[r * d + c] = accumulate ? drows_out[r * d + c] + v : v;
   }
 }
 
@@ -582,10 +584,11 @@ void permute_forward(__nv_bfloat16* rows, const __nv_bfloat16* x, const DeviceRo
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream) {
+void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                      bool accumulate) {
   if (plan.num_tokens <= 0 || d <= 0 || dx == nullptr) return;
   permute_backward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
-      dx, drows, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d);
+      dx, drows, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d, accumulate);
   SMT_CUDA_CHECK_LAUNCH();
 }
 
@@ -598,12 +601,13 @@ void unpermute_forward(float* y, const float* rows_out, const float* topk_weight
 }
 
 void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
-                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream) {
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                        bool accumulate_rows) {
   const int64_t A = plan.num_tokens * plan.top_k;
   if (A <= 0 || d <= 0) return;
   if (drows_out != nullptr) {
     unpermute_backward_rows_kernel<<<detail::grid_for(A * d), detail::kThreads, 0, stream>>>(
-        drows_out, dy, topk_weight, plan.row_of_assignment.data(), A, plan.top_k, d);
+        drows_out, dy, topk_weight, plan.row_of_assignment.data(), A, plan.top_k, d, accumulate_rows);
     SMT_CUDA_CHECK_LAUNCH();
   }
   if (dtopk_weight != nullptr) {

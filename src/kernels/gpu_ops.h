@@ -223,8 +223,8 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 // its GEMMs: in the staged fold, or one pass over the GEMM's output on the other backends.
 // precision kFp32: w1, w2 fp32. kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream
 // temporaries) or pre-rounded bf16 copies (used as they are); rows and hidden are rounded to bf16 before
-// their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32. hidden may be null
-// when `keep` is given (the fp32 hidden is then not written: the backward reads the kept bf16 copy).
+// their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32. With `keep` the fp32
+// hidden is never written, whatever pointer is passed (may be null): the backward reads the kept bf16 copy.
 // bf16 copies of the experts' GEMM inputs kept from the forward for the backward (kBf16 only): rows [R, d]
 // and hidden [R, f], row 0 = row expert_row_offset[0]. A bf16 experts_forward given one writes them; an
 // experts_backward given the same reads them instead of rounding rows and hidden again (its fp32 `hidden`

@@ -1,9 +1,13 @@
-// The model on one CUDA device (CUDA builds only), fp32, correctness first: the same forward and
+// The model on one CUDA device (CUDA builds only), fp32 or bf16 GEMM operands: the same forward and
 // backward as smt::Model (model.h, README.md in this folder) step by step with the smt::gpu ops,
 // parameters | grads | adam_m | adam_v in one device arena with the same ParamLayout, so a host
 // Model uploads into it and downloads from it (initialisation, checkpoints). The routing plan is
 // built on the device (gpu::build_routing_plan_on_device: the CPU's plan exactly, so capacity and
 // dropping are identical). Activations stay on the device between forward and backward.
+// Under kBf16 every activation that only feeds bf16 kernels is produced in bf16 by the kernel before it
+// (norm, rope, the v and d_o GEMMs, the MoE gather, flash's dv, rope's backward) rather than written in fp32
+// and rounded by a separate pass; the residual stream passes from layer to layer without copies; one
+// synchronisation per layer remains (the routing counts size the experts' GEMMs), plus the loss readbacks.
 //
 // Under several ranks (set_parallel) it is one rank of the CPU Model's scheme (model.h): a shard of
 // the global batch, losses, routing counts and capacity over the global batch (host communicators),

@@ -661,10 +661,12 @@ TEST_F(Gpu, PermuteUnpermute) {
 // Experts FFN (grouped GEMMs: kGemm norm-relative for every output and gradient)
 // =====================================================================================================
 TEST_F(Gpu, Experts) {
-  const int64_t T = 150, E = 4, k = 2, d = 64, f = 96;
+  // T = 700: about 470 rows per expert, so the bias gradients' row chunks (256 rows) are several per expert.
+  const int64_t T = 700, E = 4, k = 2, d = 64, f = 96;
   const auto topk = random_topk(T, E, k, 110, /*skip_expert=*/2);  // expert 2 gets no rows
   const cpu::RoutingPlan plan = cpu::build_routing_plan(topk.data(), T, E, k, 0);
   ASSERT_EQ(plan.num_tokens_per_expert[2], 0);
+  ASSERT_GT(plan.num_tokens_per_expert[0], 256);
   const int64_t R = plan.num_rows();
   const int64_t* offsets = plan.expert_row_offset.data();
   const auto rows = rand_vec(R * d, 111);

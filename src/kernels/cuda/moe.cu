@@ -209,15 +209,34 @@ __global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, __nv_b
   }
 }
 
-// db[e, j] += sum over the rows of expert e of a[r, j] (double accumulation). grid (ceil(n / 256), E).
-__global__ void expert_column_sums_kernel(float* db, const float* a, const int64_t* offsets, int64_t n) {
+// The experts' bias gradients db[e, j] += sum over the rows of expert e of a[r, j], in two deterministic
+// passes over row chunks of at most kBiasRowChunk rows that never straddle two experts (a chunk table built
+// on the host from the offsets): one block column per chunk writes its double partial sums, then one per
+// expert adds its chunks' partials in chunk order. (One block per expert walking all its rows left most
+// of the GPU idle.) Table layout [row0 | row1 | first_chunk]: chunk c covers rows [row0[c], row1[c]);
+// expert e owns chunks [first_chunk[e], first_chunk[e + 1]).
+constexpr int64_t kBiasRowChunk = 256;
+
+// partial[c, j] = sum of a[r, j] over chunk c's rows (double). grid (ceil(n / 256), chunks).
+__global__ void expert_column_partials_kernel(double* partial, const float* a, const int64_t* row0,
+                                              const int64_t* row1, int64_t n) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = blockIdx.y;
+  if (j >= n) return;
+  double acc = 0.0;
+  for (int64_t r = row0[c]; r < row1[c]; ++r) acc += double(a[r * n + j]);
+  partial[c * n + j] = acc;
+}
+
+// db[e, j] += sum over expert e's chunks of partial[c, j], in chunk order. grid (ceil(n / 256), E).
+__global__ void expert_column_reduce_kernel(float* db, const double* partial, const int64_t* first_chunk, int64_t n) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t e = blockIdx.y;
   if (j >= n) return;
-  const int64_t r0 = offsets[e], r1 = offsets[e + 1];
-  if (r1 <= r0) return;
+  const int64_t c0 = first_chunk[e], c1 = first_chunk[e + 1];
+  if (c1 <= c0) return;
   double acc = 0.0;
-  for (int64_t r = r0; r < r1; ++r) acc += double(a[r * n + j]);
+  for (int64_t c = c0; c < c1; ++c) acc += partial[c * n + j];
   db[e * n + j] += static_cast<float>(acc);
 }
 
@@ -495,6 +514,51 @@ void check_offsets(const int64_t* offsets, int64_t E, const char* who) {
   SMT_CHECK(offsets[0] >= 0, who, ": offsets must be >= 0");
 }
 
+// The chunk table of the bias-gradient sums (see expert_column_partials_kernel) for host offsets [E + 1].
+struct BiasChunks {
+  int64_t num_chunks = 0, E = 0;
+  StreamBuffer<int64_t> table;  // [row0 (C) | row1 (C) | first_chunk (E + 1)]
+  const int64_t* row0() const { return table.data(); }
+  const int64_t* row1() const { return table.data() + num_chunks; }
+  const int64_t* first_chunk() const { return table.data() + 2 * num_chunks; }
+};
+BiasChunks make_bias_chunks(const int64_t* offsets, int64_t E, cudaStream_t stream) {
+  std::vector<int64_t> row0, row1, first(static_cast<size_t>(E + 1));
+  for (int64_t e = 0; e < E; ++e) {
+    first[static_cast<size_t>(e)] = static_cast<int64_t>(row0.size());
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; r += kBiasRowChunk) {
+      row0.push_back(r);
+      row1.push_back(std::min(offsets[e + 1], r + kBiasRowChunk));
+    }
+  }
+  first[static_cast<size_t>(E)] = static_cast<int64_t>(row0.size());
+  const int64_t C = static_cast<int64_t>(row0.size());
+  SMT_CHECK(C <= 65535, "experts bias gradients: too many row chunks for the grid: ", C);
+  std::vector<int64_t> packed;
+  packed.reserve(static_cast<size_t>(2 * C + E + 1));
+  packed.insert(packed.end(), row0.begin(), row0.end());
+  packed.insert(packed.end(), row1.begin(), row1.end());
+  packed.insert(packed.end(), first.begin(), first.end());
+  BiasChunks chunks{C, E, StreamBuffer<int64_t>(packed.size(), stream)};
+  // Pageable source: returns once the host data is staged, so `packed` may go out of scope after it.
+  SMT_CUDA_CHECK(cudaMemcpyAsync(chunks.table.data(), packed.data(), packed.size() * sizeof(int64_t),
+                                 cudaMemcpyHostToDevice, stream));
+  return chunks;
+}
+
+// db[e, :] += the column sums of a's rows of expert e (a [*, n], absolute rows; deterministic).
+void add_expert_column_sums(float* db, const float* a, const BiasChunks& chunks, int64_t n, cudaStream_t stream) {
+  if (chunks.num_chunks == 0 || n <= 0) return;
+  const unsigned cols = static_cast<unsigned>((n + detail::kThreads - 1) / detail::kThreads);
+  StreamBuffer<double> partial(static_cast<size_t>(chunks.num_chunks * n), stream);
+  expert_column_partials_kernel<<<dim3(cols, static_cast<unsigned>(chunks.num_chunks)), detail::kThreads, 0,
+                                  stream>>>(partial.data(), a, chunks.row0(), chunks.row1(), n);
+  SMT_CUDA_CHECK_LAUNCH();
+  expert_column_reduce_kernel<<<dim3(cols, static_cast<unsigned>(chunks.E)), detail::kThreads, 0, stream>>>(
+      db, partial.data(), chunks.first_chunk(), n);
+  SMT_CUDA_CHECK_LAUNCH();
+}
+
 StreamBuffer<int64_t> upload_offsets(const int64_t* offsets, int64_t E, cudaStream_t stream) {
   StreamBuffer<int64_t> d(static_cast<size_t>(E + 1), stream);
   SMT_CUDA_CHECK(cudaMemcpyAsync(d.data(), offsets, sizeof(int64_t) * (E + 1), cudaMemcpyHostToDevice, stream));
@@ -736,7 +800,6 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   const Precision P = precision;
   const bool need_dh = drows != nullptr || dw1 != nullptr || db1 != nullptr;
   SMT_CHECK(!need_dh || scratch != nullptr, "gpu::experts_backward: scratch is required for drows/dw1/db1");
-  StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
   std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, dout_h, hidden_h, rows_h, dh_h;
   // Operands (bf16 copies cover rows [base, base + R) and are indexed relative to base).
   const void* DOUT = nullptr;
@@ -751,13 +814,9 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
         });
     run_gemms(g_dw2, P, handle, stream, nullptr, /*weight_gradients=*/true);
   }
-  const unsigned cols_d = static_cast<unsigned>((d + detail::kThreads - 1) / detail::kThreads);
-  const unsigned cols_f = static_cast<unsigned>((f + detail::kThreads - 1) / detail::kThreads);
-  if (db2 != nullptr) {
-    expert_column_sums_kernel<<<dim3(cols_d, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(
-        db2, dout, offsets.data(), d);
-    SMT_CUDA_CHECK_LAUNCH();
-  }
+  std::optional<BiasChunks> chunks;
+  if (db1 != nullptr || db2 != nullptr) chunks.emplace(make_bias_chunks(expert_row_offset, E, stream));
+  if (db2 != nullptr) add_expert_column_sums(db2, dout, *chunks, d, stream);
   if (!need_dh) return;
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_backward");
   // dh [n, f] = dout [n, d] @ w2[e]^T  (w2[e] is [f, d]), fp32 into scratch
@@ -797,11 +856,7 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
         });
     run_gemms(g_dw1, P, handle, stream, nullptr, /*weight_gradients=*/true);
   }
-  if (db1 != nullptr) {
-    expert_column_sums_kernel<<<dim3(cols_f, static_cast<unsigned>(E)), detail::kThreads, 0, stream>>>(
-        db1, scratch, offsets.data(), f);
-    SMT_CUDA_CHECK_LAUNCH();
-  }
+  if (db1 != nullptr) add_expert_column_sums(db1, scratch, *chunks, f, stream);
 }
 
 }  // namespace smt::gpu

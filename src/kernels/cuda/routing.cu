@@ -10,39 +10,67 @@
 namespace smt::gpu {
 namespace {
 
-constexpr int kRankThreads = 1024;
+// Each assignment's rank among its expert's assignments (rank[a] = the assignments a' < a of the same
+// expert), in three passes over chunks of kRankChunk assignments, so every SM takes part:
+//  1. chunk_counts: per chunk and expert, the assignments (shared-memory atomics); out-of-range indices
+//     are counted into routed[E];
+//  2. chunk_prefix: per expert, the exclusive prefix over the chunks (in place) and the total routed[e];
+//  3. chunk_ranks: rank = the chunk's prefix + the lower warps' counts in the chunk + the lower lanes of the
+//     thread's warp with the same expert (__match_any_sync).
+// Every assignment belongs to one expert, so the rank writes never collide. E <= 64.
+constexpr int kRankChunk = 1024;  // = threads per block of passes 1 and 3
+constexpr int kMaxRoutingExperts = 64;
 
-// One block per expert e: rank[a] = number of assignments a' < a with topk[a'] == e, for the
-// assignments of e (every assignment belongs to one expert, so the writes never collide).
-// routed[e] = all assignments of e; routed[E] (block 0) = assignments whose index is outside [0, E).
-__global__ void __launch_bounds__(kRankThreads) rank_in_expert_kernel(int32_t* rank, int64_t* routed, const int32_t* topk, int64_t A, int E) {
-  __shared__ int warp_counts[kRankThreads / 32];
-  const int e = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;
-  int64_t base = 0, bad = 0;
-  for (int64_t start = 0; start < A; start += blockDim.x) {
-    const int64_t a = start + threadIdx.x;
-    const int32_t ex = a < A ? topk[a] : 0;
-    const bool mine = a < A && ex == e;
-    if (e == 0 && a < A && (ex < 0 || ex >= E)) ++bad;
-    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int before = __popc(ballot & ((1u << lane) - 1u)), chunk_total = 0;
-    for (int w = 0; w < num_warps; ++w) {
-      const int c = warp_counts[w];
-      before += w < warp ? c : 0;
-      chunk_total += c;
-    }
-    if (mine) rank[a] = static_cast<int32_t>(base + before);
-    base += chunk_total;
-    __syncthreads();  // warp_counts is rewritten by the next chunk
+__global__ void __launch_bounds__(kRankChunk) chunk_counts_kernel(int64_t* counts, int64_t* routed,
+                                                                 const int32_t* topk, int64_t A, int E) {
+  __shared__ int s_count[kMaxRoutingExperts];
+  __shared__ int s_bad;
+  if (threadIdx.x < kMaxRoutingExperts) s_count[threadIdx.x] = 0;
+  if (threadIdx.x == 0) s_bad = 0;
+  __syncthreads();
+  const int64_t a = blockIdx.x * int64_t(kRankChunk) + threadIdx.x;
+  if (a < A) {
+    const int32_t ex = topk[a];
+    if (ex >= 0 && ex < E) atomicAdd(&s_count[ex], 1);
+    else atomicAdd(&s_bad, 1);
   }
-  if (threadIdx.x == 0) routed[e] = base;
-  if (e == 0) {
-    bad = detail::warp_sum(bad);
-    if (lane == 0 && bad > 0) atomicAdd(reinterpret_cast<unsigned long long*>(routed + E), static_cast<unsigned long long>(bad));
+  __syncthreads();
+  if (threadIdx.x < E) counts[blockIdx.x * int64_t(E) + threadIdx.x] = s_count[threadIdx.x];
+  if (threadIdx.x == 0 && s_bad > 0)
+    atomicAdd(reinterpret_cast<unsigned long long*>(routed + E), static_cast<unsigned long long>(s_bad));
+}
+
+// One block of E threads: counts [chunks, E] becomes the exclusive prefix over chunks; routed[e] the total.
+__global__ void chunk_prefix_kernel(int64_t* counts, int64_t* routed, int64_t chunks, int E) {
+  const int e = threadIdx.x;
+  if (e >= E) return;
+  int64_t running = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t v = counts[c * E + e];
+    counts[c * E + e] = running;
+    running += v;
   }
+  routed[e] = running;
+}
+
+__global__ void __launch_bounds__(kRankChunk) chunk_ranks_kernel(int32_t* rank, const int64_t* prefix,
+                                                                const int32_t* topk, int64_t A, int E) {
+  __shared__ int s_warp_count[kRankChunk / 32][kMaxRoutingExperts];  // [warp][expert] assignments
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int i = threadIdx.x; i < (kRankChunk / 32) * kMaxRoutingExperts; i += kRankChunk)
+    (&s_warp_count[0][0])[i] = 0;
+  __syncthreads();
+  const int64_t a = blockIdx.x * int64_t(kRankChunk) + threadIdx.x;
+  const int32_t ex = a < A ? topk[a] : -1;
+  const bool valid = ex >= 0 && ex < E;
+  const unsigned same = __match_any_sync(0xffffffffu, valid ? ex : -1);  // lanes with this lane's expert
+  const int before_in_warp = __popc(same & ((1u << lane) - 1u));
+  if (valid && before_in_warp == 0) s_warp_count[warp][ex] = __popc(same);  // the group's lowest lane
+  __syncthreads();
+  if (!valid) return;
+  int64_t r = prefix[blockIdx.x * int64_t(E) + ex] + before_in_warp;
+  for (int w = 0; w < warp; ++w) r += s_warp_count[w][ex];
+  rank[a] = static_cast<int32_t>(r);
 }
 
 __global__ void place_rows_kernel(int64_t* row_of_assignment, int64_t* token_of_row, const int32_t* rank,
@@ -92,9 +120,20 @@ void count_routing_on_device(DeviceRoutingPlan& plan, const int32_t* topk_idx, i
   ensure_size(plan.rank_in_expert, static_cast<size_t>(std::max<int64_t>(A, 1)));
   ensure_size(plan.routed_counts, static_cast<size_t>(E + 1));
   SMT_CUDA_CHECK(cudaMemsetAsync(plan.routed_counts.data(), 0, (E + 1) * sizeof(int64_t), stream));
-  rank_in_expert_kernel<<<static_cast<unsigned>(E), kRankThreads, 0, stream>>>(
-      plan.rank_in_expert.data(), plan.routed_counts.data(), topk_idx, A, static_cast<int>(E));
-  SMT_CUDA_CHECK_LAUNCH();
+  if (A > 0) {
+    const int64_t chunks = (A + kRankChunk - 1) / kRankChunk;
+    SMT_CHECK(chunks <= INT32_MAX, "count_routing_on_device: too many assignments");
+    StreamBuffer<int64_t> counts(static_cast<size_t>(chunks * E), stream);  // [chunks, E], then the prefix
+    chunk_counts_kernel<<<static_cast<unsigned>(chunks), kRankChunk, 0, stream>>>(
+        counts.data(), plan.routed_counts.data(), topk_idx, A, static_cast<int>(E));
+    SMT_CUDA_CHECK_LAUNCH();
+    chunk_prefix_kernel<<<1, kMaxRoutingExperts, 0, stream>>>(counts.data(), plan.routed_counts.data(), chunks,
+                                                              static_cast<int>(E));
+    SMT_CUDA_CHECK_LAUNCH();
+    chunk_ranks_kernel<<<static_cast<unsigned>(chunks), kRankChunk, 0, stream>>>(
+        plan.rank_in_expert.data(), counts.data(), topk_idx, A, static_cast<int>(E));
+    SMT_CUDA_CHECK_LAUNCH();
+  }
   std::vector<int64_t> routed(static_cast<size_t>(E + 1));
   SMT_CUDA_CHECK(cudaMemcpyAsync(routed.data(), plan.routed_counts.data(), (E + 1) * sizeof(int64_t),
                                  cudaMemcpyDeviceToHost, stream));

@@ -62,7 +62,7 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* tokens,
 // to bf16 there (the fused cast for a bf16-operand GEMM); out may then be null (the fp32 result unused).
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t d, float eps,
                      cudaStream_t stream, __nv_bfloat16* out_bf16 = nullptr);
-// dweight: per-256-row-block partials (double), then summed in block order (deterministic).
+// dweight: per-64-row-block partials (double), then summed in block order (deterministic).
 void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
                       const float* rstd, int64_t T, int64_t d, cudaStream_t stream);
 

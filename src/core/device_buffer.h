@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <utility>
 #include <vector>
@@ -90,6 +91,17 @@ class StreamBuffer {
   size_t size_ = 0;
   cudaStream_t stream_ = nullptr;
 };
+
+// StreamBuffer allocates from the device's default memory pool, which by default hands its free memory
+// back to the system at every synchronisation, so the next large temporary maps memory again (slow). The
+// training step synchronises once per layer: call this once per process and device (after cudaSetDevice)
+// to keep the pool's memory for reuse.
+inline void retain_stream_ordered_memory(int device) {
+  cudaMemPool_t pool = nullptr;
+  SMT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t keep_all = UINT64_MAX;
+  SMT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
+}
 
 // A host -> device copy that is complete on return: cudaMemcpy from pageable memory may return once the
 // data is staged, before the DMA lands, and kernels on non-blocking streams are not ordered after the legacy

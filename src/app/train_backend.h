@@ -38,7 +38,9 @@ class TrainBackend {
   virtual std::string first_non_finite_gradient() = 0;
   // The host Model, brought up to date with the training copy (see the invariant above).
   virtual Model& synced_host_model() = 0;
-  // Device memory in use (bytes, cudaMemGetInfo: total - free on this rank's device), -1 on the CPU.
+  // Device memory in use (bytes, cudaMemGetInfo: total - free on this rank's device), -1 on the CPU. The
+  // stream-ordered pool keeps its temporaries' memory (retain_stream_ordered_memory), so this includes
+  // the largest set of temporaries a step has needed.
   virtual double device_memory_used_bytes() const { return -1; }
   // train.profile: the GPU time per phase of the timed steps; nullptr when not profiling.
   virtual const PhaseTotals* phase_totals() const { return nullptr; }

@@ -800,6 +800,9 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   const Precision P = precision;
   const bool need_dh = drows != nullptr || dw1 != nullptr || db1 != nullptr;
   SMT_CHECK(!need_dh || scratch != nullptr, "gpu::experts_backward: scratch is required for drows/dw1/db1");
+  // The bias gradients' chunk table first: its size check throws before any gradient is touched.
+  std::optional<BiasChunks> chunks;
+  if (db1 != nullptr || db2 != nullptr) chunks.emplace(make_bias_chunks(expert_row_offset, E, stream));
   std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, dout_h, hidden_h, rows_h, dh_h;
   // Operands (bf16 copies cover rows [base, base + R) and are indexed relative to base).
   const void* DOUT = nullptr;
@@ -814,8 +817,6 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
         });
     run_gemms(g_dw2, P, handle, stream, nullptr, /*weight_gradients=*/true);
   }
-  std::optional<BiasChunks> chunks;
-  if (db1 != nullptr || db2 != nullptr) chunks.emplace(make_bias_chunks(expert_row_offset, E, stream));
   if (db2 != nullptr) add_expert_column_sums(db2, dout, *chunks, d, stream);
   if (!need_dh) return;
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_backward");

@@ -58,7 +58,7 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* tokens,
                         cudaStream_t stream);
 
 // ---- rmsnorm: x, out [T, d]; weight [d]; rstd [T] (nullable in the forward) ----
-// One block per row, row sums in double (as the CPU). out_bf16 (nullable): also write the result rounded
+// One warp per row, row sums in double (as the CPU). out_bf16 (nullable): also write the result rounded
 // to bf16 there (the fused cast for a bf16-operand GEMM); out may then be null (the fp32 result unused).
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t d, float eps,
                      cudaStream_t stream, __nv_bfloat16* out_bf16 = nullptr);

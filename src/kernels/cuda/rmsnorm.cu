@@ -1,4 +1,4 @@
-// CUDA RMSNorm: forward and dx with one block per row (row sums in double, as the CPU); dweight through
+// CUDA RMSNorm: forward and dx with one warp per row (row sums in double, as the CPU); dweight through
 // per-64-row-block partial sums (double; 64 rows keep enough blocks busy for d of a few hundred) reduced
 // in block order, so it is deterministic.
 // Invariants: rstd saved by the forward is reused by the backward.
@@ -10,17 +10,23 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;
 
+// Forward and dx: one warp per row (kRowsPerBlock rows per block), lanes strided over the row (coalesced),
+// the row sum in double reduced by warp shuffles: no block barrier, and enough rows in flight per SM for
+// rows of a few hundred to a few thousand elements.
+constexpr int kRowsPerBlock = detail::kThreads / 32;
+
 __global__ void rmsnorm_forward_kernel(float* out, __nv_bfloat16* out_bf16, float* rstd, const float* x,
-                                       const float* weight, int64_t d, float eps) {
-  __shared__ double scratch[32];
-  const int64_t t = blockIdx.x;
+                                       const float* weight, int64_t T, int64_t d, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t t = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (t >= T) return;  // warp-uniform
   const float* xr = x + t * d;
   double ss = 0.0;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) ss += double(xr[j]) * double(xr[j]);
-  ss = detail::block_sum(ss, scratch);
+  for (int64_t j = lane; j < d; j += 32) ss += double(xr[j]) * double(xr[j]);
+  ss = detail::warp_sum(ss);
   const float r = static_cast<float>(1.0 / sqrt(ss / double(d) + double(eps)));
-  if (rstd != nullptr && threadIdx.x == 0) rstd[t] = r;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+  if (rstd != nullptr && lane == 0) rstd[t] = r;
+  for (int64_t j = lane; j < d; j += 32) {
     const float y = xr[j] * r * weight[j];
     if (out != nullptr) out[t * d + j] = y;
     if (out_bf16 != nullptr) out_bf16[t * d + j] = __float2bfloat16_rn(y);
@@ -28,18 +34,25 @@ __global__ void rmsnorm_forward_kernel(float* out, __nv_bfloat16* out_bf16, floa
 }
 
 __global__ void rmsnorm_backward_dx_kernel(float* dx, const float* dout, const float* x, const float* weight,
-                                           const float* rstd, int64_t d) {
-  __shared__ double scratch[32];
-  const int64_t t = blockIdx.x;
+                                           const float* rstd, int64_t T, int64_t d) {
+  const int lane = threadIdx.x & 31;
+  const int64_t t = blockIdx.x * int64_t(kRowsPerBlock) + (threadIdx.x >> 5);
+  if (t >= T) return;  // warp-uniform
   const float* xr = x + t * d;
   const float* g = dout + t * d;
   double s = 0.0;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += double(g[j]) * double(weight[j]) * double(xr[j]);
-  s = detail::block_sum(s, scratch);
+  for (int64_t j = lane; j < d; j += 32) s += double(g[j]) * double(weight[j]) * double(xr[j]);
+  s = detail::warp_sum(s);
   const float r = rstd[t];
   const float c = static_cast<float>(double(r) * double(r) * double(r) * s / double(d));
   float* o = dx + t * d;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) o[j] += r * weight[j] * g[j] - c * xr[j];
+  for (int64_t j = lane; j < d; j += 32) o[j] += r * weight[j] * g[j] - c * xr[j];
+}
+
+unsigned row_blocks(int64_t T, const char* who) {
+  const int64_t blocks = (T + kRowsPerBlock - 1) / kRowsPerBlock;
+  SMT_CHECK(blocks <= 2147483647LL, who, ": too many rows ", T);
+  return static_cast<unsigned>(blocks);
 }
 
 // partial[blk, j] = sum over rows of block blk of g * x * r (double). grid (ceil(d / 256), num_blocks).
@@ -68,19 +81,17 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weigh
                      cudaStream_t stream, __nv_bfloat16* out_bf16) {
   if (T <= 0 || d <= 0) return;
   SMT_CHECK(out != nullptr || out_bf16 != nullptr, "gpu::rmsnorm_forward: no output");
-  SMT_CHECK(T <= 2147483647LL, "gpu::rmsnorm_forward: too many rows ", T);
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), detail::kThreads, 0, stream>>>(out, out_bf16, rstd, x, weight,
-                                                                                     d, eps);
+  rmsnorm_forward_kernel<<<row_blocks(T, "gpu::rmsnorm_forward"), detail::kThreads, 0, stream>>>(
+      out, out_bf16, rstd, x, weight, T, d, eps);
   SMT_CUDA_CHECK_LAUNCH();
 }
 
 void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
                       const float* rstd, int64_t T, int64_t d, cudaStream_t stream) {
   if (T <= 0 || d <= 0) return;
-  SMT_CHECK(T <= 2147483647LL, "gpu::rmsnorm_backward: too many rows ", T);
   if (dx != nullptr) {
-    rmsnorm_backward_dx_kernel<<<static_cast<unsigned>(T), detail::kThreads, 0, stream>>>(dx, dout, x, weight, rstd,
-                                                                                         d);
+    rmsnorm_backward_dx_kernel<<<row_blocks(T, "gpu::rmsnorm_backward"), detail::kThreads, 0, stream>>>(
+        dx, dout, x, weight, rstd, T, d);
     SMT_CUDA_CHECK_LAUNCH();
   }
   if (dweight != nullptr) {

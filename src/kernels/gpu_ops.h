@@ -131,6 +131,7 @@ struct LinearGradsBf16 {
   float* dx = nullptr;
   __nv_bfloat16* dx_bf16 = nullptr;
   float* dw = nullptr;
+  bool overwrite_dx = false;  // dx = dy W^T instead of dx += (no zeroing pass before the first of several)
 };
 void linear_backward_bf16(const LinearGradsBf16& grads, const __nv_bfloat16* dy, GemmOperand x, GemmOperand w,
                           int64_t M, int64_t n_in, int64_t n_out, cublasHandle_t handle, cudaStream_t stream);
@@ -241,12 +242,14 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
                      int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32,
                      const ExpertsBf16Activations* keep = nullptr);
 // scratch [R, f] device working memory (overwritten; holds the fp32 dhidden). kBf16: dout, rows, hidden and
-// dhidden are rounded to bf16 before their GEMMs; every gradient is fp32 and accumulated (+=).
+// dhidden are rounded to bf16 before their GEMMs; every gradient is fp32 and accumulated (+=), except drows
+// with drows_accumulate = false: its rows [offsets[0], offsets[E]) are overwritten (each belongs to an expert
+// with rows, so all are written; no zeroing pass needed).
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
                       const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
                       const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
                       cudaStream_t stream, Precision precision = Precision::kFp32,
-                      const ExpertsBf16Activations* kept = nullptr);
+                      const ExpertsBf16Activations* kept = nullptr, bool drows_accumulate = true);
 // A grouped call needs 16-byte aligned operand pointers and row strides (cuBLAS cannot see the pointers in
 // its arrays); a call whose operands are not (e.g. d or f not a multiple of 8 in bf16) runs as the loop
 // without changing the backend, and is counted by experts_gemm_misaligned_calls().

@@ -415,10 +415,10 @@ void GpuModel::backward() {
       ensure(d_expert_rows_out, ex.num_rows * d);
       A.exchange->to_experts(d_rows_out.data(), d_expert_rows_out.data(), d);
       d_ex_out = d_expert_rows_out.data();
-      zero(d_expert_rows, ex.num_rows * d, s);
+      ensure(d_expert_rows, ex.num_rows * d);  // overwritten by experts_backward
       d_ex_in = d_expert_rows.data();
     } else {
-      zero(d_rows, R * d, s);
+      ensure(d_rows, R * d);  // overwritten by experts_backward
       d_ex_in = d_rows.data();
     }
     ensure(d_hidden, ex.num_rows * f);
@@ -426,7 +426,8 @@ void GpuModel::backward() {
                           g(pre + "experts.w2") + e0 * f * d, g(pre + "experts.b2") + e0 * d, d_hidden.data(), d_ex_out,
                           ex.rows, A.hidden_pre.data(), A.hidden.data(), w(pre + "experts.w1").offset_by(e0 * d * f),
                           w(pre + "experts.w2").offset_by(e0 * f * d), ex.row_offset, ex.num_experts, d, f, handle_, s,
-                          precision_, precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr);
+                          precision_, precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr,
+                          /*drows_accumulate=*/false);
     mark("bwd.experts");
     if (A.exchange) {
       ensure(d_rows, R * d);
@@ -473,19 +474,20 @@ void GpuModel::backward() {
                                     A.v16.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale,
                                     gpu::FlashDqMode::kDeterministic, s);
       mark("bwd.attention");
-      zero(d_a, T * d, s);
+      ensure(d_a, T * d);  // overwritten by wq's dx GEMM, then accumulated by wk's and wv's
       const gpu::GemmOperand a_op = A.a16.data();
-      auto qkv_backward = [&](__nv_bfloat16* dy16, const char* weight) {
+      auto qkv_backward = [&](__nv_bfloat16* dy16, const char* weight, bool first) {
         gpu::LinearGradsBf16 lg;
         lg.dx = d_a.data();
         lg.dw = g(pre + weight);
+        lg.overwrite_dx = first;
         gpu::linear_backward_bf16(lg, dy16, a_op, w(pre + weight), T, d, d, handle_, s);
       };
       gpu::rope_backward(nullptr, dq.data(), rope_, B, N, H, s, d_tmp16_.data());
-      qkv_backward(d_tmp16_.data(), "wq");
+      qkv_backward(d_tmp16_.data(), "wq", /*first=*/true);
       gpu::rope_backward(nullptr, dk.data(), rope_, B, N, H, s, d_tmp16_.data());  // after wq's GEMMs read it
-      qkv_backward(d_tmp16_.data(), "wk");
-      qkv_backward(dv16_.data(), "wv");
+      qkv_backward(d_tmp16_.data(), "wk", false);
+      qkv_backward(dv16_.data(), "wv", false);
     } else {
       zero(d_o, T * d, s);
       gpu::linear_backward(d_o.data(), g(pre + "wo"), nullptr, dx.data(), saved_operand(A.o, A.o16), w(pre + "wo"), T,

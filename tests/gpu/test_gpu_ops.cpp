@@ -723,6 +723,17 @@ TEST_F(Gpu, Experts) {
     expect_norm_close("experts_backward db1", to_host(d_db1), db1_c);
     expect_norm_close("experts_backward dw2", to_host(d_dw2), dw2_c);
     expect_norm_close("experts_backward db2", to_host(d_db2), db2_c);
+    {  // drows overwritten: the CPU's drows from zero, whatever the buffer held
+      std::vector<float> drows_zero(R * d, 0.0f), scratch_z(R * f);
+      cpu::experts_backward<float>(drows_zero.data(), nullptr, nullptr, nullptr, nullptr, scratch_z.data(), dout.data(),
+                                   rows.data(), hp_c.data(), h_c.data(), w1.data(), w2.data(), offsets, E, d, f);
+      SMT_CUDA_CHECK(cudaMemsetAsync(d_drows.data(), 0x7f, d_drows.bytes(), stream));
+      gpu::experts_backward(d_drows.data(), nullptr, nullptr, nullptr, nullptr, d_scratch.data(), d_dout.data(),
+                            d_rows.data(), d_hp_c.data(), d_h_c.data(), d_w1.data(), d_w2.data(), offsets, E, d, f,
+                            handle, stream, gpu::Precision::kFp32, nullptr, /*drows_accumulate=*/false);
+      sync();
+      expect_norm_close("experts_backward drows overwritten", to_host(d_drows), drows_zero);
+    }
   }
   const std::string backend = gpu::experts_gemm_backend();
   std::printf("[smt gpu tests] experts GEMM backend: %s\n", backend.c_str());

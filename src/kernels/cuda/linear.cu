@@ -166,8 +166,9 @@ void linear_backward_bf16(const LinearGradsBf16& grads, const __nv_bfloat16* dy,
             "gpu::linear_backward_bf16: needs bf16 operands");
   SMT_CHECK(grads.dx == nullptr || grads.dx_bf16 == nullptr, "gpu::linear_backward_bf16: dx and dx_bf16 both given");
   const GemmOperand g(dy);
-  if (grads.dx != nullptr)  // dx [M, n_in] += dy [M, n_out] @ W^T
-    gemm_row_major(false, true, M, n_in, n_out, 1.0f, g, n_out, w, n_out, 1.0f, grads.dx, n_in, handle, stream);
+  if (grads.dx != nullptr)  // dx [M, n_in] (+)= dy [M, n_out] @ W^T
+    gemm_row_major(false, true, M, n_in, n_out, 1.0f, g, n_out, w, n_out, grads.overwrite_dx ? 0.0f : 1.0f, grads.dx,
+                   n_in, handle, stream);
   if (grads.dx_bf16 != nullptr)  // dx_bf16 = bf16(dy @ W^T), rounded once at the end
     gemm_bf16_out(false, true, M, n_in, n_out, g, n_out, w, n_out, grads.dx_bf16, n_in, handle, stream);
   if (grads.dw != nullptr)  // dW [n_in, n_out] += x^T @ dy

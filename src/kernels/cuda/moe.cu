@@ -792,7 +792,8 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
                       const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
                       const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
-                      cudaStream_t stream, Precision precision, const ExpertsBf16Activations* kept) {
+                      cudaStream_t stream, Precision precision, const ExpertsBf16Activations* kept,
+                      bool drows_accumulate) {
   check_offsets(expert_row_offset, E, "gpu::experts_backward");
   check_kept(kept, precision, "gpu::experts_backward");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
@@ -843,8 +844,8 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
     const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_backward");
     const std::vector<GemmProblem> g_drows =
         per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-          return GemmProblem{false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f, 1.0f,
-                             drows + r0 * d, d};
+          return GemmProblem{false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f,
+                             drows_accumulate ? 1.0f : 0.0f, drows + r0 * d, d};
         });
     run_gemms(g_drows, P, handle, stream);
   }

@@ -297,6 +297,12 @@ TEST_F(GpuBf16, LinearBackwardFromBf16Gradient) {
   gpu::LinearGradsBf16 inc;
   inc.dx = d_dx_inc.data();
   gpu::linear_backward_bf16(inc, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
+  DeviceBuffer<float> d_dx_over(M * n_in);  // overwrite_dx on garbage: the increment alone
+  SMT_CUDA_CHECK(cudaMemsetAsync(d_dx_over.data(), 0x7f, d_dx_over.bytes(), stream));
+  gpu::LinearGradsBf16 over;
+  over.dx = d_dx_over.data();
+  over.overwrite_dx = true;
+  gpu::linear_backward_bf16(over, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
   DeviceBuffer<__nv_bfloat16> d_dx16(M * n_in);
   gpu::LinearGradsBf16 to16;
   to16.dx_bf16 = d_dx16.data();
@@ -304,6 +310,7 @@ TEST_F(GpuBf16, LinearBackwardFromBf16Gradient) {
   sync();
   expect_rel("linear_backward_bf16 dx vs linear_backward", host(d_dx), host(d_dx_ref), 1e-6);
   expect_rel("linear_backward_bf16 dw vs linear_backward", host(d_dw), host(d_dw_ref), 1e-6);
+  expect_rel("linear_backward_bf16 overwrite_dx vs the increment", host(d_dx_over), host(d_dx_inc), 1e-6);
   EXPECT_EQ(count_beyond_one_rounding(d_dx16, host(d_dx_inc)), 0)
       << "dx_bf16 elements farther than one bf16 rounding from the fp32 dx";
   gpu::LinearGradsBf16 both;

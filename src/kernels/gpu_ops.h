@@ -125,7 +125,8 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOpera
 void linear_forward_bf16(__nv_bfloat16* y, GemmOperand x, GemmOperand w, int64_t M, int64_t n_in, int64_t n_out,
                          cublasHandle_t handle, cudaStream_t stream);
 // The backward from a dy already rounded to bf16 [M, n_out] (bf16 x and w; no bias): dw and dx (fp32) are
-// accumulated as by linear_backward; dx_bf16 instead of dx is overwritten with bf16(dy W^T) (rounded once),
+// accumulated as by linear_backward (dx overwritten with overwrite_dx); dx_bf16 instead of dx is overwritten
+// with bf16(dy W^T) (rounded once),
 // for a gradient that only feeds bf16 kernels. Each output nullable; not dx and dx_bf16 together.
 struct LinearGradsBf16 {
   float* dx = nullptr;

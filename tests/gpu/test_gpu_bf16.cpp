@@ -298,7 +298,7 @@ TEST_F(GpuBf16, LinearBackwardFromBf16Gradient) {
   inc.dx = d_dx_inc.data();
   gpu::linear_backward_bf16(inc, bdy.data(), bx.data(), bw.data(), M, n_in, n_out, handle, stream);
   DeviceBuffer<float> d_dx_over(M * n_in);  // overwrite_dx on garbage: the increment alone
-  SMT_CUDA_CHECK(cudaMemsetAsync(d_dx_over.data(), 0x7f, d_dx_over.bytes(), stream));
+  SMT_CUDA_CHECK(cudaMemsetAsync(d_dx_over.data(), 0xff, d_dx_over.bytes(), stream));  // NaN
   gpu::LinearGradsBf16 over;
   over.dx = d_dx_over.data();
   over.overwrite_dx = true;
@@ -405,10 +405,11 @@ TEST_P(GpuBf16Experts, EveryBackend) {
       expect_rel("experts bf16 out [" + used_fwd + "]", host(d_out), out_c);
 
       DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_db1(E * f), d_dw2(E * f * d), d_db2(E * d), d_scr(R * f);
-      for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_db1, &d_dw2, &d_db2}) b->memset_bytes(0);
+      for (DeviceBuffer<float>* b : {&d_dw1, &d_db1, &d_dw2, &d_db2}) b->memset_bytes(0);
+      d_drows.memset_bytes(0xff);  // NaN: drows is overwritten (drows_accumulate = false) on every backend
       gpu::experts_backward(d_drows.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(), d_scr.data(),
                             d_dout.data(), d_rows.data(), d_hp.data(), d_h.data(), W1, W2, offsets, E, d, f, handle,
-                            stream, Precision::kBf16);
+                            stream, Precision::kBf16, nullptr, /*drows_accumulate=*/false);
       sync();
       const std::string used = gpu::experts_gemm_backend(Precision::kBf16);
       expect_rel("experts bf16 drows [" + used + "]", host(d_drows), drows_c);

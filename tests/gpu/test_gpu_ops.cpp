@@ -727,7 +727,7 @@ TEST_F(Gpu, Experts) {
       std::vector<float> drows_zero(R * d, 0.0f), scratch_z(R * f);
       cpu::experts_backward<float>(drows_zero.data(), nullptr, nullptr, nullptr, nullptr, scratch_z.data(), dout.data(),
                                    rows.data(), hp_c.data(), h_c.data(), w1.data(), w2.data(), offsets, E, d, f);
-      SMT_CUDA_CHECK(cudaMemsetAsync(d_drows.data(), 0x7f, d_drows.bytes(), stream));
+      SMT_CUDA_CHECK(cudaMemsetAsync(d_drows.data(), 0xff, d_drows.bytes(), stream));  // NaN: any read shows
       gpu::experts_backward(d_drows.data(), nullptr, nullptr, nullptr, nullptr, d_scratch.data(), d_dout.data(),
                             d_rows.data(), d_hp_c.data(), d_h_c.data(), d_w1.data(), d_w2.data(), offsets, E, d, f,
                             handle, stream, gpu::Precision::kFp32, nullptr, /*drows_accumulate=*/false);

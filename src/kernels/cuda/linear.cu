@@ -2,7 +2,8 @@
 // A/B fp32 or bf16 as their GemmOperand says), row-major via the transpose trick (row-major C = A B  <=>
 // column-major C^T = B^T A^T: swap the operands and M/N, keep the transpose flags); bias broadcast and
 // deterministic column sums as small kernels.
-// Invariants: weights [in, out]; backward accumulates (beta = 1) into every non-null output; with bf16
+// Invariants: weights [in, out]; backward accumulates (beta = 1) into every non-null output (except
+// linear_backward_bf16's dx with overwrite_dx, beta 0, and its dx_bf16, written); with bf16
 // operands the backward's dy is rounded to bf16 once (stream temporary) and bias gradients use the fp32 dy.
 #include <climits>
 #include <optional>

@@ -172,9 +172,7 @@ class PeakMemory {
 // Times fwd() and bwd() with events on the default stream: median over `repeat` after `warmup`.
 template <typename Fwd, typename Bwd>
 void time_events(Fwd fwd, Bwd bwd, int warmup, int repeat, Timing* r) {
-  int dev = 0;
-  SMT_CUDA_CHECK(cudaGetDevice(&dev));
-  retain_stream_ordered_memory(dev);  // the kernels' temporaries are not re-mapped after every timed call
+  retain_stream_ordered_memory();  // the kernels' temporaries are not re-mapped after every timed call
   cudaEvent_t e0, e1, e2;
   SMT_CUDA_CHECK(cudaEventCreate(&e0));
   SMT_CUDA_CHECK(cudaEventCreate(&e1));

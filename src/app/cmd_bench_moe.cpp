@@ -128,9 +128,7 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
   const bool bf16 = precision == gpu::Precision::kBf16;
   cudaStream_t st = nullptr;
   cublasHandle_t handle = nullptr;
-  int dev = 0;
-  SMT_CUDA_CHECK(cudaGetDevice(&dev));
-  retain_stream_ordered_memory(dev);  // the layer's temporaries are not re-mapped after every synchronisation
+  retain_stream_ordered_memory();  // the layer's temporaries are not re-mapped after every synchronisation
   SMT_CUDA_CHECK(cudaStreamCreate(&st));  // blocking stream: orders with the plan's blocking uploads
   SMT_CUBLAS_CHECK(cublasCreate(&handle));
   SMT_CUBLAS_CHECK(cublasSetStream(handle, st));

@@ -53,7 +53,7 @@ class OwningGpuInference final : public GpuInference {
  public:
   OwningGpuInference(const Model& host, uint64_t attention_seed, int device) : GpuInference(nullptr) {
     SMT_CUDA_CHECK(cudaSetDevice(device));
-    retain_stream_ordered_memory(device);
+    retain_stream_ordered_memory();
     SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     try {
       owned_ = std::make_unique<GpuModel>(host.config(), 0.0f, 0.0f, attention_seed, stream_, gpu::Precision::kFp32);

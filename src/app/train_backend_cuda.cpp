@@ -30,7 +30,7 @@ class CudaBackend final : public TrainBackend {
   CudaBackend(Model& host, const RunConfig& config, int device, const ParallelContext& par)
       : host_(host), device_(device) {
     SMT_CUDA_CHECK(cudaSetDevice(device_));
-    retain_stream_ordered_memory(device_);
+    retain_stream_ordered_memory();
     cudaDeviceProp prop{};
     SMT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
     device_name_ = prop.name;

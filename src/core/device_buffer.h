@@ -94,9 +94,11 @@ class StreamBuffer {
 
 // StreamBuffer allocates from the device's default memory pool, which by default hands its free memory
 // back to the system at every synchronisation, so the next large temporary maps memory again (slow). The
-// training step synchronises once per layer: call this once per process and device (after cudaSetDevice)
-// to keep the pool's memory for reuse.
-inline void retain_stream_ordered_memory(int device) {
+// training step synchronises once per layer: call this once per process for the current device (after
+// cudaSetDevice) to keep the pool's memory for reuse.
+inline void retain_stream_ordered_memory() {
+  int device = 0;
+  SMT_CUDA_CHECK(cudaGetDevice(&device));
   cudaMemPool_t pool = nullptr;
   SMT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
   uint64_t keep_all = UINT64_MAX;

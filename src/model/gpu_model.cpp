@@ -191,20 +191,19 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     } else {
       gpu::rmsnorm_forward(A.a.data(), A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s);
     }
-    if (use_flash_) {  // q, k, v straight into flash attention's bf16 inputs (rope rounds its fp32 result once)
+    // With flash attention q, k, v go straight into its bf16 inputs (rope rounds its fp32 result once).
+    if (use_flash_)
       for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
-      gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
-      gpu::rope_forward(nullptr, A.q16.data(), tmp.data(), rope_, B, N, H, s);
-      gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
-      gpu::rope_forward(nullptr, A.k16.data(), tmp.data(), rope_, B, N, H, s);
+    gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
+    gpu::rope_forward(use_flash_ ? nullptr : A.q.data(), use_flash_ ? A.q16.data() : nullptr, tmp.data(), rope_, B, N,
+                      H, s);
+    gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
+    gpu::rope_forward(use_flash_ ? nullptr : A.k.data(), use_flash_ ? A.k16.data() : nullptr, tmp.data(), rope_, B, N,
+                      H, s);
+    if (use_flash_)
       gpu::linear_forward_bf16(A.v16.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
-    } else {
-      gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
-      gpu::rope_forward(A.q.data(), nullptr, tmp.data(), rope_, B, N, H, s);
-      gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
-      gpu::rope_forward(A.k.data(), nullptr, tmp.data(), rope_, B, N, H, s);
+    else
       gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
-    }
     mark("fwd.norm_qkv_rope");
     if (use_flash_) {  // bf16 tensor-core kernel: o comes out in bf16, the wo GEMM's operand as it is
       gpu::flash_attention_forward(A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(), A.v16.data(), valid_.data(),

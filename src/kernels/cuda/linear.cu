@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/exact_bf16_output.h"
 #include "kernels/gpu_ops.h"
 
 namespace smt::gpu {
@@ -80,22 +81,25 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float 
                                 to_int(ldc, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// A bf16 C through gemm_ex with only the final rounding: no split-K partial sums reduced in bf16 inside cuBLAS
-// (the handle's math mode is restored afterwards, also on error).
+// A bf16 C through gemm_ex with only the final rounding (beta 0).
 void gemm_bf16_out(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, GemmOperand A, int64_t lda,
                    GemmOperand B, int64_t ldb, __nv_bfloat16* C, int64_t ldc, cublasHandle_t handle,
                    cudaStream_t stream) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  SMT_CUBLAS_CHECK(cublasGetMathMode(handle, &mode));
-  SMT_CUBLAS_CHECK(cublasSetMathMode(
-      handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
-  try {
-    gemm_ex(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, CUDA_R_16BF, ldc, handle, stream);
-  } catch (...) {
-    cublasSetMathMode(handle, mode);
-    throw;
-  }
-  SMT_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
+  const detail::ExactBf16OutputScope exact(handle);
+  gemm_ex(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, CUDA_R_16BF, ldc, handle, stream);
+}
+
+// The backward's GEMMs from dy as an operand of x's and w's precision: dx (+)= dy W^T (beta dx_beta), or
+// dx_bf16 = bf16(dy W^T); dW += x^T dy. Each output nullable.
+void backward_gemms(float* dx, float dx_beta, __nv_bfloat16* dx_bf16, float* dw, GemmOperand dy, GemmOperand x,
+                    GemmOperand w, int64_t M, int64_t n_in, int64_t n_out, cublasHandle_t handle,
+                    cudaStream_t stream) {
+  if (dx != nullptr)  // dx [M, n_in] (+)= dy [M, n_out] @ W^T
+    gemm_ex(false, true, M, n_in, n_out, 1.0f, dy, n_out, w, n_out, dx_beta, dx, CUDA_R_32F, n_in, handle, stream);
+  if (dx_bf16 != nullptr)  // dx_bf16 = bf16(dy @ W^T), rounded once at the end
+    gemm_bf16_out(false, true, M, n_in, n_out, dy, n_out, w, n_out, dx_bf16, n_in, handle, stream);
+  if (dw != nullptr)  // dW [n_in, n_out] += x^T @ dy
+    gemm_ex(true, false, n_in, n_out, M, 1.0f, x, n_in, dy, n_out, 1.0f, dw, CUDA_R_32F, n_out, handle, stream);
 }
 
 }  // namespace
@@ -152,11 +156,10 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, GemmOpera
   check_same_dtype(x, w, "gpu::linear_backward");
   const bool gemms = (dx != nullptr || dw != nullptr) && n_in > 0;
   std::optional<StreamBuffer<__nv_bfloat16>> dy_bf16;
-  const GemmOperand g = gemms ? grad_operand(dy, M * n_out, x.dtype, dy_bf16, stream) : GemmOperand(dy);
-  if (dx != nullptr && n_in > 0)  // dx [M, n_in] += dy [M, n_out] @ W^T
-    gemm_row_major(false, true, M, n_in, n_out, 1.0f, g, n_out, w, n_out, 1.0f, dx, n_in, handle, stream);
-  if (dw != nullptr && n_in > 0)  // dW [n_in, n_out] += x^T @ dy
-    gemm_row_major(true, false, n_in, n_out, M, 1.0f, x, n_in, g, n_out, 1.0f, dw, n_out, handle, stream);
+  if (gemms) {
+    const GemmOperand g = grad_operand(dy, M * n_out, x.dtype, dy_bf16, stream);
+    backward_gemms(dx, 1.0f, nullptr, dw, g, x, w, M, n_in, n_out, handle, stream);
+  }
   if (db != nullptr) add_column_sums(db, dy, M, n_out, stream);
 }
 
@@ -166,14 +169,8 @@ void linear_backward_bf16(const LinearGradsBf16& grads, const __nv_bfloat16* dy,
   SMT_CHECK(x.dtype == Precision::kBf16 && w.dtype == Precision::kBf16,
             "gpu::linear_backward_bf16: needs bf16 operands");
   SMT_CHECK(grads.dx == nullptr || grads.dx_bf16 == nullptr, "gpu::linear_backward_bf16: dx and dx_bf16 both given");
-  const GemmOperand g(dy);
-  if (grads.dx != nullptr)  // dx [M, n_in] (+)= dy [M, n_out] @ W^T
-    gemm_row_major(false, true, M, n_in, n_out, 1.0f, g, n_out, w, n_out, grads.overwrite_dx ? 0.0f : 1.0f, grads.dx,
-                   n_in, handle, stream);
-  if (grads.dx_bf16 != nullptr)  // dx_bf16 = bf16(dy @ W^T), rounded once at the end
-    gemm_bf16_out(false, true, M, n_in, n_out, g, n_out, w, n_out, grads.dx_bf16, n_in, handle, stream);
-  if (grads.dw != nullptr)  // dW [n_in, n_out] += x^T @ dy
-    gemm_row_major(true, false, n_in, n_out, M, 1.0f, x, n_in, g, n_out, 1.0f, grads.dw, n_out, handle, stream);
+  backward_gemms(grads.dx, grads.overwrite_dx ? 0.0f : 1.0f, grads.dx_bf16, grads.dw, GemmOperand(dy), x, w, M, n_in,
+                 n_out, handle, stream);
 }
 
 void matmul_transposed_forward(float* y, GemmOperand x, GemmOperand w, int64_t M, int64_t k, int64_t n,

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/exact_bf16_output.h"
 #include "kernels/cuda/gelu_device.cuh"
 #include "kernels/gpu_ops.h"
 
@@ -407,14 +408,11 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
   }
   SMT_CHECK(gelu.mode != GeluEpilogue::kBackward || gelu.x_base != nullptr,
             "experts GEMM: the fused GELU backward needs hidden_pre (x_base)");
-  // bf16 C: no reduced-precision (bf16) split-K reductions inside cuBLAS, only the final rounding.
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  SMT_CUBLAS_CHECK(cublasGetMathMode(handle, &mode));
-  SMT_CUBLAS_CHECK(cublasSetMathMode(
-      handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
-  const cublasStatus_t st =
-      grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
-  SMT_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  {
+    const detail::ExactBf16OutputScope exact(handle);  // bf16 C: only the final rounding
+    st = grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
+  }
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   StreamBuffer<StagedOutput> douts(outs.size(), stream);
   SMT_CUDA_CHECK(cudaMemcpyAsync(douts.data(), outs.data(), sizeof(StagedOutput) * outs.size(),

@@ -88,7 +88,7 @@ void run_emulated(const EmuCase& c) {
   std::ostringstream what;
   what << attn_pattern_name(c.kind) << (c.causal ? " causal" : "") << " N=" << c.N << " bs=" << c.bs
        << " hd=" << c.hd << (c.eager_copies ? " (eager copies, shuffled threads)" : " (deferred copies)");
-  emu::g_eager_copies = c.eager_copies;
+  emu::g_eager_copies = emu::g_shuffle_threads = c.eager_copies;  // eager copies run shuffled
   SCOPED_TRACE(what.str());
   std::printf("  emulated case %s\n", what.str().c_str());
   AttnPatternConfig cfg;

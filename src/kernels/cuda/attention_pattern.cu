@@ -1,7 +1,11 @@
 // CUDA builder of the attention pattern metadata (see kernels/gpu_attention_pattern.h): the per-query-
 // block rule is pattern::pattern_row, the very function build_block_mask runs on the host.
+#if defined(SMT_CUDA_EMULATE)
+#include "cuda_emu/cub.h"  // the emulated build (tests/cuda_emu)
+#else
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#endif
 
 #include <algorithm>
 #include <cstdint>

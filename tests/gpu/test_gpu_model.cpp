@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/cuda_check.h"
 #include "core/rng.h"
 #include "support/random_batch.h"
@@ -81,43 +83,61 @@ INSTANTIATE_TEST_SUITE_P(Configs, GpuModelTest,
                          });
 
 // bf16 operands (GpuModel precision kBf16, with the flash attention kernels at block 64 and the fp32
-// attention kernels at block 16) against the fp32 CPU model, one step from the same parameters (96
-// tokens: a partial last block): loss within 2e-2 relative; the whole gradient within 5e-2 norm-relative and each tensor
-// within 0.15 (bf16 keeps 8 bits of mantissa: ~4e-3 per rounding, more where routing near-ties flip).
+// attention kernels at block 16) against the fp32 CPU model, one step from the same parameters (96 tokens: a
+// partial last block), on three batches each. The loss must agree within 2e-2 relative. The gradient
+// bounds come from measurements (on the CUDA emulation, every experts backend): the top-2 routing is
+// discontinuous, so bf16-sized perturbations flip near-tied routing decisions, and the whole gradient then
+// moves by 2-9% instead of the ~0.4% it moves without a flip -- the CPU model with its weights merely
+// rounded to bf16 moves by up to 8.7% on these batches (printed beside each result). Bounds: the whole
+// gradient within 0.12 norm-relative, each tensor within 0.3; a wrong index or a missing term moves a tensor
+// by ~100%. Subtle errors are the business of the fp32 model test above and of the per-op bf16 tests.
 TEST(GpuModelBf16, FollowsCpuFp32) {
   std::string why;
   if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
   struct BfCase { const char* head; int block_size; };  // block 64: flash attention; 16: the fp32 kernels
-  for (const BfCase bc : {BfCase{"classifier", 64}, BfCase{"lm", 64}, BfCase{"lm", 16}}) {
-    const char* head = bc.head;
-    SCOPED_TRACE(testing::Message() << head << ", block " << bc.block_size);
-    smt::testing_support::TinyModel tm;
-    tm.d_model = 128;
-    tm.expert_hidden = 256;
-    tm.head = head;
-    tm.block_size = bc.block_size;
-    tm.window = 32;
-    const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
-    cudaStream_t stream;  // non-blocking, as the training backend's: nothing may rely on the legacy stream
-    SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    smt::Model cpu(c, 0.01f, 0.001f, 7);
-    cpu.init_params(13);
-    smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream, smt::gpu::Precision::kBf16);
-    EXPECT_EQ(gpu.uses_flash_attention(), bc.block_size % 64 == 0);
-    gpu.upload_from(cpu);
-    const smt::Batch batch = smt::testing_support::random_padded_batch(4, 96, 3, 123);
-    cpu.zero_grads();
-    gpu.zero_grads();
-    const smt::LossParts lc = cpu.forward(batch), lg = gpu.forward(batch);
-    EXPECT_NEAR(lg.total, lc.total, 2e-2 * std::fabs(lc.total));
-    cpu.backward();
-    gpu.backward();
-    const std::vector<float> gg = gpu.download_grads();
-    EXPECT_LE(norm_rel(gg.data(), cpu.grads(), cpu.layout().total()), 5e-2) << "whole gradient";
-    for (const auto& t : cpu.layout().tensors())
-      EXPECT_LE(norm_rel(gg.data() + t.offset, cpu.grads() + t.offset, t.numel), 0.15) << "gradient of " << t.name;
-    SMT_CUDA_CHECK(cudaStreamDestroy(stream));
-  }
+  for (const BfCase bc : {BfCase{"classifier", 64}, BfCase{"lm", 64}, BfCase{"lm", 16}})
+    for (const uint64_t batch_seed : {123u, 3u, 4u}) {
+      const char* head = bc.head;
+      SCOPED_TRACE(testing::Message() << head << ", block " << bc.block_size << ", batch seed " << batch_seed);
+      smt::testing_support::TinyModel tm;
+      tm.d_model = 128;
+      tm.expert_hidden = 256;
+      tm.head = head;
+      tm.block_size = bc.block_size;
+      tm.window = 32;
+      const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
+      cudaStream_t stream;  // non-blocking, as the training backend's: nothing may rely on the legacy stream
+      SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      smt::Model cpu(c, 0.01f, 0.001f, 7);
+      cpu.init_params(13);
+      smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream, smt::gpu::Precision::kBf16);
+      EXPECT_EQ(gpu.uses_flash_attention(), bc.block_size % 64 == 0);
+      gpu.upload_from(cpu);
+      const smt::Batch batch = smt::testing_support::random_padded_batch(4, 96, 3, batch_seed);
+      cpu.zero_grads();
+      gpu.zero_grads();
+      const smt::LossParts lc = cpu.forward(batch), lg = gpu.forward(batch);
+      EXPECT_NEAR(lg.total, lc.total, 2e-2 * std::fabs(lc.total));
+      cpu.backward();
+      gpu.backward();
+      const std::vector<float> gg = gpu.download_grads();
+      // for comparison: the fp32 CPU model with bf16-rounded weights on the same batch
+      smt::Model rounded(c, 0.01f, 0.001f, 7);
+      rounded.init_params(13);
+      for (int64_t i = 0; i < rounded.layout().total(); ++i) rounded.params()[i] = smt::round_to_bf16(rounded.params()[i]);
+      rounded.zero_grads();
+      rounded.forward(batch);
+      rounded.backward();
+      const int64_t total = cpu.layout().total();
+      const double flip_whole = norm_rel(rounded.grads(), cpu.grads(), total);
+      const double gpu_whole = norm_rel(gg.data(), cpu.grads(), total);
+      std::printf("  %s block %d batch %llu: gradient vs CPU fp32 %.4f (bf16-rounded weights alone: %.4f)\n", head,
+                  bc.block_size, static_cast<unsigned long long>(batch_seed), gpu_whole, flip_whole);
+      EXPECT_LE(gpu_whole, 0.12) << "whole gradient";
+      for (const auto& t : cpu.layout().tensors())
+        EXPECT_LE(norm_rel(gg.data() + t.offset, cpu.grads() + t.offset, t.numel), 0.3) << "gradient of " << t.name;
+      SMT_CUDA_CHECK(cudaStreamDestroy(stream));
+    }
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -93,7 +94,10 @@ class StagedCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override {
     return std::make_unique<StagedCommunicator>(host_->split(color, key), stream_);
   }
-  [[noreturn]] void abort(int exit_code) override { host_->abort(exit_code); }
+  [[noreturn]] void abort(int exit_code) override {
+    host_->abort(exit_code);
+    std::abort();  // not reached: the host communicator's abort ends the job
+  }
 
  private:
   void download(void* host, const void* device, size_t bytes) {

@@ -146,24 +146,47 @@ void check_pointer_argument(const T& arg, int index, const std::string& where) {
   }
 }
 
+// Static __shared__ arrays (rewrite.py: `__shared__ T name[N];` -> `auto& name = static_shared<T[N], __LINE__>();`):
+// one storage per declaration, filled with the 0x7F poison at the first use in each block, like the
+// dynamic shared memory, so a read before any write in the block shows.
+template <typename T, int kLine>
+T& static_shared() {
+  alignas(16) static T storage;
+  static uint64_t serial = 0;
+  if (serial != g_block_serial) {
+    serial = g_block_serial;
+    std::memset(static_cast<void*>(&storage), 0x7F, sizeof(T));
+  }
+  return storage;
+}
+
+// The address that identifies a kernel (a function, or a pointer to one) for its shared-memory limit.
+template <typename F>
+const void* kernel_address(F* kernel) {
+  return reinterpret_cast<const void*>(kernel);
+}
+
 struct LaunchConfig {
   LaunchConfig(const char* file, int line, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr)
       : file(file), line(line), grid(grid), block(block), smem(smem) {}
 
   // body() is the kernel call as written; args are its arguments (pointer arguments must be device pointers).
+  // kernel: the kernel's address where the launch asks for dynamic shared memory (else null: 48 KiB limit).
   template <typename Body, typename... A>
-  void run(Body&& body, const A&... args) const {
+  void run(const void* kernel, Body&& body, const A&... args) const {
     const std::string where = std::string(file) + ":" + std::to_string(line);
     if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1)
       return fail_launch(cudaErrorInvalidConfiguration,
                          where + ": block of " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" +
                              std::to_string(block.z) + " threads (the emulator runs 1-D blocks of <= 1024)");
-    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
-      return fail_launch(cudaErrorInvalidConfiguration, where + ": empty or oversized grid");
-    if (smem > dynamic_smem_limit())
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+      return fail_launch(cudaErrorInvalidConfiguration, where + ": empty or oversized grid " + std::to_string(grid.x) +
+                                                            "x" + std::to_string(grid.y) + "x" + std::to_string(grid.z));
+    const size_t limit = dynamic_smem_limit(kernel);
+    if (smem > limit)
       return fail_launch(cudaErrorInvalidValue, where + ": " + std::to_string(smem) +
-                                                    " bytes of dynamic shared memory: more than 48 KiB needs "
-                                                    "cudaFuncSetAttribute first, more than 227 KiB is impossible");
+                                                    " bytes of dynamic shared memory, the kernel's limit is " +
+                                                    std::to_string(limit) + " (above 48 KiB: cudaFuncSetAttribute)");
     int index = 0;
     (check_pointer_argument(args, index++, where), ...);
     if (sticky_error() != cudaSuccess) return;

@@ -43,6 +43,7 @@ inline uint64_t g_progress = 0;        // arrivals at barriers and finished fibe
 inline bool g_eager_copies = false;    // cp.async lands at once (else at wait_group)
 inline bool g_random_copies = false;   // each cp.async lands at once or at wait_group, pseudo-randomly
 inline bool g_shuffle_threads = false;  // random thread order and warp stalls in each round
+inline uint64_t g_block_serial = 0;     // counts the blocks run so far (static __shared__ is poisoned per block)
 
 inline void yield();
 
@@ -76,6 +77,17 @@ struct WarpCtx {
   uint32_t a[32][4];
   uint32_t b[32][2];
   uint64_t word[32];
+  int op[32];          // which collective each lane is in (warp_ops.h checks that all live lanes agree)
+  bool exited[32] = {};  // lanes that returned (or do not exist in a partial last warp)
+  // A lane returned: its exchange slots hold poison from now on (a shuffle from it reads garbage, as on a GPU).
+  void lane_exited(int l) {
+    exited[l] = true;
+    addr[l] = nullptr;
+    word[l] = 0x7F7F7F7F7F7F7F7Full;
+    for (uint32_t& r : a[l]) r = 0x7F7F7F7Fu;
+    for (uint32_t& r : b[l]) r = 0x7F7F7F7Fu;
+    op[l] = -1;
+  }
 };
 
 struct PendingCopy {
@@ -91,6 +103,7 @@ struct CtaCtx {
     for (int w = 0; w < (threads + 31) / 32; ++w) {
       warps.push_back(std::make_unique<WarpCtx>());
       warps.back()->bar.expected = std::min(32, threads - 32 * w);
+      for (int l = warps.back()->bar.expected; l < 32; ++l) warps.back()->lane_exited(l);
     }
     std::memset(storage.data(), 0x7F, storage.size() * 16);  // poison: bf16 0x7F7F ~ 3.4e38, float ~ 3.4e38
   }
@@ -177,6 +190,7 @@ inline void fiber_entry() {
   for (auto& g : g_self->groups) perform(g);  // a thread may exit with copies in flight
   perform(g_self->open);
   g_self->done = true;
+  g_self->warp->lane_exited(g_self->lane);
   g_self->warp->bar.leave();
   g_cta->bar.leave();
   ++g_progress;
@@ -226,6 +240,7 @@ void run_grid(Body&& body, Dim3 grid, int threads, size_t smem_bytes) {
       for (unsigned x = 0; x < grid.x; ++x) {
         CtaCtx cta(threads, smem_bytes);
         g_cta = &cta;
+        ++g_block_serial;
         blockIdx = Dim3{x, y, z};
         for (int t = 0; t < threads; ++t) {
           Fiber& f = *fibers[t];
@@ -248,12 +263,13 @@ void run_grid(Body&& body, Dim3 grid, int threads, size_t smem_bytes) {
           rng ^= rng << 17;
           return rng;
         };
+        bool calm_round = false;  // after a round without progress in which warps stalled: one without stalls
         for (;;) {
           bool any = false, any_stalled = false;
           const uint64_t before = g_progress;
           if (g_shuffle_threads) {
             for (int t = threads - 1; t > 0; --t) std::swap(order[t], order[next() % uint64_t(t + 1)]);
-            for (int w = 0; w < num_warps; ++w) any_stalled |= (stalled[w] = char(next() & 1)) != 0;
+            for (int w = 0; w < num_warps; ++w) any_stalled |= (stalled[w] = char(!calm_round && (next() & 1))) != 0;
           }
           for (int idx : order) {
             Fiber& f = *fibers[idx];
@@ -265,7 +281,11 @@ void run_grid(Body&& body, Dim3 grid, int threads, size_t smem_bytes) {
             resume(f);
           }
           if (!any) break;
-          if (g_progress == before && !any_stalled) {
+          if (g_progress != before) {
+            calm_round = false;
+          } else if (any_stalled) {
+            calm_round = true;
+          } else {
             std::fprintf(stderr, "CUDA emulator: deadlock in block (%u, %u, %u): no thread reached a barrier\n", x, y,
                          z);
             std::abort();

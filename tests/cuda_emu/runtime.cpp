@@ -6,8 +6,8 @@
 // Checks that a GPU would fail on (with a message on stderr): copies and cuBLAS operands outside device
 // allocations or past their end, host pointers as device operands, cuBLAS leading dimensions below the
 // matrix height, unsupported cuBLAS type combinations, NCCL communicators of more than one rank.
-// Environment: SMT_EMU_GROUPED_MIXED=0 makes cublasGemmGroupedBatchedEx refuse bf16 A/B with an fp32 C
-// (CUBLAS_STATUS_NOT_SUPPORTED), so the fallback backends of the experts GEMMs run too.
+// Environment: cublasGemmGroupedBatchedEx refuses bf16 A/B with an fp32 C (CUBLAS_STATUS_NOT_SUPPORTED; it is
+// documented for one type throughout) unless SMT_EMU_GROUPED_MIXED=1, so both experts backends can run.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -50,14 +50,15 @@ State& state() {
   return s;
 }
 
-// The allocation holding [p, p + bytes), or null.
-const Allocation* find(const void* p, size_t bytes) {
+// The allocation holding [p, p + bytes), or null; with device_only, pinned host memory does not count.
+const Allocation* find(const void* p, size_t bytes, bool device_only = false) {
   auto& s = state();
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   auto it = s.allocations.upper_bound(a);
   if (it == s.allocations.begin()) return nullptr;
   --it;
   if (a < it->first || a + bytes > it->first + it->second.bytes) return nullptr;
+  if (device_only && it->second.pinned_host) return nullptr;
   return &it->second;
 }
 
@@ -69,12 +70,18 @@ cudaError_t fail(cudaError_t err, const std::string& what) {
   return err;
 }
 
-// A device operand [p, p + bytes): inside one allocation.
+// A device operand [p, p + bytes): inside one device allocation (cudaMalloc*, not cudaMallocHost).
 bool device_range(const void* p, size_t bytes, const char* who, const char* what) {
   if (bytes == 0) return true;
-  if (p != nullptr && find(p, bytes) != nullptr) return true;
+  if (p != nullptr && find(p, bytes, true) != nullptr) return true;
   std::fprintf(stderr, "CUDA emulator: %s: %s [%p, +%zu bytes) is not inside one device allocation\n", who, what, p,
                bytes);
+  return false;
+}
+// A host operand: not in device memory (pageable or pinned host memory).
+bool host_range(const void* p, size_t bytes, const char* who, const char* what) {
+  if (bytes == 0 || (p != nullptr && find(p, 0, true) == nullptr)) return true;
+  std::fprintf(stderr, "CUDA emulator: %s: %s %p is device memory, the copy's kind says host\n", who, what, p);
   return false;
 }
 
@@ -122,11 +129,10 @@ void fail_launch(cudaError_t err, const std::string& what) {
   fail(err, what);
 }
 cudaError_t sticky_error() { return state().sticky; }
-size_t dynamic_smem_limit() {
+size_t dynamic_smem_limit(const void* kernel) {
   std::lock_guard<std::mutex> lock(state().mu);
-  size_t limit = kDefaultSmem;
-  for (const auto& [kernel, bytes] : state().smem_limit) limit = std::max(limit, bytes);
-  return limit;
+  auto it = state().smem_limit.find(kernel);
+  return kernel == nullptr || it == state().smem_limit.end() ? kDefaultSmem : it->second;
 }
 void count_launch() { ++state().launches; }
 long long launches() { return state().launches; }
@@ -251,11 +257,11 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   EMU_LOCK;
-  if (p != nullptr) {
-    const emu::Allocation* a = emu::find(p, 0);
-    if (a != nullptr) state().pool_bytes -= a->bytes;
-  }
-  return emu::release(p, false);
+  const emu::Allocation* a = p != nullptr ? emu::find(p, 0, true) : nullptr;
+  const size_t bytes = a != nullptr ? a->bytes : 0;
+  const cudaError_t err = emu::release(p, false);
+  if (err == cudaSuccess) state().pool_bytes -= std::min(bytes, state().pool_bytes);
+  return err;
 }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
   EMU_LOCK;
@@ -312,17 +318,32 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   EMU_LOCK;
   EMU_STICKY;
   if (bytes == 0) return cudaSuccess;
-  const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if ((dst_dev && !emu::device_range(dst, bytes, "cudaMemcpy", "destination")) ||
-      (src_dev && !emu::device_range(src, bytes, "cudaMemcpy", "source")))
-    return emu::fail(cudaErrorInvalidValue, "cudaMemcpy outside device memory");
-  if (kind == cudaMemcpyDefault) {  // either side may be anything; a registered pointer must fit
-    const bool ok = (emu::find(dst, 0) == nullptr || emu::find(dst, bytes) != nullptr) &&
-                    (emu::find(src, 0) == nullptr || emu::find(src, bytes) != nullptr);
-    if (!ok) return emu::fail(cudaErrorInvalidValue, "cudaMemcpy (default kind) past the end of an allocation");
+  const char* who = "cudaMemcpy";
+  bool ok = true;
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      ok = emu::device_range(dst, bytes, who, "destination") && emu::host_range(src, bytes, who, "source");
+      break;
+    case cudaMemcpyDeviceToHost:
+      ok = emu::device_range(src, bytes, who, "source") && emu::host_range(dst, bytes, who, "destination");
+      break;
+    case cudaMemcpyDeviceToDevice:
+      ok = emu::device_range(dst, bytes, who, "destination") && emu::device_range(src, bytes, who, "source");
+      break;
+    case cudaMemcpyHostToHost:
+      ok = emu::host_range(dst, bytes, who, "destination") && emu::host_range(src, bytes, who, "source");
+      break;
+    default:  // cudaMemcpyDefault: either side anything; a registered pointer must fit its allocation
+      ok = (emu::find(dst, 0) == nullptr || emu::find(dst, bytes) != nullptr) &&
+           (emu::find(src, 0) == nullptr || emu::find(src, bytes) != nullptr);
+      if (!ok) std::fprintf(stderr, "CUDA emulator: cudaMemcpy (default kind) past the end of an allocation\n");
+      break;
   }
-  std::memmove(dst, src, bytes);
+  if (!ok) return emu::fail(cudaErrorInvalidValue, "cudaMemcpy: operands do not match the copy's kind");
+  const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  if (d < s + bytes && s < d + bytes && d != s)
+    return emu::fail(cudaErrorInvalidValue, "cudaMemcpy: overlapping source and destination");
+  std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -404,18 +425,24 @@ void store(void* base, cudaDataType_t type, int64_t i, float v) {
 }
 size_t type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
+// cublasGemmEx's combinations for these types: fp32 A/B/C (any 32F compute type), bf16 A/B with bf16 or fp32
+// C (CUBLAS_COMPUTE_32F / _PEDANTIC only: the FAST_* types are for fp32 inputs).
 bool supported(cudaDataType_t a, cudaDataType_t b, cudaDataType_t c, cublasComputeType_t compute) {
-  if (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_PEDANTIC &&
-      compute != CUBLAS_COMPUTE_32F_FAST_TF32 && compute != CUBLAS_COMPUTE_32F_FAST_16BF)
-    return false;
   if (a != b) return false;
-  if (a == CUDA_R_32F) return c == CUDA_R_32F;
-  if (a == CUDA_R_16BF) return c == CUDA_R_32F || c == CUDA_R_16BF;
+  if (a == CUDA_R_32F)
+    return c == CUDA_R_32F && (compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC ||
+                               compute == CUBLAS_COMPUTE_32F_FAST_TF32 || compute == CUBLAS_COMPUTE_32F_FAST_16BF);
+  if (a == CUDA_R_16BF)
+    return (c == CUDA_R_32F || c == CUDA_R_16BF) &&
+           (compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC);
   return false;
 }
 
 // Column-major C[m x n] = alpha op(A) op(B) + beta C (C not read when beta == 0), fp32 accumulation in k order.
-cublasStatus_t gemm(const char* who, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+// With a bf16 C and a math mode that allows reduced-precision reductions (no
+// CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION), cuBLAS may split k and add bf16-rounded partial sums:
+// the emulation does that (two halves of k), so code that needs one rounding must say so.
+cublasStatus_t gemm(const char* who, cublasMath_t math, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
                     const void* A, cudaDataType_t at, int lda, const void* B, cudaDataType_t bt, int ldb, float beta,
                     void* C, cudaDataType_t ct, int ldc) {
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
@@ -439,16 +466,22 @@ cublasStatus_t gemm(const char* who, cublasOperation_t ta, cublasOperation_t tb,
       return CUBLAS_STATUS_EXECUTION_FAILED;
     }
   }
+  const bool split_k = ct == CUDA_R_16BF && (math & CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) == 0 && k >= 2;
+  auto bf16_round = [](float x) { return __bfloat162float(__float2bfloat16_rn(x)); };
   std::vector<float> col(static_cast<size_t>(m));
   for (int j = 0; j < n; ++j) {
     for (int i = 0; i < m; ++i) {
-      float acc = 0.0f;
+      float acc = 0.0f, first_half = 0.0f;
       for (int l = 0; l < k; ++l) {
+        if (split_k && l == k / 2) {
+          first_half = bf16_round(acc);
+          acc = 0.0f;
+        }
         const float a = load(A, at, tA ? l + int64_t(i) * lda : i + int64_t(l) * lda);
         const float b = load(B, bt, tB ? j + int64_t(l) * ldb : l + int64_t(j) * ldb);
         acc += a * b;
       }
-      col[i] = acc;
+      col[i] = split_k ? bf16_round(first_half + bf16_round(acc)) : acc;
     }
     for (int i = 0; i < m; ++i) {
       const int64_t o = i + int64_t(j) * ldc;
@@ -481,16 +514,16 @@ cublasStatus_t cublasGetMathMode(cublasHandle_t h, cublasMath_t* mode) {
   *mode = reinterpret_cast<emu::Handle*>(h)->math;
   return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                             const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B,
                             cudaDataType_t bt, int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t) {
   if (state().sticky != cudaSuccess) return CUBLAS_STATUS_EXECUTION_FAILED;
   if (!emu::supported(at, bt, ct, compute)) return CUBLAS_STATUS_NOT_SUPPORTED;
-  return emu::gemm("cublasGemmEx", ta, tb, m, n, k, *static_cast<const float*>(alpha), A, at, lda, B, bt, ldb,
+  return emu::gemm("cublasGemmEx", reinterpret_cast<emu::Handle*>(handle)->math, ta, tb, m, n, k, *static_cast<const float*>(alpha), A, at, lda, B, bt, ldb,
                    *static_cast<const float*>(beta), C, ct, ldc);
 }
-cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_t transa[],
+cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOperation_t transa[],
                                           const cublasOperation_t transb[], const int m[], const int n[],
                                           const int k[], const void* alpha, const void* const Aarray[],
                                           cudaDataType_t at, const int lda[], const void* const Barray[],
@@ -499,9 +532,10 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_
                                           const int group_size[], cublasComputeType_t compute) {
   if (state().sticky != cudaSuccess) return CUBLAS_STATUS_EXECUTION_FAILED;
   if (!emu::supported(at, bt, ct, compute)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  // The grouped call is documented for A/B/C of one type; bf16 A/B with an fp32 C is refused unless
+  // SMT_EMU_GROUPED_MIXED=1 (a cuBLAS that accepts it: the project's code then takes that backend).
   const char* mixed = std::getenv("SMT_EMU_GROUPED_MIXED");
-  if (at == CUDA_R_16BF && ct == CUDA_R_32F && mixed != nullptr && std::strcmp(mixed, "0") == 0)
-    return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (at != ct && !(mixed != nullptr && std::strcmp(mixed, "1") == 0)) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (group_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
   int64_t total = 0;
   for (int g = 0; g < group_count; ++g) {
@@ -524,7 +558,7 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_
   for (int g = 0; g < group_count; ++g)
     for (int p = 0; p < group_size[g]; ++p, ++idx) {
       const cublasStatus_t st =
-          emu::gemm("cublasGemmGroupedBatchedEx", transa[g], transb[g], m[g], n[g], k[g], alphas[g], Aarray[idx], at,
+          emu::gemm("cublasGemmGroupedBatchedEx", reinterpret_cast<emu::Handle*>(handle)->math, transa[g], transb[g], m[g], n[g], k[g], alphas[g], Aarray[idx], at,
                     lda[g], Barray[idx], bt, ldb[g], betas[g], Carray[idx], ct, ldc[g]);
       if (st != CUBLAS_STATUS_SUCCESS) return st;
     }

@@ -10,11 +10,29 @@
 // Every warp-collective call needs all live lanes of the warp (full mask), as the kernels here use them.
 #pragma once
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "fibers.h"
 
 namespace smt::emu {
+
+// The warp collectives, for the check that all live lanes of a warp are in the same one.
+enum WarpOp : int { kOpShuffle = 1, kOpMatchAny, kOpLdmatrix, kOpLdmatrixTrans, kOpMma };
+
+// Lane l enters collective `op`: after the first warp barrier every live lane must be in the same collective
+// (on a GPU, lanes of a diverged warp meeting different shuffles or mma's exchange garbage or hang).
+inline void enter_collective(WarpCtx* w, int l, int op) {
+  w->op[l] = op;
+  warp_sync();
+  for (int j = 0; j < 32; ++j)
+    if (!w->exited[j] && w->op[j] != op) {
+      std::fprintf(stderr, "CUDA emulator: lanes %d and %d of a warp meet different warp collectives (%d, %d)\n", l,
+                   j, op, w->op[j]);
+      std::abort();
+    }
+}
 
 inline uint16_t f2bf_bits(float f) {
   uint32_t u;
@@ -40,7 +58,7 @@ T exchange(T v, SrcOf src_of) {
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
   w->word[l] = bits;
-  warp_sync();
+  enter_collective(w, l, kOpShuffle);
   const uint64_t got = w->word[src_of(l) & 31];
   warp_sync();
   T r;
@@ -67,14 +85,11 @@ unsigned match_any(T v) {
   const int l = g_self->lane;
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  for (int j = 0; j < 32; ++j) w->a[j][0] = 0;  // lanes that exited never match
-  warp_sync();
   w->word[l] = bits;
-  w->a[l][0] = 1;
-  warp_sync();
+  enter_collective(w, l, kOpMatchAny);
   unsigned same = 0;
   for (int j = 0; j < 32; ++j)
-    if (w->a[j][0] != 0 && w->word[j] == bits) same |= 1u << j;
+    if (!w->exited[j] && w->word[j] == bits) same |= 1u << j;  // lanes that exited never match
   warp_sync();
   return same;
 }
@@ -111,7 +126,7 @@ inline void ldmatrix_common(uint32_t (&r)[4], const void* row, bool trans) {
   WarpCtx* w = g_self->warp;
   const int l = g_self->lane;
   w->addr[l] = row;
-  warp_sync();
+  enter_collective(w, l, trans ? kOpLdmatrixTrans : kOpLdmatrix);
   for (int i = 0; i < 4; ++i) {
     uint16_t lo, hi;
     if (!trans) {
@@ -135,7 +150,7 @@ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_
   for (int r = 0; r < 4; ++r) w->a[l][r] = a[r];
   w->b[l][0] = b0;
   w->b[l][1] = b1;
-  warp_sync();
+  enter_collective(w, l, kOpMma);
   auto half = [](uint32_t reg, int k) { return bf_bits2f(static_cast<uint16_t>(k % 2 ? reg >> 16 : reg & 0xFFFFu)); };
   auto A = [&](int row, int k) { return half(w->a[(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)], k); };
   auto B = [&](int k, int n) { return half(w->b[n * 4 + (k % 8) / 2][k / 8], k); };

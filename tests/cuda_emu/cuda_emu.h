@@ -113,19 +113,10 @@ T atomicMax(T* p, T v) {
 }
 inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
 
-// ---- the flash kernels' PTX wrappers (flash_attention_kernels.cuh leaves them to the emulator) ----
+// ---- the flash kernels' types (their PTX wrappers are in warp_ops.h) ----
 namespace smt::gpu::flash_impl {
 using bf16 = __nv_bfloat16;
 inline float bits_to_float(uint32_t u) { return __uint_as_float(u); }
-inline float fast_exp2(float x) { return std::exp2(x); }
-using emu::cp_async_16;
-using emu::cp_async_4;
-using emu::cp_async_commit;
-using emu::cp_async_wait;
-using emu::ldmatrix_x4;
-using emu::ldmatrix_x4_trans;
-using emu::mma_bf16;
-using emu::pack_bf16;
 }  // namespace smt::gpu::flash_impl
 
 // The runtime's template form for kernels (nvcc's headers declare it only when compiling CUDA).

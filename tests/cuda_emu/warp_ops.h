@@ -9,6 +9,7 @@
 //   bf16 rounding to nearest even.
 // Every warp-collective call needs all live lanes of the warp (full mask), as the kernels here use them.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -164,3 +165,17 @@ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_
 }
 
 }  // namespace smt::emu
+
+// The flash kernels' PTX wrappers (src/kernels/cuda/flash_attention_kernels.cuh leaves them to the emulator
+// under SMT_FLASH_EMULATE; the including header supplies the bf16 type and bits_to_float).
+namespace smt::gpu::flash_impl {
+inline float fast_exp2(float x) { return std::exp2(x); }  // ex2.approx, here exact
+using emu::cp_async_16;
+using emu::cp_async_4;
+using emu::cp_async_commit;
+using emu::cp_async_wait;
+using emu::ldmatrix_x4;
+using emu::ldmatrix_x4_trans;
+using emu::mma_bf16;
+using emu::pack_bf16;
+}  // namespace smt::gpu::flash_impl

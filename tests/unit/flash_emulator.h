@@ -51,14 +51,5 @@ inline float atomicAdd(float* p, float v) {  // fibers on one thread: no race
   *p = old + v;
   return old;
 }
-inline float fast_exp2(float x) { return std::exp2(x); }
-using emu::cp_async_16;
-using emu::cp_async_4;
-using emu::cp_async_commit;
-using emu::cp_async_wait;
-using emu::ldmatrix_x4;
-using emu::ldmatrix_x4_trans;
-using emu::mma_bf16;
-using emu::pack_bf16;
 
 }  // namespace smt::gpu::flash_impl

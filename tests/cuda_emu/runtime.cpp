@@ -6,7 +6,8 @@
 // Checks that a GPU would fail on (with a message on stderr): copies and cuBLAS operands outside device
 // allocations or past their end, host pointers as device operands, cuBLAS leading dimensions below the
 // matrix height, unsupported cuBLAS type combinations, NCCL communicators of more than one rank.
-// Environment: cublasGemmGroupedBatchedEx refuses bf16 A/B with an fp32 C (CUBLAS_STATUS_NOT_SUPPORTED; it is
+// Environment: SMT_EMU_STATS=1 prints the number of kernel launches and GEMMs at exit.
+// cublasGemmGroupedBatchedEx refuses bf16 A/B with an fp32 C (CUBLAS_STATUS_NOT_SUPPORTED; it is
 // documented for one type throughout) unless SMT_EMU_GROUPED_MIXED=1, so both experts backends can run.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -37,7 +38,14 @@ struct Allocation {
 };
 
 struct State {
+  ~State() {  // SMT_EMU_STATS=1: what the process asked of the "GPU"
+    const char* e = std::getenv("SMT_EMU_STATS");
+    if (e != nullptr && std::strcmp(e, "1") == 0)
+      std::fprintf(stderr, "CUDA emulator: %lld kernel launches, %lld cuBLAS GEMMs (%lld in grouped calls)\n", launches,
+                   gemm_calls, grouped_gemms);
+  }
   std::mutex mu;
+  long long gemm_calls = 0, grouped_gemms = 0;
   std::map<uintptr_t, Allocation> allocations;  // start -> allocation
   size_t device_bytes = 0, device_high = 0, pool_high = 0, pool_bytes = 0;
   std::map<const void*, size_t> smem_limit;
@@ -453,6 +461,7 @@ cublasStatus_t gemm(const char* who, cublasMath_t math, cublasOperation_t ta, cu
                  m, n, k, lda, ldb, ldc);
     return CUBLAS_STATUS_INVALID_VALUE;
   }
+  ++state().gemm_calls;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   auto extent = [](int rows, int cols, int ld, cudaDataType_t t) {
     return rows == 0 || cols == 0 ? size_t(0) : (size_t(cols - 1) * ld + rows) * type_bytes(t);
@@ -552,6 +561,7 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOpe
       return CUBLAS_STATUS_EXECUTION_FAILED;
     }
   }
+  state().grouped_gemms += total;
   const float* alphas = static_cast<const float*>(alpha);
   const float* betas = static_cast<const float*>(beta);
   int64_t idx = 0;

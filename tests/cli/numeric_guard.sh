@@ -63,8 +63,10 @@ after=$(printf '%s/stop/checkpoints/step-%08d.h5' "$tmp" "$stopped")
 "$smt" inspect --json "$after" >"$tmp/b.json"
 "$smt" export "$tmp/stop/checkpoints/step-00000004.h5" --format safetensors --out "$tmp/a.st" >/dev/null
 "$smt" export "$after" --format safetensors --out "$tmp/b.st" >/dev/null
-python3 - "$tmp" "$stopped" <<'PY'
-import json, struct, sys
+python3 - "$tmp" "$stopped" "$root/tests/cli/lib" <<'PY'
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from safetensors_read import tensors
 tmp, stopped = sys.argv[1], int(sys.argv[2])
 def norms(p):
     return {t["name"]: t["norm"] for t in json.load(open(p))["tensors"]}
@@ -73,11 +75,6 @@ assert len(a) > 30 and any(k.startswith("optimizer/adam_v") for k in a), list(a)
 assert any(v > 0 for k, v in a.items() if k.startswith("optimizer/adam_m")), "no moments at step 4"
 diff = [k for k in a if a[k] != b.get(k)]
 assert not diff, f"skipped steps 5..{stopped} changed {diff[:5]}"
-def tensors(p):
-    raw = open(p, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    h = json.loads(raw[8:8 + n]); h.pop("__metadata__", None)
-    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
 assert tensors(f"{tmp}/a.st") == tensors(f"{tmp}/b.st"), "parameters differ bitwise"
 print(f"skip + warning + skipped_step records + stop after max_bad_steps ok; {len(a)} tensors unchanged by skipped steps 5..{stopped}")
 PY

@@ -18,21 +18,17 @@ printf 'step-00000006.h5\n' >"$tmp/split/checkpoints/latest"
 grep -q "resuming from .*step-00000006.h5 at step 6" "$tmp/resume.log" || { cat "$tmp/resume.log"; exit 1; }
 "$smt" export "$tmp/full/checkpoints/step-00000012.h5" --format safetensors --out "$tmp/full.st" >/dev/null
 "$smt" export "$tmp/split/checkpoints/step-00000012.h5" --format safetensors --out "$tmp/split.st" >/dev/null
-python3 - "$tmp" <<'PY'
-import json, struct, sys
+python3 - "$tmp" "$root/tests/cli/lib" <<'PY'
+import json, sys
 tmp = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from safetensors_read import tensors
 def losses(p):
     return {r["step"]: r["loss"] for r in map(json.loads, open(p)) if r.get("event") == "step"}
 a, b = losses(f"{tmp}/full/metrics.jsonl"), losses(f"{tmp}/split/metrics.jsonl")
 assert sorted(a) == list(range(1, 13)) and sorted(b) == list(range(7, 13)), (sorted(a), sorted(b))
 diff = [s for s in b if a[s] != b[s]]
 assert not diff, f"losses differ at steps {diff}: {[(a[s], b[s]) for s in diff]}"
-def tensors(p):
-    raw = open(p, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n]); header.pop("__metadata__", None)
-    data = raw[8 + n:]
-    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items()}
 ta, tb = tensors(f"{tmp}/full.st"), tensors(f"{tmp}/split.st")
 assert ta.keys() == tb.keys() and len(ta) > 10
 bad = [k for k in ta if ta[k] != tb[k]]

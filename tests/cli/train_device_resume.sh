@@ -32,9 +32,11 @@ printf 'step-00000004.h5\n' >"$tmp/split/checkpoints/latest"
 grep -q "resuming from .*step-00000004.h5 at step 4" "$tmp/resume.log" || { echo "FAIL: no resume"; cat "$tmp/resume.log"; exit 1; }
 "$smt" export "$tmp/full/checkpoints/step-00000008.h5" --format safetensors --out "$tmp/full.st" >/dev/null
 "$smt" export "$tmp/split/checkpoints/step-00000008.h5" --format safetensors --out "$tmp/split.st" >/dev/null
-python3 - "$tmp" <<'PY'
-import json, struct, sys
+python3 - "$tmp" "$root/tests/cli/lib" <<'PY'
+import json, sys
 tmp = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from safetensors_read import floats
 def losses(p):
     return {r["step"]: r["loss"] for r in map(json.loads, open(p)) if r.get("event") == "step"}
 def rel(a, b):
@@ -47,18 +49,6 @@ full, split = losses(f"{tmp}/full/metrics.jsonl"), losses(f"{tmp}/split/metrics.
 assert sorted(split) == [5, 6, 7, 8], sorted(split)
 worst_resume = max(rel(split[s], full[s]) for s in split)
 assert worst_resume < 1e-5, f"resumed losses differ: {[(s, full[s], split[s]) for s in split]}"
-def floats(p):
-    raw = open(p, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    body = raw[8 + n:]
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = t["data_offsets"]
-        out[name] = struct.unpack(f"<{(b - a) // 4}f", body[a:b])
-    return out
 fa, fb = floats(f"{tmp}/full.st"), floats(f"{tmp}/split.st")
 assert fa.keys() == fb.keys()
 worst_param = 0.0

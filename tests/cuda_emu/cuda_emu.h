@@ -23,9 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <tuple>
 #include <type_traits>
-#include <typeinfo>
 #include <utility>
 
 #include "cuda_emu/fibers.h"

@@ -138,11 +138,14 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
   DeviceBuffer<int32_t> topk_idx(T * k);
   // Dropless top-k: every assignment is a row, R = T * k whatever the routing.
   const int64_t R = T * k;
-  DeviceBuffer<float> xr(R * d), hp(R * f), h(R * f), out(R * d), dout(R * d), dxr(R * d), scratch(R * f);
+  // fp32: rows, hidden_pre, hidden and the fp32 dhidden (scratch). bf16 as the model runs it: x rounded once
+  // (router GEMM and expert rows), the rows permuted straight from that bf16 copy, the hidden side bf16 only.
+  const int64_t Rf32 = bf16 ? 0 : R;
+  DeviceBuffer<float> xr(Rf32 * d), hp(Rf32 * f), h(Rf32 * f), out(R * d), dout(R * d), dxr(R * d), scratch(Rf32 * f);
   DeviceBuffer<__nv_bfloat16> x_bf16(bf16 ? T * d : 0), wr_bf16(bf16 ? d * E : 0), w1_bf16(bf16 ? E * d * f : 0),
-      w2_bf16(bf16 ? E * f * d : 0), xr_bf16(bf16 ? R * d : 0), h_bf16(bf16 ? R * f : 0);
-  // bf16: the experts' GEMM inputs rounded once in the forward and kept for the backward.
-  gpu::ExpertsBf16Activations kept_storage{xr_bf16.data(), h_bf16.data()};
+      w2_bf16(bf16 ? E * f * d : 0), xr_bf16(bf16 ? R * d : 0), hp_bf16(bf16 ? R * f : 0), h_bf16(bf16 ? R * f : 0);
+  const gpu::ExpertsBf16Activations kept_storage{
+      .rows = xr_bf16.data(), .hidden_pre = hp_bf16.data(), .hidden = h_bf16.data(), .rows_ready = true};
   const gpu::ExpertsBf16Activations* kept = bf16 ? &kept_storage : nullptr;
   gpu::DeviceRoutingPlan dplan;  // its buffers are reused between repetitions, as the model's are
   cudaEvent_t e0, e1, e2;
@@ -175,7 +178,8 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     gpu::build_routing_plan_on_device(dplan, topk_idx.data(), T, E, k, /*capacity=*/0, st);  // syncs once
     SMT_CHECK(dplan.num_rows == R, "bench moe: dropless plan with ", dplan.num_rows, " rows, expected ", R);
     const int64_t* offsets = dplan.expert_row_offset_host.data();
-    gpu::permute_forward(xr.data(), x.data(), dplan, d, st);
+    if (bf16) gpu::permute_forward(xr_bf16.data(), x_bf16.data(), dplan, d, st);
+    else gpu::permute_forward(xr.data(), x.data(), dplan, d, st);
     gpu::experts_forward(out.data(), hp.data(), h.data(), xr.data(), w1a, nullptr, w2a, nullptr, offsets,
                          E, d, f, handle, st, precision, kept);
     zero(y);
@@ -189,7 +193,7 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     zero(dlogits);
     gpu::unpermute_backward(dout.data(), dtopk.data(), dy.data(), out.data(), topk_w.data(), dplan, d, st);
     gpu::experts_backward(dxr.data(), dw1.data(), nullptr, dw2.data(), nullptr, scratch.data(), dout.data(), xr.data(),
-                          hp.data(), h.data(), w1a, w2a, offsets, E, d, f, handle, st, precision, kept);
+                          hp.data(), h.data(), w1a, nullptr, w2a, offsets, E, d, f, handle, st, precision, kept);
     gpu::permute_backward(dx.data(), dxr.data(), dplan, d, st);
     gpu::router_topk_backward(dlogits.data(), dtopk.data(), nullptr, nullptr, probs.data(), topk_idx.data(),
                               topk_w.data(), T, E, k, st);

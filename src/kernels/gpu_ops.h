@@ -86,11 +86,9 @@ void rope_backward(float* dx, const float* dout, const RopeTable& table, int64_t
                    cudaStream_t stream, __nv_bfloat16* dx_bf16 = nullptr);
 
 // ---- gelu (tanh approximation, the CPU float path's rational tanh with fmaf) ----
-// out_bf16 / d_bf16 (nullable): also write the result rounded to bf16 there (fused cast for a following
-// bf16-operand GEMM); the fp32 result is the same either way.
-void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream, __nv_bfloat16* out_bf16 = nullptr);
+void gelu_forward(float* out, const float* x, int64_t n, cudaStream_t stream);
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n, cudaStream_t stream);
-void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream, __nv_bfloat16* d_bf16 = nullptr);
+void gelu_backward_inplace(float* d, const float* x, int64_t n, cudaStream_t stream);
 
 // ---- cross entropy: logits, probs [M, C]; targets [M] (device int32, < 0 = ignored) ----
 // Returns the sum of -log p[target] (double, deterministic reduction), synchronises the stream;
@@ -114,6 +112,11 @@ void mean_pool_backward(float* dx, const float* dout, const uint8_t* valid, int6
 void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, GemmOperand A,
                     int64_t lda, GemmOperand B, int64_t ldb, float beta, float* C, int64_t ldc,
                     cublasHandle_t handle, cudaStream_t stream);
+// The same with bf16 A, B and a bf16 C = bf16(op(A) op(B)) (alpha 1, beta 0): fp32 accumulation, one rounding
+// at the end (cuBLAS's reduced-precision split-K reduction is disallowed for the call).
+void gemm_row_major_bf16_out(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A,
+                             int64_t lda, const __nv_bfloat16* B, int64_t ldb, __nv_bfloat16* C, int64_t ldc,
+                             cublasHandle_t handle, cudaStream_t stream);
 // x and w of the same dtype. With bf16 operands the backward rounds dy to bf16 (a stream temporary) for its
 // GEMMs; db is summed from the fp32 dy.
 void linear_forward(float* y, GemmOperand x, GemmOperand w, const float* b, int64_t M, int64_t n_in, int64_t n_out,
@@ -213,28 +216,33 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
 // per GEMM kind (experts with no rows left out); the backends, tried in this order until cuBLAS accepts
 // one (each refusal said once on stderr, see experts_gemm_backend()):
 //   fp32: "grouped" (fp32 A/B/C), "loop" (one cublasGemmEx per expert);
-//   bf16: "grouped" (bf16 A/B, fp32 C: not in cuBLAS's documented type table for the grouped call, so
-//         expected to be refused, kept for a cuBLAS that accepts it), "grouped_bf16_out" (bf16 A/B/C with
-//         fp32 accumulation into a bf16 staging buffer, then one kernel C = beta C + float(staging) + bias that
-//         also applies the GELU (forward: hidden and its bf16 copy; backward: dhidden *= gelu'(hidden_pre)
-//         and its bf16 copy), so no separate bias or GELU pass runs on this backend; the weight-gradient GEMMs
-//         do not use it: they run as the loop, so that gradients are accumulated from fp32 results),
-//         "loop" (one cublasGemmEx per expert, bf16 A/B, fp32 C).
+//   bf16, GEMMs with an fp32 C (the second GEMM's out, drows, the weight gradients): "grouped" (bf16 A/B,
+//         fp32 C: not in cuBLAS's documented type table for the grouped call, so expected to be refused,
+//         kept for a cuBLAS that accepts it), "grouped_bf16_out" (bf16 A/B/C with fp32 accumulation into a
+//         bf16 staging buffer, then one kernel C = beta C + float(staging) + bias; not for the weight
+//         gradients, which run as the loop so that they are accumulated from fp32 results), "loop" (one
+//         cublasGemmEx per expert, bf16 A/B, fp32 C);
+//   bf16, GEMMs with a bf16 C (the first GEMM's hidden_pre, the hidden gradient): bf16 A/B/C grouped (the
+//         documented combination) on every backend but "loop"; one cublasGemmEx per expert on "loop" or
+//         where the grouped call is refused (then "loop" from there on).
 // Shapes as smt::cpu::experts_forward: rows, out [R, d]; hidden_pre, hidden [R, f]; w1 [E, d, f]; b1 [E, f];
-// w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32). The forward's biases (and GELU) are epilogues of
-// its GEMMs: in the staged fold, or one pass over the GEMM's output on the other backends.
-// precision kFp32: w1, w2 fp32. kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream
-// temporaries) or pre-rounded bf16 copies (used as they are); rows and hidden are rounded to bf16 before
-// their GEMMs (hidden by the GELU kernel itself); hidden_pre, hidden, out stay fp32. With `keep` the fp32
-// hidden is never written, whatever pointer is passed (may be null): the backward reads the kept bf16 copy.
-// bf16 copies of the experts' GEMM inputs kept from the forward for the backward (kBf16 only): rows [R, d]
-// and hidden [R, f], row 0 = row expert_row_offset[0]. A bf16 experts_forward given one writes them; an
-// experts_backward given the same reads them instead of rounding rows and hidden again (its fp32 `hidden`
-// is then not read; `rows` neither). Both pointers required. rows_ready: `rows` already holds the bf16 rows
-// (permuted from a bf16 copy of the layer input): experts_forward reads them as they are and its fp32 `rows`
-// argument may be null.
+// w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32).
+// kFp32: w1, w2 fp32; hidden_pre (with b1), hidden, out fp32 [R, f] arrays; `keep` must be null.
+// kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream temporaries) or pre-rounded bf16
+// copies (used as they are); `keep` is required and the fp32 hidden_pre and hidden are neither written nor
+// read (may be null): the hidden side is bf16 only, as in a bf16 autocast (see ExpertsBf16Activations). The
+// second GEMM's bias is an epilogue (the staged fold where that backend runs, else one pass); out is fp32.
+// The experts' bf16 activations, written by a bf16 experts_forward and read by its experts_backward; [R, .]
+// with row 0 = row expert_row_offset[0]:
+//   rows [R, d]: the first GEMM's input, bf16(rows), written by the forward unless rows_ready (then the
+//     caller filled them, e.g. permuted from a bf16 copy of the layer input, and the fp32 `rows` argument
+//     may be null);
+//   hidden_pre [R, f]: bf16(rows @ w1[e]), the first GEMM's result WITHOUT the bias, rounded once; the
+//     GELU's input is float(hidden_pre) + b1[e];
+//   hidden [R, f]: bf16(gelu(float(hidden_pre) + b1[e])), the second GEMM's input.
 struct ExpertsBf16Activations {
   __nv_bfloat16* rows = nullptr;
+  __nv_bfloat16* hidden_pre = nullptr;
   __nv_bfloat16* hidden = nullptr;
   bool rows_ready = false;
 };
@@ -242,14 +250,18 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
                      GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
                      int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32,
                      const ExpertsBf16Activations* keep = nullptr);
-// scratch [R, f] device working memory (overwritten; holds the fp32 dhidden). kBf16: dout, rows, hidden and
-// dhidden are rounded to bf16 before their GEMMs; every gradient is fp32 and accumulated (+=), except drows
-// with drows_accumulate = false: its rows [offsets[0], offsets[E]) are overwritten (each belongs to an expert
-// with rows, so all are written; no zeroing pass needed).
+// Every gradient is fp32 and accumulated (+=), except drows with drows_accumulate = false: its rows
+// [offsets[0], offsets[E]) are overwritten (each belongs to an expert with rows, so all are written; no
+// zeroing pass needed). b1 is the forward's bias (nullable).
+// kFp32: scratch [R, f] device working memory (overwritten; holds the fp32 dhidden); reads rows, hidden_pre
+// (b1 not needed: hidden_pre includes it), hidden. kBf16: `kept` (the forward's) is required; rows,
+// hidden_pre, hidden and scratch are not read (may be null); dout is rounded to bf16 before its GEMMs; the
+// hidden gradient is bf16(gelu'(float(hidden_pre) + b1) * bf16(dout @ w2^T)) in a stream temporary, and db1
+// sums those bf16 values (in double).
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
-                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
-                      const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
-                      cudaStream_t stream, Precision precision = Precision::kFp32,
+                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, const float* b1,
+                      GemmOperand w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
+                      cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32,
                       const ExpertsBf16Activations* kept = nullptr, bool drows_accumulate = true);
 // A grouped call needs 16-byte aligned operand pointers and row strides (cuBLAS cannot see the pointers in
 // its arrays); a call whose operands are not (e.g. d or f not a multiple of 8 in bf16) runs as the loop

@@ -268,15 +268,20 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     mark("fwd.dispatch");
     const ExpertSide ex = expert_side(A, moe);
     const int64_t e0 = ex.first_expert;
-    ensure(A.hidden_pre, ex.num_rows * f);
-    if (precision_ != gpu::Precision::kBf16) ensure(A.hidden, ex.num_rows * f);  // kBf16 keeps hidden16 only
     const gpu::ExpertsBf16Activations* keep = nullptr;
-    if (precision_ == gpu::Precision::kBf16) {  // the experts' bf16 GEMM inputs, kept for the backward
+    if (precision_ == gpu::Precision::kBf16) {  // the experts' bf16 activations, kept for the backward (no fp32)
       // At least one element: a rank whose experts get no rows still passes non-null buffers.
       ensure(A.rows16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * d)));
+      ensure(A.hidden_pre16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * f)));
       ensure(A.hidden16, static_cast<size_t>(std::max<int64_t>(1, ex.num_rows * f)));
-      A.expert_inputs16 = {A.rows16.data(), A.hidden16.data(), /*rows_ready=*/rows_in_bf16};
-      keep = &A.expert_inputs16;
+      A.expert_acts16 = {.rows = A.rows16.data(),
+                         .hidden_pre = A.hidden_pre16.data(),
+                         .hidden = A.hidden16.data(),
+                         .rows_ready = rows_in_bf16};
+      keep = &A.expert_acts16;
+    } else {
+      ensure(A.hidden_pre, ex.num_rows * f);
+      ensure(A.hidden, ex.num_rows * f);
     }
     gpu::experts_forward(ex.rows_out, A.hidden_pre.data(), A.hidden.data(), rows_in_bf16 ? nullptr : ex.rows,
                          w(pre + "experts.w1").offset_by(e0 * d * f), p(pre + "experts.b1") + e0 * f,
@@ -420,13 +425,14 @@ void GpuModel::backward() {
       ensure(d_rows, R * d);  // overwritten by experts_backward
       d_ex_in = d_rows.data();
     }
-    ensure(d_hidden, ex.num_rows * f);
+    const bool bf16 = precision_ == gpu::Precision::kBf16;
+    if (!bf16) ensure(d_hidden, ex.num_rows * f);  // the fp32 dhidden; kBf16 keeps a bf16 one inside the call
     gpu::experts_backward(d_ex_in, g(pre + "experts.w1") + e0 * d * f, g(pre + "experts.b1") + e0 * f,
-                          g(pre + "experts.w2") + e0 * f * d, g(pre + "experts.b2") + e0 * d, d_hidden.data(), d_ex_out,
-                          ex.rows, A.hidden_pre.data(), A.hidden.data(), w(pre + "experts.w1").offset_by(e0 * d * f),
+                          g(pre + "experts.w2") + e0 * f * d, g(pre + "experts.b2") + e0 * d,
+                          bf16 ? nullptr : d_hidden.data(), d_ex_out, ex.rows, A.hidden_pre.data(), A.hidden.data(),
+                          w(pre + "experts.w1").offset_by(e0 * d * f), p(pre + "experts.b1") + e0 * f,
                           w(pre + "experts.w2").offset_by(e0 * f * d), ex.row_offset, ex.num_experts, d, f, handle_, s,
-                          precision_, precision_ == gpu::Precision::kBf16 ? &A.expert_inputs16 : nullptr,
-                          /*drows_accumulate=*/false);
+                          precision_, bf16 ? &A.expert_acts16 : nullptr, /*drows_accumulate=*/false);
     mark("bwd.experts");
     if (A.exchange) {
       ensure(d_rows, R * d);

@@ -94,12 +94,12 @@ class GpuModel {
     // the plan's rows themselves (Re = R). Expert parallel: the rows received from the group.
     std::shared_ptr<ExpertExchange> exchange;                               // expert parallel only
     DeviceBuffer<float> expert_rows, expert_rows_out;                       // [Re,d] expert parallel only
-    DeviceBuffer<float> hidden_pre, hidden;                                 // [Re,f]
+    DeviceBuffer<float> hidden_pre, hidden;                                 // kFp32: [Re,f]
     DeviceBuffer<__nv_bfloat16> a16, o16;                                   // kBf16: GEMM copies of a, o
     DeviceBuffer<__nv_bfloat16> q16, k16, v16;                              // flash attention's inputs
-    DeviceBuffer<__nv_bfloat16> rows16, hidden16;                           // kBf16: the experts' GEMM inputs [Re,.]
+    DeviceBuffer<__nv_bfloat16> rows16, hidden_pre16, hidden16;             // kBf16: the experts' activations [Re,.]
     DeviceBuffer<__nv_bfloat16> m16;  // kBf16, own experts: bf16 m, gathered into rows16 (rows then unused)
-    gpu::ExpertsBf16Activations expert_inputs16;                            // -> rows16, hidden16
+    gpu::ExpertsBf16Activations expert_acts16;  // -> rows16, hidden_pre16, hidden16
   };
   float* p(const std::string& name) { return params() + layout_.at(name).offset; }
   float* g(const std::string& name) { return grads() + layout_.at(name).offset; }

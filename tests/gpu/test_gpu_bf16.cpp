@@ -2,12 +2,14 @@
 // bf16 GEMM op (gemm_row_major, linear, matmul_transposed, the experts' FFN on each grouped backend) forward
 // and backward against the CPU fp32 reference on random inputs.
 // Tolerances:
-//   cast, gelu's fused bf16 copy: bit-exact (NaN: both NaN).
+//   cast: bit-exact (NaN: both NaN).
 //   bf16 ops vs the CPU fp32 reference: norm-relative ||gpu - cpu|| / ||cpu|| <= 1e-2 (kBf16Tol).
 //   gemm_row_major vs the CPU product of the bf16-ROUNDED inputs in double: <= 1e-5 (fp32 accumulation), and
 //   its distance to the unrounded fp32 product must exceed 1e-5 (the operands really were bf16).
 //   Bias gradients (summed from the fp32 dy / dout): 1e-4, as the fp32 ops.
-//   Kept bf16 activations vs rounding them again: 1e-6 (the same bf16 operands).
+//   Experts: the kept hidden_pre within one bf16 rounding of the product of the rounded operands; the kept
+//   hidden within one bf16 step of bf16(gelu(hidden_pre + b1)) on the host; rows permuted beforehand
+//   (rows_ready) vs rounded in the call: 1e-6 (the same bf16 operands).
 //   bf16-output GEMMs (linear_forward_bf16, linear_backward_bf16's dx_bf16) vs the fp32-output GEMM of the same
 //   bf16 operands: every element within one bf16 rounding (2^-8 relative, floor 1e-5 of the largest); the
 //   bf16-dy backward's fp32 dx / dw vs linear_backward given the same (exactly representable) dy: 1e-6.
@@ -153,34 +155,6 @@ TEST_F(GpuBf16, CastMatchesHostRounding) {
   EXPECT_EQ(bad, 0) << "first mismatch at " << first << ": x bits 0x" << std::hex
                     << (first >= 0 ? std::bit_cast<uint32_t>(x[first]) : 0u) << " gpu 0x"
                     << (first >= 0 ? bits[first] : 0) << " host 0x" << (first >= 0 ? bf16_bits_from_float(x[first]) : 0);
-}
-
-TEST_F(GpuBf16, GeluFusedBf16CopyIsTheRoundedResult) {
-  const int64_t n = 50001;
-  const auto x = rand_vec(n, 3, -4.0f, 4.0f);
-  auto d_x = copy_to_device(x);
-  DeviceBuffer<float> d_plain(n), d_fused(n);
-  DeviceBuffer<__nv_bfloat16> d_b(n), d_db(n);
-  gpu::gelu_forward(d_plain.data(), d_x.data(), n, stream);
-  gpu::gelu_forward(d_fused.data(), d_x.data(), n, stream, d_b.data());
-  const auto g = rand_vec(n, 4);
-  auto d_g1 = copy_to_device(g);
-  auto d_g2 = copy_to_device(g);
-  gpu::gelu_backward_inplace(d_g1.data(), d_x.data(), n, stream);
-  gpu::gelu_backward_inplace(d_g2.data(), d_x.data(), n, stream, d_db.data());
-  sync();
-  const auto plain = host(d_plain), fused = host(d_fused), g1 = host(d_g1), g2 = host(d_g2);
-  std::vector<uint16_t> b(n), db(n);
-  SMT_CUDA_CHECK(cudaMemcpy(b.data(), d_b.data(), n * 2, cudaMemcpyDeviceToHost));
-  SMT_CUDA_CHECK(cudaMemcpy(db.data(), d_db.data(), n * 2, cudaMemcpyDeviceToHost));
-  EXPECT_EQ(std::memcmp(plain.data(), fused.data(), n * sizeof(float)), 0) << "fp32 gelu changed by the bf16 copy";
-  EXPECT_EQ(std::memcmp(g1.data(), g2.data(), n * sizeof(float)), 0) << "fp32 gelu backward changed by the bf16 copy";
-  int64_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad += (b[i] != bf16_bits_from_float(plain[i])) + (db[i] != bf16_bits_from_float(g1[i]));
-  EXPECT_EQ(bad, 0);
-  std::vector<float> ref(n);
-  cpu::gelu_forward<float>(ref.data(), x.data(), n);
-  expect_rel("gelu forward (fp32 part)", plain, ref, 1e-5);
 }
 
 // =====================================================================================================
@@ -366,6 +340,23 @@ std::vector<int32_t> random_topk(int64_t T, int64_t E, int64_t k, uint64_t seed,
 // Sizes: aligned (d, f multiples of 8) and odd ones (operand and staging offsets not 16-byte aligned).
 class GpuBf16Experts : public GpuBf16, public ::testing::WithParamInterface<std::pair<int64_t, int64_t>> {};
 
+std::vector<float> host_bf16(const DeviceBuffer<__nv_bfloat16>& d, size_t n) {
+  std::vector<uint16_t> bits(n);
+  SMT_CUDA_CHECK(cudaMemcpy(bits.data(), d.data(), n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = float_from_bf16_bits(bits[i]);
+  return out;
+}
+
+// The experts' bf16 activations [R, .] of one call.
+struct KeptExperts {
+  DeviceBuffer<__nv_bfloat16> rows, hidden_pre, hidden;
+  gpu::ExpertsBf16Activations acts;
+  KeptExperts(int64_t R, int64_t d, int64_t f) : rows(R * d), hidden_pre(R * f), hidden(R * f) {
+    acts = {.rows = rows.data(), .hidden_pre = hidden_pre.data(), .hidden = hidden.data()};
+  }
+};
+
 TEST_P(GpuBf16Experts, EveryBackend) {
   const int64_t T = 300, E = 4, k = 2, d = GetParam().first, f = GetParam().second;
   const auto topk = random_topk(T, E, k, 60, /*skip_expert=*/1);  // expert 1 has no rows
@@ -387,7 +378,19 @@ TEST_P(GpuBf16Experts, EveryBackend) {
   cpu::experts_backward<float>(drows_c.data(), dw1_c.data(), db1_c.data(), dw2_c.data(), db2_c.data(), scratch_c.data(),
                                dout.data(), rows.data(), hp_c.data(), h_c.data(), w1.data(), w2.data(), offsets, E, d,
                                f);
+  // The first GEMM's exact result on the bf16-rounded operands (fp32 CPU, no bias): the kept hidden_pre must be
+  // it rounded once.
+  std::vector<float> rows_r(rows.size()), w1_r(w1.size()), pre_exact(R * f), unused(R * f), unused_out(R * d);
+  for (size_t i = 0; i < rows.size(); ++i) rows_r[i] = round_to_bf16(rows[i]);
+  for (size_t i = 0; i < w1.size(); ++i) w1_r[i] = round_to_bf16(w1[i]);
+  cpu::experts_forward<float>(unused_out.data(), pre_exact.data(), unused.data(), rows_r.data(), w1_r.data(), nullptr,
+                              w2.data(), nullptr, offsets, E, d, f);
+  std::vector<float> b1_of_row(R * f);  // b1[expert(r)] per element, to compare hidden_pre + b1 with the CPU's
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r)
+      for (int64_t j = 0; j < f; ++j) b1_of_row[(r - offsets[0]) * f + j] = b1[e * f + j];
 
+  std::vector<std::vector<float>> reference_run;  // auto, pre-cast weights: the rows_ready run below must match
   for (const std::string start : {"auto", "grouped", "grouped_bf16_out", "loop"}) {
     for (bool precast : {false, true}) {
       SCOPED_TRACE("backend " + start + (precast ? ", pre-cast bf16 weights" : ", fp32 weights cast in the call"));
@@ -395,21 +398,35 @@ TEST_P(GpuBf16Experts, EveryBackend) {
       const int64_t misaligned_before = gpu::experts_gemm_misaligned_calls(Precision::kBf16);
       const gpu::GemmOperand W1 = precast ? gpu::GemmOperand(bw1.data()) : gpu::GemmOperand(d_w1.data());
       const gpu::GemmOperand W2 = precast ? gpu::GemmOperand(bw2.data()) : gpu::GemmOperand(d_w2.data());
-      DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
-      gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), W1, d_b1.data(), W2, d_b2.data(),
-                           offsets, E, d, f, handle, stream, Precision::kBf16);
+      KeptExperts kept(R, d, f);
+      DeviceBuffer<float> d_out(R * d);
+      // No fp32 hidden_pre or hidden in bf16: both null.
+      gpu::experts_forward(d_out.data(), nullptr, nullptr, d_rows.data(), W1, d_b1.data(), W2, d_b2.data(), offsets, E,
+                           d, f, handle, stream, Precision::kBf16, &kept.acts);
       sync();
       const std::string used_fwd = gpu::experts_gemm_backend(Precision::kBf16);
-      expect_rel("experts bf16 hidden_pre [" + used_fwd + "]", host(d_hp), hp_c);
-      expect_rel("experts bf16 hidden [" + used_fwd + "]", host(d_h), h_c);
+      EXPECT_EQ(count_beyond_one_rounding(kept.hidden_pre, pre_exact), 0) << "hidden_pre is not bf16(rows w1)";
+      const std::vector<float> pre = host_bf16(kept.hidden_pre, R * f), hidden = host_bf16(kept.hidden, R * f);
+      std::vector<float> pre_b(R * f), gelu_of_pre(R * f);
+      for (int64_t i = 0; i < R * f; ++i) pre_b[i] = pre[i] + b1_of_row[i];
+      expect_rel("experts bf16 hidden_pre + b1 [" + used_fwd + "]", pre_b, hp_c);
+      expect_rel("experts bf16 hidden [" + used_fwd + "]", hidden, h_c);
       expect_rel("experts bf16 out [" + used_fwd + "]", host(d_out), out_c);
+      // hidden = bf16(gelu(hidden_pre + b1)); one bf16 step apart at most (the host GELU may round its fp32
+      // value differently by an ulp, which can cross a bf16 rounding boundary).
+      cpu::gelu_forward<float>(gelu_of_pre.data(), pre_b.data(), R * f);
+      int64_t beyond_one_step = 0;
+      for (int64_t i = 0; i < R * f; ++i)  // one bf16 step at |g| is at most |g| 2^-7
+        beyond_one_step += std::fabs(hidden[i] - round_to_bf16(gelu_of_pre[i])) > std::ldexp(std::fabs(gelu_of_pre[i]), -7);
+      EXPECT_EQ(beyond_one_step, 0) << "hidden is not bf16(gelu(hidden_pre + b1))";
 
-      DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_db1(E * f), d_dw2(E * f * d), d_db2(E * d), d_scr(R * f);
+      DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_db1(E * f), d_dw2(E * f * d), d_db2(E * d);
       for (DeviceBuffer<float>* b : {&d_dw1, &d_db1, &d_dw2, &d_db2}) b->memset_bytes(0);
       d_drows.memset_bytes(0xff);  // NaN: drows is overwritten (drows_accumulate = false) on every backend
-      gpu::experts_backward(d_drows.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(), d_scr.data(),
-                            d_dout.data(), d_rows.data(), d_hp.data(), d_h.data(), W1, W2, offsets, E, d, f, handle,
-                            stream, Precision::kBf16, nullptr, /*drows_accumulate=*/false);
+      // No fp32 rows, hidden_pre, hidden or scratch: the kept bf16 activations only.
+      gpu::experts_backward(d_drows.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(), nullptr,
+                            d_dout.data(), nullptr, nullptr, nullptr, W1, d_b1.data(), W2, offsets, E, d, f, handle,
+                            stream, Precision::kBf16, &kept.acts, /*drows_accumulate=*/false);
       sync();
       const std::string used = gpu::experts_gemm_backend(Precision::kBf16);
       expect_rel("experts bf16 drows [" + used + "]", host(d_drows), drows_c);
@@ -430,67 +447,57 @@ TEST_P(GpuBf16Experts, EveryBackend) {
       }
       if (start == "loop") EXPECT_EQ(used, "loop");
       std::printf("[smt gpu tests] experts bf16 backend: asked %s, used %s\n", start.c_str(), used.c_str());
+      if (start == "auto" && precast) reference_run = {host(d_out), host(d_drows), host(d_dw1), host(d_dw2)};
     }
+  }
+
+  // rows_ready: the kept rows filled beforehand (as the model permutes them from a bf16 copy of its input) and
+  // no fp32 rows passed at all: the same results as rounding the rows inside the call.
+  {
+    gpu::set_experts_gemm_backend(Precision::kBf16, "auto");
+    KeptExperts kept(R, d, f);
+    gpu::cast_fp32_to_bf16(kept.rows.data(), d_rows.data() + offsets[0] * d, R * d, stream);
+    kept.acts.rows_ready = true;
+    DeviceBuffer<float> d_out(R * d), d_drows(R * d), d_dw1(E * d * f), d_dw2(E * f * d);
+    for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_dw2}) b->memset_bytes(0);
+    gpu::experts_forward(d_out.data(), nullptr, nullptr, nullptr, bw1.data(), d_b1.data(), bw2.data(), d_b2.data(),
+                         offsets, E, d, f, handle, stream, Precision::kBf16, &kept.acts);
+    gpu::experts_backward(d_drows.data(), d_dw1.data(), nullptr, d_dw2.data(), nullptr, nullptr, d_dout.data(), nullptr,
+                          nullptr, nullptr, bw1.data(), d_b1.data(), bw2.data(), offsets, E, d, f, handle, stream,
+                          Precision::kBf16, &kept.acts);
+    sync();
+    const std::vector<std::vector<float>> got = {host(d_out), host(d_drows), host(d_dw1), host(d_dw2)};
+    const char* names[] = {"out", "drows", "dw1", "dw2"};
+    ASSERT_EQ(reference_run.size(), 4u);
+    for (int i = 0; i < 4; ++i)
+      expect_rel(std::string("rows_ready ") + names[i] + " vs rows rounded in the call", got[i], reference_run[i], 1e-6);
   }
   gpu::set_experts_gemm_backend(Precision::kBf16, "auto");
 
-  // bf16 activations kept from the forward for the backward: the same results as rounding them again. With
-  // them the forward writes no fp32 hidden (hidden = nullptr here), the kept copy is bf16 of the hidden the
-  // forward without them writes.
-  // keep = 2: the kept rows are filled beforehand (rows_ready) and the fp32 rows are not passed at all.
-  {
-    std::vector<std::vector<float>> results[3];
-    std::vector<float> hidden_not_kept;
-    for (int keep = 0; keep < 3; ++keep) {
-      DeviceBuffer<__nv_bfloat16> k_rows(R * d), k_hidden(R * f);
-      gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
-      if (keep == 2) {
-        gpu::cast_fp32_to_bf16(k_rows.data(), d_rows.data() + offsets[0] * d, R * d, stream);
-        acts.rows_ready = true;
-      }
-      const gpu::ExpertsBf16Activations* kept = keep ? &acts : nullptr;
-      DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
-      gpu::experts_forward(d_out.data(), d_hp.data(), keep ? nullptr : d_h.data(),
-                           keep == 2 ? nullptr : d_rows.data(), bw1.data(), d_b1.data(), bw2.data(), d_b2.data(),
-                           offsets, E, d, f, handle, stream, Precision::kBf16, kept);
-      DeviceBuffer<float> d_drows(R * d), d_dw1(E * d * f), d_dw2(E * f * d), d_scr(R * f);
-      for (DeviceBuffer<float>* b : {&d_drows, &d_dw1, &d_dw2}) b->memset_bytes(0);
-      gpu::experts_backward(d_drows.data(), d_dw1.data(), nullptr, d_dw2.data(), nullptr, d_scr.data(), d_dout.data(),
-                            d_rows.data(), d_hp.data(), d_h.data(), bw1.data(), bw2.data(), offsets, E, d, f, handle,
-                            stream, Precision::kBf16, kept);
-      sync();
-      results[keep] = {host(d_out), host(d_drows), host(d_dw1), host(d_dw2)};
-      if (!keep) hidden_not_kept = host(d_h);
-      if (keep) {
-        std::vector<uint16_t> kh(R * f);
-        SMT_CUDA_CHECK(cudaMemcpy(kh.data(), k_hidden.data(), R * f * 2, cudaMemcpyDeviceToHost));
-        int64_t bad = 0;
-        for (int64_t i = 0; i < R * f; ++i) bad += kh[i] != bf16_bits_from_float(hidden_not_kept[i]);
-        EXPECT_EQ(bad, 0) << "kept hidden is not bf16(hidden)";
-      }
-    }
-    const char* names[] = {"out", "drows", "dw1", "dw2"};
-    const std::vector<float>* refs[] = {&out_c, &drows_c, &dw1_c, &dw2_c};
-    for (int i = 0; i < 4; ++i) {
-      expect_rel(std::string("kept activations ") + names[i] + " vs CPU", results[1][i], *refs[i]);
-      expect_rel(std::string("kept activations ") + names[i] + " vs not kept", results[1][i], results[0][i], 1e-6);
-      expect_rel(std::string("rows_ready ") + names[i] + " vs kept", results[2][i], results[1][i], 1e-6);
-    }
-  }
-
-  // An fp32 call refuses bf16 weights and kept bf16 activations; unknown backend names are refused.
+  // Refused: kept activations in an fp32 call, bf16 weights in an fp32 call, a bf16 call without the kept
+  // activations or with one of them missing, an fp32 call without its fp32 hidden; unknown backend names.
   DeviceBuffer<float> d_out(R * d), d_hp(R * f), d_h(R * f);
-  DeviceBuffer<__nv_bfloat16> k_rows(R * d), k_hidden(R * f);
-  const gpu::ExpertsBf16Activations acts{k_rows.data(), k_hidden.data()};
+  KeptExperts kept(R, d, f);
   EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), d_w1.data(), nullptr,
-                                    d_w2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32, &acts),
+                                    d_w2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32, &kept.acts),
                Error);
   EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), nullptr,
                                     bw2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32),
                Error);
-  // Only a bf16 call with kept activations may leave out the fp32 hidden.
-  EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), nullptr, d_rows.data(), bw1.data(), nullptr,
+  EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), d_h.data(), d_rows.data(), bw1.data(), nullptr,
                                     bw2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kBf16),
+               Error);
+  gpu::ExpertsBf16Activations no_pre = kept.acts;
+  no_pre.hidden_pre = nullptr;
+  EXPECT_THROW(gpu::experts_forward(d_out.data(), nullptr, nullptr, d_rows.data(), bw1.data(), nullptr, bw2.data(),
+                                    nullptr, offsets, E, d, f, handle, stream, Precision::kBf16, &no_pre),
+               Error);
+  EXPECT_THROW(gpu::experts_backward(d_out.data(), nullptr, nullptr, nullptr, nullptr, nullptr, d_out.data(), nullptr,
+                                     nullptr, nullptr, bw1.data(), nullptr, bw2.data(), offsets, E, d, f, handle, stream,
+                                     Precision::kBf16, &no_pre),
+               Error);
+  EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), nullptr, d_rows.data(), d_w1.data(), nullptr,
+                                    d_w2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32),
                Error);
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kFp32, "grouped_bf16_out"), Error);
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kBf16, "cutlass"), Error);

@@ -715,8 +715,8 @@ TEST_F(Gpu, Experts) {
     auto d_db2 = copy_to_device(db20);
     DeviceBuffer<float> d_scratch(R * f);
     gpu::experts_backward(d_drows.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(), d_scratch.data(),
-                          d_dout.data(), d_rows.data(), d_hp_c.data(), d_h_c.data(), d_w1.data(), d_w2.data(), offsets,
-                          E, d, f, handle, stream);
+                          d_dout.data(), d_rows.data(), d_hp_c.data(), d_h_c.data(), d_w1.data(), /*b1=*/nullptr,
+                          d_w2.data(), offsets, E, d, f, handle, stream);
     sync();
     expect_norm_close("experts_backward drows", to_host(d_drows), drows_c);
     expect_norm_close("experts_backward dw1", to_host(d_dw1), dw1_c);
@@ -729,8 +729,9 @@ TEST_F(Gpu, Experts) {
                                    rows.data(), hp_c.data(), h_c.data(), w1.data(), w2.data(), offsets, E, d, f);
       SMT_CUDA_CHECK(cudaMemsetAsync(d_drows.data(), 0xff, d_drows.bytes(), stream));  // NaN: any read shows
       gpu::experts_backward(d_drows.data(), nullptr, nullptr, nullptr, nullptr, d_scratch.data(), d_dout.data(),
-                            d_rows.data(), d_hp_c.data(), d_h_c.data(), d_w1.data(), d_w2.data(), offsets, E, d, f,
-                            handle, stream, gpu::Precision::kFp32, nullptr, /*drows_accumulate=*/false);
+                            d_rows.data(), d_hp_c.data(), d_h_c.data(), d_w1.data(), /*b1=*/nullptr, d_w2.data(),
+                            offsets, E, d, f, handle, stream, gpu::Precision::kFp32, nullptr,
+                            /*drows_accumulate=*/false);
       sync();
       expect_norm_close("experts_backward drows overwritten", to_host(d_drows), drows_zero);
     }

@@ -111,6 +111,13 @@ void gemm_row_major(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
   gemm_ex(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, CUDA_R_32F, ldc, handle, stream);
 }
 
+void gemm_row_major_bf16_out(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const __nv_bfloat16* A,
+                             int64_t lda, const __nv_bfloat16* B, int64_t ldb, __nv_bfloat16* C, int64_t ldc,
+                             cublasHandle_t handle, cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  gemm_bf16_out(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, handle, stream);
+}
+
 void add_column_sums(float* out, const float* a, int64_t M, int64_t n, cudaStream_t stream) {
   if (M <= 0 || n <= 0 || out == nullptr) return;
   const int64_t num_blocks = (M + kRowBlock - 1) / kRowBlock;

@@ -2,7 +2,9 @@
 // upload, token permutation into expert rows and back (per token / per row, no atomics), and the experts'
 // FFN with cuBLAS grouped GEMMs (cublasGemmGroupedBatchedEx: one call per GEMM kind over the experts that
 // have rows; per-expert cublasGemmEx loop only as a fallback if cuBLAS refuses the grouped call), with fp32
-// or bf16 operands (fp32 accumulation and outputs; see gpu_ops.h for the bf16 backends).
+// or bf16 operands (fp32 accumulation; see gpu_ops.h for the bf16 backends). In bf16 the hidden side stays
+// bf16 end to end: the first GEMM and the hidden gradient come out of cuBLAS in bf16, the bias and GELU
+// (and its derivative) are one pass over those bf16 rows, and no fp32 [R, f] array is written.
 // Invariants: the same float operations and tie rule (lower expert index) as the CPU router; the
 // backward in double per token; segmented bias / bias-gradient kernels find the expert by binary search.
 #include <cuda_bf16.h>
@@ -189,11 +191,11 @@ __global__ void expert_bias_add_kernel(float* out, const float* bias, const int6
   }
 }
 
-// The experts' first epilogue where the GEMM did not apply it: hidden_pre[r, j] += bias[expert(r), j] (bias
-// nullable), then hidden = gelu(hidden_pre) (nullable) and hidden_bf16 = bf16(gelu) (nullable); rows r in
-// [offsets[0], offsets[E]), all three arrays indexed from offsets[0] (row 0 = row offsets[0]).
-__global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, __nv_bfloat16* hidden_bf16,
-                                        const float* bias, const int64_t* offsets, int E, int64_t f) {
+// The fp32 experts' first epilogue: hidden_pre[r, j] += bias[expert(r), j] (bias nullable), then
+// hidden = gelu(hidden_pre); rows r in [offsets[0], offsets[E]), both arrays indexed from offsets[0]
+// (row 0 = row offsets[0]).
+__global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, const float* bias, const int64_t* offsets,
+                                        int E, int64_t f) {
   const int64_t r0 = offsets[0];
   const int64_t total = (offsets[E] - r0) * f;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
@@ -204,9 +206,44 @@ __global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, __nv_b
       v += bias[int64_t(expert_of_row(offsets, E, r)) * f + j];
       hidden_pre[i] = v;
     }
-    const float g = detail::gelu_value(v);
-    if (hidden != nullptr) hidden[i] = g;
-    if (hidden_bf16 != nullptr) hidden_bf16[i] = __float2bfloat16_rn(g);
+    hidden[i] = detail::gelu_value(v);
+  }
+}
+
+// The bf16 experts' hidden side, one block per row (grid-stride over rows; the expert is found once per
+// row), columns by the threads, two at a time where f is even (then every row starts 4-byte aligned).
+// pre [R, f] is the first GEMM's bf16 output without the bias, rows indexed from offsets[0]; the GELU's
+// input is float(pre) + bias[expert(r)] (bias nullable). Forward: hidden = bf16(gelu(input)).
+// Backward (in place): dh = bf16(gelu'(input) * float(dh)).
+template <bool kBackward>
+__global__ void expert_gelu_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16* pre, const float* bias,
+                                        const int64_t* offsets, int E, int64_t f) {
+  const int64_t r0 = offsets[0], R = offsets[E] - r0;
+  auto apply = [](float x, float g) {
+    return __float2bfloat16_rn(kBackward ? detail::gelu_grad(x) * g : detail::gelu_value(x));
+  };
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const float* b = bias != nullptr ? bias + int64_t(expert_of_row(offsets, E, r0 + r)) * f : nullptr;
+    const __nv_bfloat16* x = pre + r * f;
+    __nv_bfloat16* o = out + r * f;
+    if (f % 2 == 0) {
+      const auto* x2 = reinterpret_cast<const __nv_bfloat162*>(x);
+      auto* o2 = reinterpret_cast<__nv_bfloat162*>(o);
+      for (int64_t j = threadIdx.x; j < f / 2; j += blockDim.x) {
+        const float2 v = __bfloat1622float2(x2[j]);
+        const float2 g = kBackward ? __bfloat1622float2(o2[j]) : float2{0.0f, 0.0f};
+        const float2 c = b != nullptr ? float2{b[2 * j], b[2 * j + 1]} : float2{0.0f, 0.0f};
+        __nv_bfloat162 res;
+        res.x = apply(v.x + c.x, g.x);
+        res.y = apply(v.y + c.y, g.y);
+        o2[j] = res;
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < f; j += blockDim.x) {
+        const float g = kBackward ? __bfloat162float(o[j]) : 0.0f;
+        o[j] = apply(__bfloat162float(x[j]) + (b != nullptr ? b[j] : 0.0f), g);
+      }
+    }
   }
 }
 
@@ -218,14 +255,19 @@ __global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, __nv_b
 // expert e owns chunks [first_chunk[e], first_chunk[e + 1]).
 constexpr int64_t kBiasRowChunk = 256;
 
-// partial[c, j] = sum of a[r, j] over chunk c's rows (double). grid (ceil(n / 256), chunks).
-__global__ void expert_column_partials_kernel(double* partial, const float* a, const int64_t* row0,
+__device__ __forceinline__ double to_double(float v) { return double(v); }
+__device__ __forceinline__ double to_double(__nv_bfloat16 v) { return double(__bfloat162float(v)); }
+
+// partial[c, j] = sum of a[r, j] over chunk c's rows (double); a's row 0 is absolute row first_row.
+// grid (ceil(n / 256), chunks).
+template <typename T>
+__global__ void expert_column_partials_kernel(double* partial, const T* a, int64_t first_row, const int64_t* row0,
                                               const int64_t* row1, int64_t n) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t c = blockIdx.y;
   if (j >= n) return;
   double acc = 0.0;
-  for (int64_t r = row0[c]; r < row1[c]; ++r) acc += double(a[r * n + j]);
+  for (int64_t r = row0[c]; r < row1[c]; ++r) acc += to_double(a[(r - first_row) * n + j]);
   partial[c * n + j] = acc;
 }
 
@@ -245,7 +287,8 @@ __global__ void expert_column_reduce_kernel(float* db, const double* partial, co
 
 // One row-major problem C = op(A) op(B) + beta C (alpha = 1); A and B of the precision run_gemms is given.
 // bias (nullable, [N], added to every row of C) is applied ONLY by the staged fold: run_gemms returns
-// true when the fold ran; otherwise the caller adds it.
+// true when the fold ran; otherwise the caller adds it. C16 (run_gemms_bf16_out only, with C null, beta 0
+// and no bias): a bf16 C instead.
 struct GemmProblem {
   bool trans_a, trans_b;
   int64_t M, N, K;
@@ -257,6 +300,7 @@ struct GemmProblem {
   float* C;
   int64_t ldc;
   const float* bias = nullptr;
+  __nv_bfloat16* C16 = nullptr;
 };
 
 // One GEMM problem per expert that has rows (the others are left out): make(e, r0, n, rel) with r0 the
@@ -290,29 +334,13 @@ void note_refusal(Precision p, Backend refused, Backend next, cublasStatus_t st)
   });
 }
 
-// GELU fused into the staged backend's fold (the separate GELU pass is then skipped). Pointers are the bases
-// that correspond to the C base `c_base` (same row-major layout as C: element o of C <-> element o of each).
-//   kForward:  C is hidden_pre: g = gelu(C) -> g_base (hidden; nullable), bf16(g) -> bf16_base (nullable).
-//   kBackward: C is dhidden: C *= gelu'(x_base) (hidden_pre), bf16(C) -> bf16_base (nullable).
-struct GeluEpilogue {
-  enum Mode : int { kNone = 0, kForward = 1, kBackward = 2 } mode = kNone;
-  const float* c_base = nullptr;
-  const float* x_base = nullptr;
-  float* g_base = nullptr;
-  __nv_bfloat16* bf16_base = nullptr;
-};
-
 // C [M, N] (row stride ldc) = beta C + float(S) + bias (bias nullable, [N] per row) with S compact [M, N] bf16;
-// beta == 0 does not read C. Then the GELU epilogue (gelu mode, X, G, Gb at C's offset; see GeluEpilogue).
+// beta == 0 does not read C.
 struct StagedOutput {
   float* C;
   const __nv_bfloat16* S;
   int64_t M, N, ldc;
   float beta;
-  int gelu;
-  const float* X;
-  float* G;
-  __nv_bfloat16* Gb;
   const float* bias;
 };
 
@@ -326,15 +354,7 @@ __global__ void staged_output_kernel(const StagedOutput* problems) {
     const float s = __bfloat162float(p.S[i]);
     float v = p.beta == 0.0f ? s : fmaf(p.beta, p.C[o], s);
     if (p.bias != nullptr) v += p.bias[c];
-    if (p.gelu == GeluEpilogue::kBackward) v = detail::gelu_grad(p.X[o]) * v;
     p.C[o] = v;
-    if (p.gelu == GeluEpilogue::kForward) {
-      const float g = detail::gelu_value(v);
-      if (p.G != nullptr) p.G[o] = g;
-      if (p.Gb != nullptr) p.Gb[o] = __float2bfloat16_rn(g);
-    } else if (p.gelu == GeluEpilogue::kBackward && p.Gb != nullptr) {
-      p.Gb[o] = __float2bfloat16_rn(v);
-    }
   }
 }
 
@@ -380,8 +400,8 @@ cublasStatus_t grouped_call(const std::vector<GemmProblem>& problems, cudaDataTy
 
 // bf16 A/B, bf16 C into one compact staging buffer (beta 0, fp32 accumulation inside cuBLAS), then one
 // kernel folds the staged results into the fp32 outputs with each problem's beta.
-cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const GeluEpilogue& gelu,
-                                cublasHandle_t handle, cudaStream_t stream) {
+cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, cublasHandle_t handle,
+                                cudaStream_t stream) {
   const int G = static_cast<int>(problems.size());
   // Each problem's staging block starts 16-byte aligned (8 bf16), as cuBLAS's fast kernels want.
   auto padded = [](int64_t n) { return (n + 7) / 8 * 8; };
@@ -397,17 +417,9 @@ cublasStatus_t grouped_bf16_out(const std::vector<GemmProblem>& problems, const 
     const GemmProblem& p = problems[g];
     c_ptrs[g] = stage.data() + off;
     c_ld[g] = static_cast<int>(p.N);  // row-major [M, N] compact = column-major [N, M] with ld N
-    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta, gelu.mode, nullptr, nullptr, nullptr, p.bias};
-    if (gelu.mode != GeluEpilogue::kNone) {
-      const int64_t o = p.C - gelu.c_base;  // the problem's offset in every epilogue array
-      if (gelu.x_base != nullptr) outs[g].X = gelu.x_base + o;
-      if (gelu.g_base != nullptr) outs[g].G = gelu.g_base + o;
-      if (gelu.bf16_base != nullptr) outs[g].Gb = gelu.bf16_base + o;
-    }
+    outs[g] = {p.C, stage.data() + off, p.M, p.N, p.ldc, p.beta, p.bias};
     off += padded(p.M * p.N);
   }
-  SMT_CHECK(gelu.mode != GeluEpilogue::kBackward || gelu.x_base != nullptr,
-            "experts GEMM: the fused GELU backward needs hidden_pre (x_base)");
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
   {
     const detail::ExactBf16OutputScope exact(handle);  // bf16 C: only the final rounding
@@ -437,25 +449,32 @@ bool grouped_operands_aligned(const std::vector<GemmProblem>& problems, bool bf1
   auto ok = [](const void* ptr, int64_t ld_bytes) {
     return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld_bytes % 16 == 0;
   };
-  for (const GemmProblem& p : problems)
-    if (!ok(p.A, p.lda * ab) || !ok(p.B, p.ldb * ab) || !ok(p.C, p.ldc * 4)) return false;
+  for (const GemmProblem& p : problems) {
+    const bool c_ok = p.C16 != nullptr ? ok(p.C16, p.ldc * 2) : ok(p.C, p.ldc * 4);
+    if (!ok(p.A, p.lda * ab) || !ok(p.B, p.ldb * ab) || !c_ok) return false;
+  }
   return true;
 }
 
-// Runs the problems on the first backend cuBLAS accepts. Returns true if the staged backend's fold ran: then
-// `gelu` (nullable) and the problems' biases were applied; false if the caller must apply them itself.
-// weight_gradients: the outputs are fp32 gradients accumulated over steps: never through the bf16-output
-// backend (each GEMM result would be rounded to bf16 before it is added); on that backend the call runs as
-// the per-expert loop (fp32 C), which keeps the backend.
-bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cublasHandle_t handle,
-               cudaStream_t stream, const GeluEpilogue* gelu = nullptr, bool weight_gradients = false) {
-  const int G = static_cast<int>(problems.size());
-  if (G == 0) return false;
+// Sizes a grouped call or cublasGemmEx takes (int), and a grid the staged fold can launch.
+void check_problems(const std::vector<GemmProblem>& problems) {
   for (const GemmProblem& p : problems)
     SMT_CHECK(p.M > 0 && p.N > 0 && p.K > 0 && p.M <= INT32_MAX && p.N <= INT32_MAX && p.K <= INT32_MAX &&
                   p.lda <= INT32_MAX && p.ldb <= INT32_MAX && p.ldc <= INT32_MAX,
               "experts GEMM: sizes out of range");
-  SMT_CHECK(G <= 65535, "experts GEMM: too many experts for the grid: ", G);
+  SMT_CHECK(problems.size() <= 65535, "experts GEMM: too many experts for the grid: ", problems.size());
+}
+
+// Runs the problems (fp32 C) on the first backend cuBLAS accepts. Returns true if the staged backend's fold
+// ran: then the problems' biases were applied; false if the caller must apply them itself.
+// weight_gradients: the outputs are fp32 gradients accumulated over steps: never through the bf16-output
+// backend (each GEMM result would be rounded to bf16 before it is added); on that backend the call runs as
+// the per-expert loop (fp32 C), which keeps the backend.
+bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cublasHandle_t handle,
+               cudaStream_t stream, bool weight_gradients = false) {
+  const int G = static_cast<int>(problems.size());
+  if (G == 0) return false;
+  check_problems(problems);
   std::atomic<int>& state = g_backend[pidx(precision)];
   const bool bf16 = precision == Precision::kBf16;
   int b = state.load();
@@ -484,7 +503,7 @@ bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
   }
   if (b == kGroupedBf16Out && aligned && !weight_gradients) {
     SMT_CHECK(bf16, "experts GEMM: the bf16-output grouped backend needs bf16 operands");
-    const cublasStatus_t st = grouped_bf16_out(problems, gelu != nullptr ? *gelu : GeluEpilogue{}, handle, stream);
+    const cublasStatus_t st = grouped_bf16_out(problems, handle, stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
       state.store(kGroupedBf16Out);
       return true;
@@ -502,6 +521,42 @@ bool run_gemms(const std::vector<GemmProblem>& problems, Precision precision, cu
     gemm_row_major(p.trans_a, p.trans_b, p.M, p.N, p.K, 1.0f, A, p.lda, B, p.ldb, p.beta, p.C, p.ldc, handle, stream);
   }
   return false;
+}
+
+// bf16 problems with a bf16 C (C16; beta 0, no bias): one grouped call with bf16 A/B/C, the combination cuBLAS
+// documents for it, on every backend but the loop; refused, the loop from then on. Misaligned operands run this
+// call as the loop (counted, the backend kept). Each result is rounded to bf16 once: no bf16 split-K sums.
+void run_gemms_bf16_out(const std::vector<GemmProblem>& problems, cublasHandle_t handle, cudaStream_t stream) {
+  const int G = static_cast<int>(problems.size());
+  if (G == 0) return;
+  check_problems(problems);
+  for (const GemmProblem& p : problems)
+    SMT_CHECK(p.C16 != nullptr && p.C == nullptr && p.beta == 0.0f && p.bias == nullptr,
+              "experts GEMM: a bf16 output takes C16 only, beta 0 and no bias");
+  std::atomic<int>& state = g_backend[pidx(Precision::kBf16)];
+  const bool aligned = grouped_operands_aligned(problems, /*bf16=*/true);
+  if (!aligned && state.load() != kLoop) ++g_misaligned_calls[pidx(Precision::kBf16)];
+  if (state.load() != kLoop && aligned) {
+    std::vector<void*> c_ptrs(G);
+    std::vector<int> c_ld(G);
+    const std::vector<float> zero_beta(G, 0.0f);
+    for (int g = 0; g < G; ++g) {
+      c_ptrs[g] = problems[g].C16;
+      c_ld[g] = static_cast<int>(problems[g].ldc);
+    }
+    cublasStatus_t st;
+    {
+      const detail::ExactBf16OutputScope exact(handle);
+      st = grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) return;
+    if (!is_refusal(st)) ::smt::detail::throw_cublas_error(st, "cublasGemmGroupedBatchedEx (bf16 C)", __FILE__, __LINE__);
+    note_refusal(Precision::kBf16, kGroupedBf16Out, kLoop, st);
+    state.store(kLoop);
+  }
+  for (const GemmProblem& p : problems)
+    gemm_row_major_bf16_out(p.trans_a, p.trans_b, p.M, p.N, p.K, static_cast<const __nv_bfloat16*>(p.A), p.lda,
+                            static_cast<const __nv_bfloat16*>(p.B), p.ldb, p.C16, p.ldc, handle, stream);
 }
 
 void check_offsets(const int64_t* offsets, int64_t E, const char* who) {
@@ -544,13 +599,15 @@ BiasChunks make_bias_chunks(const int64_t* offsets, int64_t E, cudaStream_t stre
   return chunks;
 }
 
-// db[e, :] += the column sums of a's rows of expert e (a [*, n], absolute rows; deterministic).
-void add_expert_column_sums(float* db, const float* a, const BiasChunks& chunks, int64_t n, cudaStream_t stream) {
+// db[e, :] += the column sums of a's rows of expert e (a [*, n] from absolute row first_row; deterministic).
+template <typename T>
+void add_expert_column_sums(float* db, const T* a, int64_t first_row, const BiasChunks& chunks, int64_t n,
+                            cudaStream_t stream) {
   if (chunks.num_chunks == 0 || n <= 0) return;
   const unsigned cols = static_cast<unsigned>((n + detail::kThreads - 1) / detail::kThreads);
   StreamBuffer<double> partial(static_cast<size_t>(chunks.num_chunks * n), stream);
   expert_column_partials_kernel<<<dim3(cols, static_cast<unsigned>(chunks.num_chunks)), detail::kThreads, 0,
-                                  stream>>>(partial.data(), a, chunks.row0(), chunks.row1(), n);
+                                  stream>>>(partial.data(), a, first_row, chunks.row0(), chunks.row1(), n);
   SMT_CUDA_CHECK_LAUNCH();
   expert_column_reduce_kernel<<<dim3(cols, static_cast<unsigned>(chunks.E)), detail::kThreads, 0, stream>>>(
       db, partial.data(), chunks.first_chunk(), n);
@@ -705,16 +762,32 @@ const void* activation_operand(const float* x, int64_t n, Precision precision,
   return holder->data();
 }
 
+// kBf16 needs the kept activations (all three buffers); kFp32 refuses them.
 void check_kept(const ExpertsBf16Activations* kept, Precision precision, const char* who) {
-  if (kept == nullptr) return;
-  SMT_CHECK(precision == Precision::kBf16, who, ": kept bf16 activations need Precision::kBf16");
-  SMT_CHECK(kept->rows != nullptr && kept->hidden != nullptr, who, ": kept bf16 activations need rows and hidden");
+  if (precision == Precision::kFp32) {
+    SMT_CHECK(kept == nullptr, who, ": kept bf16 activations need Precision::kBf16");
+    return;
+  }
+  SMT_CHECK(kept != nullptr, who, ": a bf16 call needs the kept bf16 activations (rows, hidden_pre, hidden)");
+  SMT_CHECK(kept->rows != nullptr && kept->hidden_pre != nullptr && kept->hidden != nullptr, who,
+            ": kept bf16 activations need rows, hidden_pre and hidden");
 }
 
 // Element offset of row r0 of a [*, width] matrix of `precision`, as a byte-correct pointer.
 const void* at(const void* base, int64_t elements, Precision precision) {
   const size_t bytes = precision == Precision::kBf16 ? sizeof(__nv_bfloat16) : sizeof(float);
   return static_cast<const char*>(base) + static_cast<size_t>(elements) * bytes;
+}
+
+// The bf16 hidden side over rows [offsets[0], offsets[E]): the forward GELU (hidden = bf16(gelu(pre + b1)))
+// or, kBackward, dh = bf16(gelu'(pre + b1) * dh) in place.
+template <bool kBackward>
+void expert_gelu_bf16(__nv_bfloat16* out, const __nv_bfloat16* pre, const float* b1, const int64_t* offsets_device,
+                      int64_t E, int64_t R, int64_t f, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(R, int64_t{1} << 20));  // grid-stride over rows
+  expert_gelu_bf16_kernel<kBackward><<<blocks, detail::kThreads, 0, stream>>>(out, pre, b1, offsets_device,
+                                                                               static_cast<int>(E), f);
+  SMT_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -725,61 +798,44 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
                      const ExpertsBf16Activations* keep) {
   check_offsets(expert_row_offset, E, "gpu::experts_forward");
   check_kept(keep, precision, "gpu::experts_forward");
-  SMT_CHECK(hidden != nullptr || keep != nullptr, "gpu::experts_forward: hidden may be null only with kept activations");
-  const bool rows_ready = keep != nullptr && keep->rows_ready;
+  const Precision P = precision;
+  const bool bf16 = P == Precision::kBf16;
+  SMT_CHECK(bf16 || (hidden_pre != nullptr && hidden != nullptr), "gpu::experts_forward: fp32 needs hidden_pre and hidden");
+  const bool rows_ready = bf16 && keep->rows_ready;
   SMT_CHECK(rows != nullptr || rows_ready, "gpu::experts_forward: rows may be null only with kept rows_ready");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
-  const Precision P = precision;
-  std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, rows_h, hidden_h;
+  std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h;
   const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_forward");
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_forward");
-  // GEMM inputs; bf16 copies cover rows [base, base + R) only: index them relative to base.
-  const void* X = rows_ready ? nullptr : rows + base * d;
-  const void* H = nullptr;
-  __nv_bfloat16* H_bf16 = nullptr;
-  if (P == Precision::kBf16) {
-    __nv_bfloat16* X_bf16 = nullptr;
-    if (keep != nullptr) {  // the caller's buffers, read again by the backward
-      X_bf16 = keep->rows;
-      H_bf16 = keep->hidden;
-    } else {
-      rows_h.emplace(static_cast<size_t>(R * d), stream);
-      hidden_h.emplace(static_cast<size_t>(R * f), stream);
-      X_bf16 = rows_h->data();
-      H_bf16 = hidden_h->data();
-    }
-    if (!rows_ready) cast_fp32_to_bf16(X_bf16, rows + base * d, R * d, stream);
-    X = X_bf16;
-    H = H_bf16;
-  } else {
-    H = hidden + base * f;
-  }
-  // The fp32 hidden is written unless the backward reads the kept bf16 copy instead.
-  float* G = keep != nullptr ? nullptr : hidden + base * f;
   StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
-  // Biases and GELU are epilogues: in the staged fold where that backend runs, else one pass after the GEMM
-  // (no bias rows written into C beforehand for the GEMM to read back).
+  // GEMM inputs; the bf16 buffers cover rows [base, base + R) only: index them relative to base.
+  const void* X = bf16 ? static_cast<const void*>(keep->rows) : rows + base * d;
+  const void* H = bf16 ? static_cast<const void*>(keep->hidden) : hidden + base * f;
+  if (bf16 && !rows_ready) cast_fp32_to_bf16(keep->rows, rows + base * d, R * d, stream);
+  // hidden_pre [n, f] = rows [n, d] @ w1[e]: fp32 C, or bf16 C straight into the kept hidden_pre.
   const std::vector<GemmProblem> g1 =
       per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-        return GemmProblem{false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, 0.0f,
-                           hidden_pre + r0 * f, f, b1 != nullptr ? b1 + e * f : nullptr};
+        GemmProblem p{false, false, n, f, d, at(X, rel * d, P), d, at(W1, e * d * f, P), f, 0.0f, nullptr, f};
+        if (bf16) p.C16 = keep->hidden_pre + rel * f;
+        else p.C = hidden_pre + r0 * f;
+        return p;
       });
+  if (bf16) {
+    run_gemms_bf16_out(g1, handle, stream);
+    expert_gelu_bf16<false>(keep->hidden, keep->hidden_pre, b1, offsets.data(), E, R, f, stream);
+  } else {
+    run_gemms(g1, P, handle, stream);
+    expert_bias_gelu_kernel<<<detail::grid_for(R * f), detail::kThreads, 0, stream>>>(
+        hidden_pre + base * f, hidden + base * f, b1, offsets.data(), static_cast<int>(E), f);
+    SMT_CUDA_CHECK_LAUNCH();
+  }
+  // out [n, d] = hidden [n, f] @ w2[e] + b2[e] (fp32; the bias in the staged fold where that backend runs).
   const std::vector<GemmProblem> g2 =
       per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
         return GemmProblem{false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, 0.0f,
                            out + r0 * d, d, b2 != nullptr ? b2 + e * d : nullptr};
       });
-  GeluEpilogue fwd_gelu;
-  fwd_gelu.mode = GeluEpilogue::kForward;
-  fwd_gelu.c_base = hidden_pre + base * f;
-  fwd_gelu.g_base = G;
-  fwd_gelu.bf16_base = H_bf16;
-  if (!run_gemms(g1, P, handle, stream, &fwd_gelu)) {
-    expert_bias_gelu_kernel<<<detail::grid_for(R * f), detail::kThreads, 0, stream>>>(
-        hidden_pre + base * f, G, H_bf16, b1, offsets.data(), static_cast<int>(E), f);
-    SMT_CUDA_CHECK_LAUNCH();
-  }
   if (!run_gemms(g2, P, handle, stream) && b2 != nullptr) {
     expert_bias_add_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
                                                                                    static_cast<int>(E), d);
@@ -788,57 +844,61 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
 }
 
 void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
-                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, GemmOperand w2,
-                      const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f, cublasHandle_t handle,
-                      cudaStream_t stream, Precision precision, const ExpertsBf16Activations* kept,
-                      bool drows_accumulate) {
+                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, const float* b1,
+                      GemmOperand w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
+                      cublasHandle_t handle, cudaStream_t stream, Precision precision,
+                      const ExpertsBf16Activations* kept, bool drows_accumulate) {
   check_offsets(expert_row_offset, E, "gpu::experts_backward");
   check_kept(kept, precision, "gpu::experts_backward");
   const int64_t base = expert_row_offset[0], R = expert_row_offset[E] - base;
   if (R <= 0 || d <= 0 || f <= 0) return;
   const Precision P = precision;
+  const bool bf16 = P == Precision::kBf16;
   const bool need_dh = drows != nullptr || dw1 != nullptr || db1 != nullptr;
-  SMT_CHECK(!need_dh || scratch != nullptr, "gpu::experts_backward: scratch is required for drows/dw1/db1");
+  SMT_CHECK(bf16 || !need_dh || (scratch != nullptr && hidden_pre != nullptr),
+            "gpu::experts_backward: fp32 needs scratch and hidden_pre for drows/dw1/db1");
+  SMT_CHECK(bf16 || dw2 == nullptr || hidden != nullptr, "gpu::experts_backward: fp32 needs hidden for dw2");
+  SMT_CHECK(bf16 || dw1 == nullptr || rows != nullptr, "gpu::experts_backward: fp32 needs rows for dw1");
   // The bias gradients' chunk table first: its size check throws before any gradient is touched.
   std::optional<BiasChunks> chunks;
   if (db1 != nullptr || db2 != nullptr) chunks.emplace(make_bias_chunks(expert_row_offset, E, stream));
-  std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, dout_h, hidden_h, rows_h, dh_h;
+  std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, dout_h, dh_h;
   // Operands (bf16 copies cover rows [base, base + R) and are indexed relative to base).
   const void* DOUT = nullptr;
   if (dw2 != nullptr || need_dh) DOUT = activation_operand(dout + base * d, R * d, P, dout_h, stream);
   if (dw2 != nullptr) {  // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
-    const void* HID =
-        kept != nullptr ? kept->hidden : activation_operand(hidden + base * f, R * f, P, hidden_h, stream);
+    const void* HID = bf16 ? static_cast<const void*>(kept->hidden) : hidden + base * f;
     const std::vector<GemmProblem> g_dw2 =
         per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
           return GemmProblem{true, false, f, d, n, at(HID, rel * f, P), f, at(DOUT, rel * d, P), d, 1.0f,
                              dw2 + e * f * d, d};
         });
-    run_gemms(g_dw2, P, handle, stream, nullptr, /*weight_gradients=*/true);
+    run_gemms(g_dw2, P, handle, stream, /*weight_gradients=*/true);
   }
-  if (db2 != nullptr) add_expert_column_sums(db2, dout, *chunks, d, stream);
+  if (db2 != nullptr) add_expert_column_sums(db2, dout, 0, *chunks, d, stream);
   if (!need_dh) return;
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_backward");
-  // dh [n, f] = dout [n, d] @ w2[e]^T  (w2[e] is [f, d]), fp32 into scratch
+  // dh [n, f] = (dout [n, d] @ w2[e]^T) * gelu'(hidden_pre): fp32 in scratch (absolute rows), or bf16 in a stream
+  // temporary (rows relative to base), rounded once after the derivative.
+  if (bf16) dh_h.emplace(static_cast<size_t>(R * f), stream);
   const std::vector<GemmProblem> g_dh =
       per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-        return GemmProblem{false, true, n, f, d, at(DOUT, rel * d, P), d, at(W2, e * f * d, P), d, 0.0f,
-                           scratch + r0 * f, f};
+        GemmProblem p{false, true, n, f, d, at(DOUT, rel * d, P), d, at(W2, e * f * d, P), d, 0.0f, nullptr, f};
+        if (bf16) p.C16 = dh_h->data() + rel * f;
+        else p.C = scratch + r0 * f;
+        return p;
       });
-  const void* DH = scratch + base * f;
-  if (P == Precision::kBf16) {
-    dh_h.emplace(static_cast<size_t>(R * f), stream);
-    DH = dh_h->data();
+  if (bf16) {
+    run_gemms_bf16_out(g_dh, handle, stream);
+    const StreamBuffer<int64_t> offsets = upload_offsets(expert_row_offset, E, stream);
+    expert_gelu_bf16<true>(dh_h->data(), kept->hidden_pre, b1, offsets.data(), E, R, f, stream);
+  } else {
+    run_gemms(g_dh, P, handle, stream);
+    gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream);
   }
-  GeluEpilogue bwd_gelu;
-  bwd_gelu.mode = GeluEpilogue::kBackward;
-  bwd_gelu.c_base = scratch + base * f;
-  bwd_gelu.x_base = hidden_pre + base * f;
-  bwd_gelu.bf16_base = P == Precision::kBf16 ? dh_h->data() : nullptr;
-  if (!run_gemms(g_dh, P, handle, stream, &bwd_gelu))
-    gelu_backward_inplace(scratch + base * f, hidden_pre + base * f, R * f, stream, bwd_gelu.bf16_base);
   w2_h.reset();  // stream-ordered free: after the GEMMs above
-  if (drows != nullptr) {  // drows [n, d] += dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
+  const void* DH = bf16 ? static_cast<const void*>(dh_h->data()) : scratch + base * f;
+  if (drows != nullptr) {  // drows [n, d] (+)= dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
     const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_backward");
     const std::vector<GemmProblem> g_drows =
         per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
@@ -848,15 +908,18 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
     run_gemms(g_drows, P, handle, stream);
   }
   if (dw1 != nullptr) {  // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
-    const void* X = kept != nullptr ? kept->rows : activation_operand(rows + base * d, R * d, P, rows_h, stream);
+    const void* X = bf16 ? static_cast<const void*>(kept->rows) : rows + base * d;
     const std::vector<GemmProblem> g_dw1 =
         per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
           return GemmProblem{true, false, d, f, n, at(X, rel * d, P), d, at(DH, rel * f, P), f, 1.0f,
                              dw1 + e * d * f, f};
         });
-    run_gemms(g_dw1, P, handle, stream, nullptr, /*weight_gradients=*/true);
+    run_gemms(g_dw1, P, handle, stream, /*weight_gradients=*/true);
   }
-  if (db1 != nullptr) add_expert_column_sums(db1, scratch, *chunks, f, stream);
+  if (db1 != nullptr) {
+    if (bf16) add_expert_column_sums(db1, dh_h->data(), base, *chunks, f, stream);
+    else add_expert_column_sums(db1, scratch, 0, *chunks, f, stream);
+  }
 }
 
 }  // namespace smt::gpu

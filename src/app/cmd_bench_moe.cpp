@@ -138,12 +138,15 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
   DeviceBuffer<int32_t> topk_idx(T * k);
   // Dropless top-k: every assignment is a row, R = T * k whatever the routing.
   const int64_t R = T * k;
-  // fp32: rows, hidden_pre, hidden and the fp32 dhidden (scratch). bf16 as the model runs it: x rounded once
-  // (router GEMM and expert rows), the rows permuted straight from that bf16 copy, the hidden side bf16 only.
-  const int64_t Rf32 = bf16 ? 0 : R;
-  DeviceBuffer<float> xr(Rf32 * d), hp(Rf32 * f), h(Rf32 * f), out(R * d), dout(R * d), dxr(R * d), scratch(Rf32 * f);
+  // fp32: rows, hidden_pre, hidden, out, their gradients and the fp32 dhidden (scratch). bf16 as the model runs
+  // it on one rank: x rounded once (router GEMM and expert rows), the rows permuted straight from that bf16
+  // copy, the experts' activations, output and the rows' gradients in bf16 only.
+  const int64_t Rf32 = bf16 ? 0 : R, R16 = bf16 ? R : 0;
+  DeviceBuffer<float> xr(Rf32 * d), hp(Rf32 * f), h(Rf32 * f), out(Rf32 * d), dout(Rf32 * d), dxr(Rf32 * d),
+      scratch(Rf32 * f);
   DeviceBuffer<__nv_bfloat16> x_bf16(bf16 ? T * d : 0), wr_bf16(bf16 ? d * E : 0), w1_bf16(bf16 ? E * d * f : 0),
-      w2_bf16(bf16 ? E * f * d : 0), xr_bf16(bf16 ? R * d : 0), hp_bf16(bf16 ? R * f : 0), h_bf16(bf16 ? R * f : 0);
+      w2_bf16(bf16 ? E * f * d : 0), xr_bf16(R16 * d), hp_bf16(R16 * f), h_bf16(R16 * f), out_bf16(R16 * d),
+      dout_bf16(R16 * d), dxr_bf16(R16 * d);
   const gpu::ExpertsBf16Activations kept_storage{
       .rows = xr_bf16.data(), .hidden_pre = hp_bf16.data(), .hidden = h_bf16.data(), .rows_ready = true};
   const gpu::ExpertsBf16Activations* kept = bf16 ? &kept_storage : nullptr;
@@ -180,21 +183,32 @@ Timing time_cuda(const Shape& s, const LayerData& in, gpu::Precision precision, 
     const int64_t* offsets = dplan.expert_row_offset_host.data();
     if (bf16) gpu::permute_forward(xr_bf16.data(), x_bf16.data(), dplan, d, st);
     else gpu::permute_forward(xr.data(), x.data(), dplan, d, st);
-    gpu::experts_forward(out.data(), hp.data(), h.data(), xr.data(), w1a, nullptr, w2a, nullptr, offsets,
-                         E, d, f, handle, st, precision, kept);
+    const gpu::GemmOutput out_dst = bf16 ? gpu::GemmOutput(out_bf16.data()) : gpu::GemmOutput(out.data());
+    gpu::experts_forward(out_dst, hp.data(), h.data(), xr.data(), w1a, nullptr, w2a, nullptr, offsets, E, d, f, handle,
+                         st, precision, kept);
     zero(y);
-    gpu::unpermute_forward(y.data(), out.data(), topk_w.data(), dplan, d, st);
+    if (bf16) gpu::unpermute_forward(y.data(), out_bf16.data(), topk_w.data(), dplan, d, st, nullptr, nullptr, nullptr);
+    else gpu::unpermute_forward(y.data(), out.data(), topk_w.data(), dplan, d, st);
     SMT_CUDA_CHECK(cudaEventRecord(e1, st));
     // ---- backward ----
-    zero(dout);
     zero(dtopk);
-    zero(dxr);
-    zero(dx);
     zero(dlogits);
-    gpu::unpermute_backward(dout.data(), dtopk.data(), dy.data(), out.data(), topk_w.data(), dplan, d, st);
-    gpu::experts_backward(dxr.data(), dw1.data(), nullptr, dw2.data(), nullptr, scratch.data(), dout.data(), xr.data(),
-                          hp.data(), h.data(), w1a, nullptr, w2a, offsets, E, d, f, handle, st, precision, kept);
-    gpu::permute_backward(dx.data(), dxr.data(), dplan, d, st);
+    // Overwritten, not accumulated: the rows' gradients (every row has one assignment) and dx.
+    if (bf16) {
+      gpu::unpermute_backward(dout_bf16.data(), dtopk.data(), dy.data(), out_bf16.data(), topk_w.data(), dplan, d, st,
+                              nullptr, nullptr);
+      gpu::experts_backward(dxr_bf16.data(), dw1.data(), nullptr, dw2.data(), nullptr, nullptr, dout_bf16.data(),
+                            nullptr, nullptr, nullptr, w1a, nullptr, w2a, offsets, E, d, f, handle, st, precision, kept,
+                            /*drows_accumulate=*/false);
+      gpu::permute_backward(dx.data(), dxr_bf16.data(), dplan, d, st, /*accumulate=*/false);
+    } else {
+      gpu::unpermute_backward(dout.data(), dtopk.data(), dy.data(), out.data(), topk_w.data(), dplan, d, st,
+                              /*accumulate_rows=*/false);
+      gpu::experts_backward(dxr.data(), dw1.data(), nullptr, dw2.data(), nullptr, scratch.data(), dout.data(),
+                            xr.data(), hp.data(), h.data(), w1a, nullptr, w2a, offsets, E, d, f, handle, st, precision,
+                            kept, /*drows_accumulate=*/false);
+      gpu::permute_backward(dx.data(), dxr.data(), dplan, d, st, /*accumulate=*/false);
+    }
     gpu::router_topk_backward(dlogits.data(), dtopk.data(), nullptr, nullptr, probs.data(), topk_idx.data(),
                               topk_w.data(), T, E, k, st);
     gpu::linear_backward(dx.data(), dwr.data(), nullptr, dlogits.data(), xa, wra, T, d, E, handle, st);

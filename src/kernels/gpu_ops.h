@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -41,6 +42,16 @@ struct GemmOperand {
     o.ptr = static_cast<const char*>(ptr) + elements * (dtype == Precision::kBf16 ? 2 : 4);
     return o;
   }
+};
+
+// A GEMM result's destination: device pointer + element type (fp32, or bf16: the fp32-accumulated result
+// rounded once). From nullptr: not needed.
+struct GemmOutput {
+  void* ptr = nullptr;
+  Precision dtype = Precision::kFp32;
+  GemmOutput(std::nullptr_t) {}                                        // NOLINT: implicit on purpose
+  GemmOutput(float* p) : ptr(p), dtype(Precision::kFp32) {}          // NOLINT: implicit on purpose
+  GemmOutput(__nv_bfloat16* p) : ptr(p), dtype(Precision::kBf16) {}  // NOLINT: implicit on purpose
 };
 
 // out[i] = bf16(in[i]) (round to nearest even; CPU reference smt::bf16_bits_from_float in core/bf16.h).
@@ -200,16 +211,30 @@ void permute_forward(__nv_bfloat16* rows, const __nv_bfloat16* x, const DeviceRo
 // sum (overwritten, every token; no zeroing pass needed).
 void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
                       bool accumulate = true);
+// The same from bf16 drows (the experts' bf16 input gradient), summed in fp32.
+void permute_backward(float* dx, const __nv_bfloat16* drows, const DeviceRoutingPlan& plan, int64_t d,
+                      cudaStream_t stream, bool accumulate = true);
 // y[t] += sum_j topk_weight[t, j] * rows_out[row(t, j)]; with a residual [T, d] (nullable):
 // y[t] = residual[t] + the same sum (y is only written: the residual connection without a copy).
 void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
                        int64_t d, cudaStream_t stream, const float* residual = nullptr);
+// The same from the experts' bf16 output without its second bias: each assignment a = (t, j) adds
+// topk_weight[a] * (float(rows_out[row(a)]) + expert_bias[topk_idx[a]]) (expert_bias [E, d] nullable; with it
+// topk_idx [T, k] is required), in fp32.
+void unpermute_forward(float* y, const __nv_bfloat16* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
+                       int64_t d, cudaStream_t stream, const float* residual, const float* expert_bias,
+                       const int32_t* topk_idx);
 // drows_out[r] += w * dy[t]; dtopk_weight[t, j] += dot(dy[t], rows_out[r]) (one warp per assignment). Nullable.
 // accumulate_rows = false: drows_out[r] = w * dy[t] (overwritten; every row [0, R) belongs to exactly one
 // kept assignment, so all are written and no zeroing pass is needed). dtopk_weight always accumulates.
 void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
                         const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
                         bool accumulate_rows = true);
+// The backward of the bf16 unpermute_forward: drows_out[r] = bf16(w * dy[t]) (overwritten, rounded once);
+// dtopk_weight[t, j] += dot(dy[t], float(rows_out[r]) + expert_bias[topk_idx[a]]).
+void unpermute_backward(__nv_bfloat16* drows_out, float* dtopk_weight, const float* dy, const __nv_bfloat16* rows_out,
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                        const float* expert_bias, const int32_t* topk_idx);
 
 // Experts' FFN over expert-contiguous rows. expert_row_offset is a HOST array [E+1] (e.g.
 // DeviceRoutingPlan::expert_row_offset_host). The per-expert GEMMs are ONE cublasGemmGroupedBatchedEx call
@@ -246,10 +271,13 @@ struct ExpertsBf16Activations {
   __nv_bfloat16* hidden = nullptr;
   bool rows_ready = false;
 };
-void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
-                     GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
-                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32,
-                     const ExpertsBf16Activations* keep = nullptr);
+// out [R, d] (absolute rows): fp32, or (kBf16 only) bf16(hidden @ w2[e]) WITHOUT b2, which must then be null:
+// the combine adds it (the bf16 unpermute_forward's expert_bias), so the output is rounded once and never
+// passes through fp32.
+void experts_forward(GemmOutput out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1,
+                     const float* b1, GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E,
+                     int64_t d, int64_t f, cublasHandle_t handle, cudaStream_t stream,
+                     Precision precision = Precision::kFp32, const ExpertsBf16Activations* keep = nullptr);
 // Every gradient is fp32 and accumulated (+=), except drows with drows_accumulate = false: its rows
 // [offsets[0], offsets[E]) are overwritten (each belongs to an expert with rows, so all are written; no
 // zeroing pass needed). b1 is the forward's bias (nullable).
@@ -257,8 +285,9 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
 // (b1 not needed: hidden_pre includes it), hidden. kBf16: `kept` (the forward's) is required; rows,
 // hidden_pre, hidden and scratch are not read (may be null); dout is rounded to bf16 before its GEMMs; the
 // hidden gradient is bf16(gelu'(float(hidden_pre) + b1) * bf16(dout @ w2^T)) in a stream temporary, and db1
-// sums those bf16 values (in double).
-void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
+// sums those bf16 values (in double). kBf16 also takes dout in bf16 (e.g. the bf16 unpermute_backward's
+// drows_out; then db2 sums those values) and writes drows in bf16 (overwritten: drows_accumulate false).
+void experts_backward(GemmOutput drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, GemmOperand dout,
                       const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, const float* b1,
                       GemmOperand w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
                       cublasHandle_t handle, cudaStream_t stream, Precision precision = Precision::kFp32,

@@ -244,7 +244,10 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     A.global = global_routing(host_world(), A.dplan.num_routed_per_expert_host, T, k, config_.capacity_factor, moe);
     gpu::place_routing_on_device(A.dplan, A.topk_idx.data(), A.global.capacity, A.global.num_routed_before.data(), s);
     const int64_t R = A.dplan.num_rows;
-    ensure(A.rows_out, R * d);
+    // kBf16 on one rank's own experts the experts' output comes out in bf16 without b2 and the combine adds the
+    // bias (no fp32 rows_out); expert parallel: fp32 rows are exchanged.
+    if (rows_in_bf16) ensure(A.rows_out16, static_cast<size_t>(std::max<int64_t>(1, R * d)));
+    else ensure(A.rows_out, R * d);
     if (rows_in_bf16) {  // at least one element: non-null even when no row is kept
       ensure(A.rows16, static_cast<size_t>(std::max<int64_t>(1, R * d)));
       gpu::permute_forward(A.rows16.data(), A.m16.data(), A.dplan, d, s);
@@ -283,13 +286,19 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
       ensure(A.hidden_pre, ex.num_rows * f);
       ensure(A.hidden, ex.num_rows * f);
     }
-    gpu::experts_forward(ex.rows_out, A.hidden_pre.data(), A.hidden.data(), rows_in_bf16 ? nullptr : ex.rows,
+    const float* b2 = p(pre + "experts.b2");
+    gpu::experts_forward(rows_in_bf16 ? gpu::GemmOutput(A.rows_out16.data()) : gpu::GemmOutput(ex.rows_out),
+                         A.hidden_pre.data(), A.hidden.data(), rows_in_bf16 ? nullptr : ex.rows,
                          w(pre + "experts.w1").offset_by(e0 * d * f), p(pre + "experts.b1") + e0 * f,
-                         w(pre + "experts.w2").offset_by(e0 * f * d), p(pre + "experts.b2") + e0 * d, ex.row_offset,
-                         ex.num_experts, d, f, handle_, s, precision_, keep);
+                         w(pre + "experts.w2").offset_by(e0 * f * d), rows_in_bf16 ? nullptr : b2 + e0 * d,
+                         ex.row_offset, ex.num_experts, d, f, handle_, s, precision_, keep);
     mark("fwd.experts");
     if (A.exchange) A.exchange->from_experts(A.expert_rows_out.data(), A.rows_out.data(), d);  // combine
-    gpu::unpermute_forward(stream_in(l + 1), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s, A.x_mid.data());
+    if (rows_in_bf16)
+      gpu::unpermute_forward(stream_in(l + 1), A.rows_out16.data(), A.topk_w.data(), A.dplan, d, s, A.x_mid.data(), b2,
+                             A.topk_idx.data());
+    else
+      gpu::unpermute_forward(stream_in(l + 1), A.rows_out.data(), A.topk_w.data(), A.dplan, d, s, A.x_mid.data());
     mark("fwd.combine");
 
     routing_[l] = routing_stats(A.global, moe);
@@ -405,27 +414,40 @@ void GpuModel::backward() {
     const bool moe = ParamLayout::layer_is_moe(config_, l);
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
     const int64_t R = A.dplan.num_rows;
-    ensure(d_rows_out, R * d);  // overwritten: every row belongs to one kept assignment
+    const bool bf16 = precision_ == gpu::Precision::kBf16;
+    const bool rows_in_bf16 = bf16 && !expert_parallel_layer(moe);  // as in the forward: bf16 rows and combine
+    const float* b2 = p(pre + "experts.b2");
     zero(d_topk_w, T * k, s);
-    gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(), A.dplan,
-                            d, s, /*accumulate_rows=*/false);
+    // d(rows_out) and d(rows) are overwritten: every row belongs to one kept assignment.
+    if (rows_in_bf16) {
+      ensure(d_rows_out16_, static_cast<size_t>(std::max<int64_t>(1, R * d)));
+      gpu::unpermute_backward(d_rows_out16_.data(), d_topk_w.data(), dx.data(), A.rows_out16.data(), A.topk_w.data(),
+                              A.dplan, d, s, b2, A.topk_idx.data());
+    } else {
+      ensure(d_rows_out, R * d);
+      gpu::unpermute_backward(d_rows_out.data(), d_topk_w.data(), dx.data(), A.rows_out.data(), A.topk_w.data(),
+                              A.dplan, d, s, /*accumulate_rows=*/false);
+    }
     mark("bwd.combine");
     // The experts' side mirrors the forward: d(rows_out) to the owners, d(rows) back.
     const ExpertSide ex = expert_side(A, moe);
     const int64_t e0 = ex.first_expert;
-    float* d_ex_out = d_rows_out.data();
-    float* d_ex_in = nullptr;
-    if (A.exchange) {
+    gpu::GemmOperand d_ex_out = d_rows_out.data();
+    gpu::GemmOutput d_ex_in = nullptr;
+    if (rows_in_bf16) {
+      ensure(d_rows16_, static_cast<size_t>(std::max<int64_t>(1, R * d)));
+      d_ex_out = d_rows_out16_.data();
+      d_ex_in = d_rows16_.data();
+    } else if (A.exchange) {
       ensure(d_expert_rows_out, ex.num_rows * d);
       A.exchange->to_experts(d_rows_out.data(), d_expert_rows_out.data(), d);
       d_ex_out = d_expert_rows_out.data();
-      ensure(d_expert_rows, ex.num_rows * d);  // overwritten by experts_backward
+      ensure(d_expert_rows, ex.num_rows * d);
       d_ex_in = d_expert_rows.data();
     } else {
-      ensure(d_rows, R * d);  // overwritten by experts_backward
+      ensure(d_rows, R * d);
       d_ex_in = d_rows.data();
     }
-    const bool bf16 = precision_ == gpu::Precision::kBf16;
     if (!bf16) ensure(d_hidden, ex.num_rows * f);  // the fp32 dhidden; kBf16 keeps a bf16 one inside the call
     gpu::experts_backward(d_ex_in, g(pre + "experts.w1") + e0 * d * f, g(pre + "experts.b1") + e0 * f,
                           g(pre + "experts.w2") + e0 * f * d, g(pre + "experts.b2") + e0 * d,
@@ -434,12 +456,16 @@ void GpuModel::backward() {
                           w(pre + "experts.w2").offset_by(e0 * f * d), ex.row_offset, ex.num_experts, d, f, handle_, s,
                           precision_, bf16 ? &A.expert_acts16 : nullptr, /*drows_accumulate=*/false);
     mark("bwd.experts");
-    if (A.exchange) {
-      ensure(d_rows, R * d);
-      A.exchange->from_experts(d_ex_in, d_rows.data(), d);
-    }
     ensure(d_m, T * d);  // overwritten for every token; the router's dx is added after
-    gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s, /*accumulate=*/false);
+    if (rows_in_bf16) {
+      gpu::permute_backward(d_m.data(), d_rows16_.data(), A.dplan, d, s, /*accumulate=*/false);
+    } else {
+      if (A.exchange) {
+        ensure(d_rows, R * d);
+        A.exchange->from_experts(d_expert_rows.data(), d_rows.data(), d);
+      }
+      gpu::permute_backward(d_m.data(), d_rows.data(), A.dplan, d, s, /*accumulate=*/false);
+    }
     mark("bwd.dispatch");
     if (moe) {
       // d aux / d probs[t, e] = aux_scale * routed[e]; d z / d lse[t] = z * 2 lse[t] / Tg (global batch).

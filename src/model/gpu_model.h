@@ -89,7 +89,8 @@ class GpuModel {
     DeviceBuffer<int32_t> topk_idx;                                         // [T,k]
     gpu::DeviceRoutingPlan dplan;  // built on the device from topk_idx
     GlobalRouting global;          // the global batch's counts and capacity
-    DeviceBuffer<float> rows, rows_out;                                     // [R,d] plan order
+    DeviceBuffer<float> rows, rows_out;                                     // [R,d] plan order (fp32 paths)
+    DeviceBuffer<__nv_bfloat16> rows_out16;  // kBf16, own experts: the experts' output without b2 [R,d]
     // The experts' side: Re rows of the El experts this rank computes, grouped by expert. One process:
     // the plan's rows themselves (Re = R). Expert parallel: the rows received from the group.
     std::shared_ptr<ExpertExchange> exchange;                               // expert parallel only
@@ -160,6 +161,8 @@ class GpuModel {
   // Flash attention's backward in bf16: dx rounded for the wo GEMMs, d_o (flash's dout), dv (flash's output),
   // rope's dq / dk (the wq / wk GEMMs' dy, one at a time). [T, d] each.
   DeviceBuffer<__nv_bfloat16> dx16_, d_o16_, dv16_, d_tmp16_;
+  // kBf16 on one rank's own experts: the gradients of the experts' bf16 output and input [R, d].
+  DeviceBuffer<__nv_bfloat16> d_rows_out16_, d_rows16_;
 };
 
 // Global-norm clipping + AdamW on the device (the CPU optimizer_step's arithmetic per tensor), and its

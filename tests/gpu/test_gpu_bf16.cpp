@@ -448,6 +448,28 @@ TEST_P(GpuBf16Experts, EveryBackend) {
       if (start == "loop") EXPECT_EQ(used, "loop");
       std::printf("[smt gpu tests] experts bf16 backend: asked %s, used %s\n", start.c_str(), used.c_str());
       if (start == "auto" && precast) reference_run = {host(d_out), host(d_drows), host(d_dw1), host(d_dw2)};
+
+      // The model's one-rank path: the output in bf16 without b2 (added by the combine), dout and drows in bf16.
+      if (!precast) continue;
+      DeviceBuffer<__nv_bfloat16> d_out16(R * d), d_drows16(R * d);
+      gpu::experts_forward(d_out16.data(), nullptr, nullptr, d_rows.data(), W1, d_b1.data(), W2, nullptr, offsets, E, d,
+                           f, handle, stream, Precision::kBf16, &kept.acts);
+      auto d_dout16 = bf16_of(d_dout);
+      for (DeviceBuffer<float>* b : {&d_dw1, &d_db1, &d_dw2, &d_db2}) b->memset_bytes(0);
+      gpu::experts_backward(d_drows16.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(), nullptr,
+                            d_dout16.data(), nullptr, nullptr, nullptr, W1, d_b1.data(), W2, offsets, E, d, f, handle,
+                            stream, Precision::kBf16, &kept.acts, /*drows_accumulate=*/false);
+      sync();
+      std::vector<float> out16_b = host_bf16(d_out16, R * d);
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r)
+          for (int64_t c = 0; c < d; ++c) out16_b[r * d + c] += b2[e * d + c];  // out: absolute rows
+      expect_rel("experts bf16 out16 + b2 [" + used + "]", out16_b, out_c);
+      expect_rel("experts bf16 drows16 [" + used + "]", host_bf16(d_drows16, R * d), drows_c);
+      expect_rel("experts bf16 dw1 (bf16 dout) [" + used + "]", host(d_dw1), dw1_c);
+      expect_rel("experts bf16 db1 (bf16 dout) [" + used + "]", host(d_db1), db1_c);
+      expect_rel("experts bf16 dw2 (bf16 dout) [" + used + "]", host(d_dw2), dw2_c);
+      expect_rel("experts bf16 db2 (bf16 dout)", host(d_db2), db2_c);
     }
   }
 
@@ -499,9 +521,76 @@ TEST_P(GpuBf16Experts, EveryBackend) {
   EXPECT_THROW(gpu::experts_forward(d_out.data(), d_hp.data(), nullptr, d_rows.data(), d_w1.data(), nullptr,
                                     d_w2.data(), nullptr, offsets, E, d, f, handle, stream, Precision::kFp32),
                Error);
+  DeviceBuffer<__nv_bfloat16> d_out16(R * d);
+  EXPECT_THROW(gpu::experts_forward(d_out16.data(), nullptr, nullptr, d_rows.data(), bw1.data(), nullptr, bw2.data(),
+                                    d_b2.data(), offsets, E, d, f, handle, stream, Precision::kBf16, &kept.acts),
+               Error);  // a bf16 out leaves b2 to the combine
+  EXPECT_THROW(gpu::experts_backward(d_out16.data(), nullptr, nullptr, nullptr, nullptr, nullptr, d_out.data(), nullptr,
+                                     nullptr, nullptr, bw1.data(), nullptr, bw2.data(), offsets, E, d, f, handle, stream,
+                                     Precision::kBf16, &kept.acts, /*drows_accumulate=*/true),
+               Error);  // a bf16 drows is only overwritten
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kFp32, "grouped_bf16_out"), Error);
   EXPECT_THROW(gpu::set_experts_gemm_backend(Precision::kBf16, "cutlass"), Error);
 }
+// The combine on the experts' bf16 output without its second bias (the bias added per assignment's expert),
+// its backward into bf16 row gradients, and permute_backward from bf16 rows, against the CPU fp32 ops on the
+// same (bf16-valued) rows plus bias. A capacity drops some assignments.
+TEST_F(GpuBf16, CombineFromBf16RowsWithExpertBias) {
+  const int64_t T = 150, E = 4, k = 2, d = 37;
+  const auto topk = random_topk(T, E, k, 80, -1);
+  const cpu::RoutingPlan plan = cpu::build_routing_plan(topk.data(), T, E, k, /*capacity=*/60);
+  const int64_t R = plan.num_rows();
+  ASSERT_LT(R, T * k) << "the capacity should drop some assignments";
+  const gpu::DeviceRoutingPlan dplan = gpu::upload_routing_plan(plan);
+  auto d_topk = copy_to_device(topk);
+  const auto bias = rand_vec(E * d, 81), w = rand_vec(T * k, 82, 0.1f, 1.0f), residual = rand_vec(T * d, 83),
+             dy = rand_vec(T * d, 84);
+  auto d_rows_f = copy_to_device(rand_vec(R * d, 85));
+  auto d_rows16 = bf16_of(d_rows_f);
+  const std::vector<float> rows16 = host_bf16(d_rows16, R * d);
+  std::vector<float> rows_b(R * d);  // the CPU's rows_out: the bf16 values plus their expert's bias
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = plan.expert_row_offset[e]; r < plan.expert_row_offset[e + 1]; ++r)
+      for (int64_t c = 0; c < d; ++c) rows_b[r * d + c] = rows16[r * d + c] + bias[e * d + c];
+  auto d_bias = copy_to_device(bias), d_w = copy_to_device(w), d_res = copy_to_device(residual), d_dy = copy_to_device(dy);
+
+  std::vector<float> y_c = residual;
+  cpu::unpermute_forward<float>(y_c.data(), rows_b.data(), w.data(), plan, d);
+  DeviceBuffer<float> d_y(T * d);
+  gpu::unpermute_forward(d_y.data(), d_rows16.data(), d_w.data(), dplan, d, stream, d_res.data(), d_bias.data(),
+                         d_topk.data());
+  std::vector<float> drows_c(R * d, 0.0f), dtopk_c(T * k, 0.0f);
+  cpu::unpermute_backward<float>(drows_c.data(), dtopk_c.data(), dy.data(), rows_b.data(), w.data(), plan, d);
+  DeviceBuffer<__nv_bfloat16> d_drows16(R * d);
+  DeviceBuffer<float> d_dtopk(T * k);
+  d_dtopk.memset_bytes(0);
+  gpu::unpermute_backward(d_drows16.data(), d_dtopk.data(), d_dy.data(), d_rows16.data(), d_w.data(), dplan, d, stream,
+                          d_bias.data(), d_topk.data());
+  sync();
+  expect_rel("bf16 combine y (fp32 sums of the same values)", host(d_y), y_c, 1e-6);
+  expect_rel("bf16 combine dtopk_weight", host(d_dtopk), dtopk_c, 1e-5);
+  EXPECT_EQ(count_beyond_one_rounding(d_drows16, drows_c), 0) << "drows_out is not bf16(w * dy)";
+  // Without the bias the rows are taken as they are.
+  std::vector<float> y0_c = residual;
+  cpu::unpermute_forward<float>(y0_c.data(), rows16.data(), w.data(), plan, d);
+  gpu::unpermute_forward(d_y.data(), d_rows16.data(), d_w.data(), dplan, d, stream, d_res.data(), nullptr, nullptr);
+  sync();
+  expect_rel("bf16 combine y without bias", host(d_y), y0_c, 1e-6);
+
+  // permute_backward from the bf16 row gradients: the fp32 sums of their values.
+  const std::vector<float> drows16 = host_bf16(d_drows16, R * d);
+  std::vector<float> dx_c(T * d, 0.0f);
+  cpu::permute_backward<float>(dx_c.data(), drows16.data(), plan, d);
+  DeviceBuffer<float> d_dx(T * d);
+  d_dx.memset_bytes(0xff);  // NaN: overwritten (accumulate = false)
+  gpu::permute_backward(d_dx.data(), d_drows16.data(), dplan, d, stream, /*accumulate=*/false);
+  sync();
+  expect_rel("permute_backward from bf16 rows", host(d_dx), dx_c, 1e-6);
+  EXPECT_THROW(gpu::unpermute_forward(d_y.data(), d_rows16.data(), d_w.data(), dplan, d, stream, nullptr, d_bias.data(),
+                                      nullptr),
+               Error);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Experts,
                          ::testing::Values(std::pair<int64_t, int64_t>{64, 96}, std::pair<int64_t, int64_t>{37, 50}));
 

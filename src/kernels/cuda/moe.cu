@@ -105,8 +105,19 @@ __global__ void permute_forward_kernel(T* rows, const T* x, const int64_t* token
   }
 }
 
-// One thread per (token, column): dx[t, c] (+)= sum_j drows[row(t, j), c] (accumulate, or overwrite).
-__global__ void permute_backward_kernel(float* dx, const float* drows, const int64_t* row_of_assignment, int64_t T,
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename Out>
+__device__ __forceinline__ Out from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// One thread per (token, column): dx[t, c] (+)= sum_j drows[row(t, j), c] (accumulate, or overwrite); drows fp32
+// or bf16 (summed in fp32).
+template <typename Row>
+__global__ void permute_backward_kernel(float* dx, const Row* drows, const int64_t* row_of_assignment, int64_t T,
                                         int64_t k, int64_t d, bool accumulate) {
   const int64_t total = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
@@ -115,31 +126,43 @@ __global__ void permute_backward_kernel(float* dx, const float* drows, const int
     float acc = accumulate ? dx[i] : 0.0f;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t r = row_of_assignment[t * k + j];
-      if (r >= 0) acc += drows[r * d + c];
+      if (r >= 0) acc += to_float(drows[r * d + c]);
     }
     dx[i] = acc;
   }
 }
 
-// y[t] = (residual or y)[t] + sum_j w[t, j] rows_out[row(t, j)]; residual may be null (then y accumulates).
-__global__ void unpermute_forward_kernel(float* y, const float* residual, const float* rows_out,
-                                         const float* topk_weight, const int64_t* row_of_assignment, int64_t T,
-                                         int64_t k, int64_t d) {
+// The expert output of assignment a at column c: rows_out[r, c], plus bias[topk[a], c] where the experts'
+// second bias was left to the combine (bias nullable; then topk is not read).
+template <typename Row>
+__device__ __forceinline__ float expert_out(const Row* rows_out, const float* bias, const int32_t* topk, int64_t a,
+                                            int64_t r, int64_t c, int64_t d) {
+  const float v = to_float(rows_out[r * d + c]);
+  return bias != nullptr ? v + bias[int64_t(topk[a]) * d + c] : v;
+}
+
+// y[t] = (residual or y)[t] + sum_j w[t, j] expert_out(a = (t, j)); residual may be null (then y accumulates).
+template <typename Row>
+__global__ void unpermute_forward_kernel(float* y, const float* residual, const Row* rows_out, const float* bias,
+                                         const int32_t* topk, const float* topk_weight,
+                                         const int64_t* row_of_assignment, int64_t T, int64_t k, int64_t d) {
   const int64_t total = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / d, c = i - t * d;
     float acc = residual != nullptr ? residual[i] : y[i];
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t r = row_of_assignment[t * k + j];
-      if (r >= 0) acc += topk_weight[t * k + j] * rows_out[r * d + c];
+      const int64_t a = t * k + j, r = row_of_assignment[a];
+      if (r >= 0) acc += topk_weight[a] * expert_out(rows_out, bias, topk, a, r, c, d);
     }
     y[i] = acc;
   }
 }
 
-// drows_out[r, c] += w * dy[t, c]: one thread per (assignment, column); each row has one assignment.
-__global__ void unpermute_backward_rows_kernel(float* drows_out, const float* dy, const float* topk_weight,
+// drows_out[r, c] (+)= w * dy[t, c]: one thread per (assignment, column); each row has one assignment. A bf16
+// drows_out is only overwritten (accumulate false), the product rounded once.
+template <typename Row>
+__global__ void unpermute_backward_rows_kernel(Row* drows_out, const float* dy, const float* topk_weight,
                                                const int64_t* row_of_assignment, int64_t A, int64_t k, int64_t d,
                                                bool accumulate) {
   const int64_t total = A * d;
@@ -149,12 +172,14 @@ __global__ void unpermute_backward_rows_kernel(float* drows_out, const float* dy
     const int64_t r = row_of_assignment[a];
     if (r < 0) continue;
     const float v = topk_weight[a] * dy[(a / k) * d + c];
-    drows_out[r * d + c] = accumulate ? drows_out[r * d + c] + v : v;
+    drows_out[r * d + c] = from_float<Row>(accumulate ? to_float(drows_out[r * d + c]) + v : v);
   }
 }
 
-// dtopk_weight[a] += dot(dy[t], rows_out[r]): one warp per assignment a.
-__global__ void unpermute_backward_weight_kernel(float* dtopk_weight, const float* dy, const float* rows_out,
+// dtopk_weight[a] += dot(dy[t], expert_out(a)): one warp per assignment a.
+template <typename Row>
+__global__ void unpermute_backward_weight_kernel(float* dtopk_weight, const float* dy, const Row* rows_out,
+                                                 const float* bias, const int32_t* topk,
                                                  const int64_t* row_of_assignment, int64_t A, int64_t k, int64_t d) {
   const int64_t a = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -162,9 +187,8 @@ __global__ void unpermute_backward_weight_kernel(float* dtopk_weight, const floa
   const int64_t r = row_of_assignment[a];
   if (r < 0) return;  // warp-uniform
   const float* g = dy + (a / k) * d;
-  const float* src = rows_out + r * d;
   float s = 0.0f;
-  for (int64_t c = lane; c < d; c += 32) s += g[c] * src[c];
+  for (int64_t c = lane; c < d; c += 32) s += g[c] * expert_out(rows_out, bias, topk, a, r, c, d);
   s = detail::warp_sum(s);
   if (lane == 0) dtopk_weight[a] += s;
 }
@@ -703,27 +727,36 @@ void permute_forward(__nv_bfloat16* rows, const __nv_bfloat16* x, const DeviceRo
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
-                      bool accumulate) {
+namespace {
+
+template <typename Row>
+void permute_backward_impl(float* dx, const Row* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                           bool accumulate) {
   if (plan.num_tokens <= 0 || d <= 0 || dx == nullptr) return;
   permute_backward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
       dx, drows, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d, accumulate);
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
-                       int64_t d, cudaStream_t stream, const float* residual) {
+template <typename Row>
+void unpermute_forward_impl(float* y, const Row* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
+                            int64_t d, cudaStream_t stream, const float* residual, const float* expert_bias,
+                            const int32_t* topk_idx) {
   if (plan.num_tokens <= 0 || d <= 0) return;
+  SMT_CHECK(expert_bias == nullptr || topk_idx != nullptr, "gpu::unpermute_forward: expert_bias needs topk_idx");
   unpermute_forward_kernel<<<detail::grid_for(plan.num_tokens * d), detail::kThreads, 0, stream>>>(
-      y, residual, rows_out, topk_weight, plan.row_of_assignment.data(), plan.num_tokens, plan.top_k, d);
+      y, residual, rows_out, expert_bias, topk_idx, topk_weight, plan.row_of_assignment.data(), plan.num_tokens,
+      plan.top_k, d);
   SMT_CUDA_CHECK_LAUNCH();
 }
 
-void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
-                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
-                        bool accumulate_rows) {
+template <typename Row>
+void unpermute_backward_impl(Row* drows_out, float* dtopk_weight, const float* dy, const Row* rows_out,
+                             const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                             bool accumulate_rows, const float* expert_bias, const int32_t* topk_idx) {
   const int64_t A = plan.num_tokens * plan.top_k;
   if (A <= 0 || d <= 0) return;
+  SMT_CHECK(expert_bias == nullptr || topk_idx != nullptr, "gpu::unpermute_backward: expert_bias needs topk_idx");
   if (drows_out != nullptr) {
     unpermute_backward_rows_kernel<<<detail::grid_for(A * d), detail::kThreads, 0, stream>>>(
         drows_out, dy, topk_weight, plan.row_of_assignment.data(), A, plan.top_k, d, accumulate_rows);
@@ -734,9 +767,46 @@ void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, 
     const int64_t blocks = (A + warps_per_block - 1) / warps_per_block;
     SMT_CHECK(blocks <= INT32_MAX, "gpu::unpermute_backward: too many assignments");
     unpermute_backward_weight_kernel<<<static_cast<unsigned>(blocks), detail::kThreads, 0, stream>>>(
-        dtopk_weight, dy, rows_out, plan.row_of_assignment.data(), A, plan.top_k, d);
+        dtopk_weight, dy, rows_out, expert_bias, topk_idx, plan.row_of_assignment.data(), A, plan.top_k, d);
     SMT_CUDA_CHECK_LAUNCH();
   }
+}
+
+}  // namespace
+
+void permute_backward(float* dx, const float* drows, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                      bool accumulate) {
+  permute_backward_impl(dx, drows, plan, d, stream, accumulate);
+}
+
+void permute_backward(float* dx, const __nv_bfloat16* drows, const DeviceRoutingPlan& plan, int64_t d,
+                      cudaStream_t stream, bool accumulate) {
+  permute_backward_impl(dx, drows, plan, d, stream, accumulate);
+}
+
+void unpermute_forward(float* y, const float* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
+                       int64_t d, cudaStream_t stream, const float* residual) {
+  unpermute_forward_impl(y, rows_out, topk_weight, plan, d, stream, residual, nullptr, nullptr);
+}
+
+void unpermute_forward(float* y, const __nv_bfloat16* rows_out, const float* topk_weight, const DeviceRoutingPlan& plan,
+                       int64_t d, cudaStream_t stream, const float* residual, const float* expert_bias,
+                       const int32_t* topk_idx) {
+  unpermute_forward_impl(y, rows_out, topk_weight, plan, d, stream, residual, expert_bias, topk_idx);
+}
+
+void unpermute_backward(float* drows_out, float* dtopk_weight, const float* dy, const float* rows_out,
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                        bool accumulate_rows) {
+  unpermute_backward_impl(drows_out, dtopk_weight, dy, rows_out, topk_weight, plan, d, stream, accumulate_rows, nullptr,
+                          nullptr);
+}
+
+void unpermute_backward(__nv_bfloat16* drows_out, float* dtopk_weight, const float* dy, const __nv_bfloat16* rows_out,
+                        const float* topk_weight, const DeviceRoutingPlan& plan, int64_t d, cudaStream_t stream,
+                        const float* expert_bias, const int32_t* topk_idx) {
+  unpermute_backward_impl(drows_out, dtopk_weight, dy, rows_out, topk_weight, plan, d, stream,
+                          /*accumulate_rows=*/false, expert_bias, topk_idx);
 }
 
 namespace {
@@ -792,14 +862,18 @@ void expert_gelu_bf16(__nv_bfloat16* out, const __nv_bfloat16* pre, const float*
 
 }  // namespace
 
-void experts_forward(float* out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1, const float* b1,
-                     GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E, int64_t d,
-                     int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision,
+void experts_forward(GemmOutput out, float* hidden_pre, float* hidden, const float* rows, GemmOperand w1,
+                     const float* b1, GemmOperand w2, const float* b2, const int64_t* expert_row_offset, int64_t E,
+                     int64_t d, int64_t f, cublasHandle_t handle, cudaStream_t stream, Precision precision,
                      const ExpertsBf16Activations* keep) {
   check_offsets(expert_row_offset, E, "gpu::experts_forward");
   check_kept(keep, precision, "gpu::experts_forward");
   const Precision P = precision;
   const bool bf16 = P == Precision::kBf16;
+  const bool out_bf16 = out.dtype == Precision::kBf16;
+  SMT_CHECK(out.ptr != nullptr, "gpu::experts_forward: out is required");
+  SMT_CHECK(!out_bf16 || (bf16 && b2 == nullptr),
+            "gpu::experts_forward: a bf16 out needs Precision::kBf16 and no b2 (the combine adds it)");
   SMT_CHECK(bf16 || (hidden_pre != nullptr && hidden != nullptr), "gpu::experts_forward: fp32 needs hidden_pre and hidden");
   const bool rows_ready = bf16 && keep->rows_ready;
   SMT_CHECK(rows != nullptr || rows_ready, "gpu::experts_forward: rows may be null only with kept rows_ready");
@@ -830,21 +904,30 @@ void experts_forward(float* out, float* hidden_pre, float* hidden, const float* 
         hidden_pre + base * f, hidden + base * f, b1, offsets.data(), static_cast<int>(E), f);
     SMT_CUDA_CHECK_LAUNCH();
   }
-  // out [n, d] = hidden [n, f] @ w2[e] + b2[e] (fp32; the bias in the staged fold where that backend runs).
+  // out [n, d] = hidden [n, f] @ w2[e] (+ b2[e]): fp32 (the bias in the staged fold where that backend runs), or
+  // bf16 straight from cuBLAS (no bias).
   const std::vector<GemmProblem> g2 =
       per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-        return GemmProblem{false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, 0.0f,
-                           out + r0 * d, d, b2 != nullptr ? b2 + e * d : nullptr};
+        GemmProblem p{false, false, n, d, f, at(H, rel * f, P), f, at(W2, e * f * d, P), d, 0.0f, nullptr, d};
+        if (out_bf16) {
+          p.C16 = static_cast<__nv_bfloat16*>(out.ptr) + r0 * d;
+        } else {
+          p.C = static_cast<float*>(out.ptr) + r0 * d;
+          p.bias = b2 != nullptr ? b2 + e * d : nullptr;
+        }
+        return p;
       });
-  if (!run_gemms(g2, P, handle, stream) && b2 != nullptr) {
-    expert_bias_add_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(out, b2, offsets.data(),
-                                                                                   static_cast<int>(E), d);
+  if (out_bf16) {
+    run_gemms_bf16_out(g2, handle, stream);
+  } else if (!run_gemms(g2, P, handle, stream) && b2 != nullptr) {
+    expert_bias_add_kernel<<<detail::grid_for(R * d), detail::kThreads, 0, stream>>>(
+        static_cast<float*>(out.ptr), b2, offsets.data(), static_cast<int>(E), d);
     SMT_CUDA_CHECK_LAUNCH();
   }
 }
 
-void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch, const float* dout,
-                      const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, const float* b1,
+void experts_backward(GemmOutput drows, float* dw1, float* db1, float* dw2, float* db2, float* scratch,
+                      GemmOperand dout, const float* rows, const float* hidden_pre, const float* hidden, GemmOperand w1, const float* b1,
                       GemmOperand w2, const int64_t* expert_row_offset, int64_t E, int64_t d, int64_t f,
                       cublasHandle_t handle, cudaStream_t stream, Precision precision,
                       const ExpertsBf16Activations* kept, bool drows_accumulate) {
@@ -854,7 +937,11 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   if (R <= 0 || d <= 0 || f <= 0) return;
   const Precision P = precision;
   const bool bf16 = P == Precision::kBf16;
-  const bool need_dh = drows != nullptr || dw1 != nullptr || db1 != nullptr;
+  const bool drows_bf16 = drows.dtype == Precision::kBf16, dout_bf16 = dout.dtype == Precision::kBf16;
+  SMT_CHECK(!drows_bf16 || (bf16 && !drows_accumulate),
+            "gpu::experts_backward: a bf16 drows needs Precision::kBf16 and drows_accumulate = false");
+  SMT_CHECK(!dout_bf16 || bf16, "gpu::experts_backward: a bf16 dout needs Precision::kBf16");
+  const bool need_dh = drows.ptr != nullptr || dw1 != nullptr || db1 != nullptr;
   SMT_CHECK(bf16 || !need_dh || (scratch != nullptr && hidden_pre != nullptr),
             "gpu::experts_backward: fp32 needs scratch and hidden_pre for drows/dw1/db1");
   SMT_CHECK(bf16 || dw2 == nullptr || hidden != nullptr, "gpu::experts_backward: fp32 needs hidden for dw2");
@@ -865,7 +952,9 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   std::optional<StreamBuffer<__nv_bfloat16>> w1_h, w2_h, dout_h, dh_h;
   // Operands (bf16 copies cover rows [base, base + R) and are indexed relative to base).
   const void* DOUT = nullptr;
-  if (dw2 != nullptr || need_dh) DOUT = activation_operand(dout + base * d, R * d, P, dout_h, stream);
+  if (dout_bf16) DOUT = at(dout.ptr, base * d, P);
+  else if (dw2 != nullptr || need_dh)
+    DOUT = activation_operand(static_cast<const float*>(dout.ptr) + base * d, R * d, P, dout_h, stream);
   if (dw2 != nullptr) {  // dw2[e] [f, d] += hidden^T [f, n] @ dout [n, d]
     const void* HID = bf16 ? static_cast<const void*>(kept->hidden) : hidden + base * f;
     const std::vector<GemmProblem> g_dw2 =
@@ -875,7 +964,10 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
         });
     run_gemms(g_dw2, P, handle, stream, /*weight_gradients=*/true);
   }
-  if (db2 != nullptr) add_expert_column_sums(db2, dout, 0, *chunks, d, stream);
+  if (db2 != nullptr) {
+    if (dout_bf16) add_expert_column_sums(db2, static_cast<const __nv_bfloat16*>(dout.ptr), 0, *chunks, d, stream);
+    else add_expert_column_sums(db2, static_cast<const float*>(dout.ptr), 0, *chunks, d, stream);
+  }
   if (!need_dh) return;
   const void* W2 = weight_operand(w2, E * f * d, P, w2_h, stream, "gpu::experts_backward");
   // dh [n, f] = (dout [n, d] @ w2[e]^T) * gelu'(hidden_pre): fp32 in scratch (absolute rows), or bf16 in a stream
@@ -898,14 +990,18 @@ void experts_backward(float* drows, float* dw1, float* db1, float* dw2, float* d
   }
   w2_h.reset();  // stream-ordered free: after the GEMMs above
   const void* DH = bf16 ? static_cast<const void*>(dh_h->data()) : scratch + base * f;
-  if (drows != nullptr) {  // drows [n, d] (+)= dh [n, f] @ w1[e]^T  (w1[e] is [d, f])
+  if (drows.ptr != nullptr) {  // drows [n, d] (+)= dh [n, f] @ w1[e]^T  (w1[e] is [d, f]), fp32 or bf16
     const void* W1 = weight_operand(w1, E * d * f, P, w1_h, stream, "gpu::experts_backward");
     const std::vector<GemmProblem> g_drows =
         per_expert_problems(expert_row_offset, E, [&](int64_t e, int64_t r0, int64_t n, int64_t rel) {
-          return GemmProblem{false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f,
-                             drows_accumulate ? 1.0f : 0.0f, drows + r0 * d, d};
+          GemmProblem p{false, true, n, d, f, at(DH, rel * f, P), f, at(W1, e * d * f, P), f,
+                        drows_accumulate ? 1.0f : 0.0f, nullptr, d};
+          if (drows_bf16) p.C16 = static_cast<__nv_bfloat16*>(drows.ptr) + r0 * d;
+          else p.C = static_cast<float*>(drows.ptr) + r0 * d;
+          return p;
         });
-    run_gemms(g_drows, P, handle, stream);
+    if (drows_bf16) run_gemms_bf16_out(g_drows, handle, stream);
+    else run_gemms(g_drows, P, handle, stream);
   }
   if (dw1 != nullptr) {  // dw1[e] [d, f] += rows^T [d, n] @ dh [n, f]
     const void* X = bf16 ? static_cast<const void*>(kept->rows) : rows + base * d;

@@ -91,6 +91,9 @@ void ensure_rope_table(RopeTable& table, int64_t N, int64_t hd, float theta);
 // bf16 attention).
 void rope_forward(float* out, __nv_bfloat16* out_bf16, const float* x, const RopeTable& table, int64_t B, int64_t N,
                   int64_t H, cudaStream_t stream);
+// out = bf16(R float(x)) from a bf16 x (e.g. the bf16 q/k GEMM output, then rotated in place: out may be x).
+void rope_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* x, const RopeTable& table, int64_t B, int64_t N,
+                       int64_t H, cudaStream_t stream);
 // dx += R^T dout (dx fp32, accumulated), or with dx null: dx_bf16 = bf16(R^T dout) (overwritten; the
 // rounded gradient a bf16 GEMM backward takes). Exactly one of dx and dx_bf16.
 void rope_backward(float* dx, const float* dout, const RopeTable& table, int64_t B, int64_t N, int64_t H,

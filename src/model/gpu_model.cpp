@@ -161,8 +161,8 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
   for (LayerActs& A : acts_) ensure(A.x_in, T * d);
   ensure(x_final_, T * d);
   auto stream_in = [&](int l) { return l < config_.layers ? acts_[l].x_in.data() : x_final_.data(); };
-  DeviceBuffer<float>& tmp = tmp_;
-  ensure(tmp, T * d);
+  DeviceBuffer<float>& tmp = tmp_;  // the fp32 attention path's q/k before rope
+  if (!use_flash_) ensure(tmp, T * d);
   zero(psum_, static_cast<int64_t>(config_.layers) * config_.experts, s);  // [layers, E] router probability sums
   ensure(lse_sq_, static_cast<size_t>(config_.layers));                     // [layers] sums of lse^2
   SMT_CUDA_CHECK(cudaMemsetAsync(lse_sq_.data(), 0, config_.layers * sizeof(double), s));  // dense layers: 0
@@ -191,19 +191,23 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
     } else {
       gpu::rmsnorm_forward(A.a.data(), A.rstd1.data(), A.x_in.data(), p(pre + "attn_norm"), T, d, config_.norm_eps, s);
     }
-    // With flash attention q, k, v go straight into its bf16 inputs (rope rounds its fp32 result once).
+    // With flash attention q, k, v go straight into its bf16 inputs: bf16 GEMM outputs, q and k then rotated in
+    // place (in fp32, rounded again), as a bf16 autocast computes them.
     if (use_flash_)
       for (auto* b : {&A.q16, &A.k16, &A.v16, &A.o16}) ensure(*b, T * d);
-    gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
-    gpu::rope_forward(use_flash_ ? nullptr : A.q.data(), use_flash_ ? A.q16.data() : nullptr, tmp.data(), rope_, B, N,
-                      H, s);
-    gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
-    gpu::rope_forward(use_flash_ ? nullptr : A.k.data(), use_flash_ ? A.k16.data() : nullptr, tmp.data(), rope_, B, N,
-                      H, s);
-    if (use_flash_)
+    if (use_flash_) {
+      gpu::linear_forward_bf16(A.q16.data(), a_op, w(pre + "wq"), T, d, d, handle_, s);
+      gpu::rope_forward_bf16(A.q16.data(), A.q16.data(), rope_, B, N, H, s);
+      gpu::linear_forward_bf16(A.k16.data(), a_op, w(pre + "wk"), T, d, d, handle_, s);
+      gpu::rope_forward_bf16(A.k16.data(), A.k16.data(), rope_, B, N, H, s);
       gpu::linear_forward_bf16(A.v16.data(), a_op, w(pre + "wv"), T, d, d, handle_, s);
-    else
+    } else {
+      gpu::linear_forward(tmp.data(), a_op, w(pre + "wq"), nullptr, T, d, d, false, handle_, s);
+      gpu::rope_forward(A.q.data(), nullptr, tmp.data(), rope_, B, N, H, s);
+      gpu::linear_forward(tmp.data(), a_op, w(pre + "wk"), nullptr, T, d, d, false, handle_, s);
+      gpu::rope_forward(A.k.data(), nullptr, tmp.data(), rope_, B, N, H, s);
       gpu::linear_forward(A.v.data(), a_op, w(pre + "wv"), nullptr, T, d, d, false, handle_, s);
+    }
     mark("fwd.norm_qkv_rope");
     if (use_flash_) {  // bf16 tensor-core kernel: o comes out in bf16, the wo GEMM's operand as it is
       gpu::flash_attention_forward(A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(), A.v16.data(), valid_.data(),

@@ -275,6 +275,23 @@ TEST_F(Gpu, Rope) {
   gpu::rope_forward(d_x.data(), nullptr, d_x.data(), table, B, N, H, stream);  // in place
   sync();
   expect_close("rope_forward in place", to_host(d_x), out_c, kElementwise);
+  {  // From bf16 x, in place (the bf16 q/k GEMM output): bf16 of the fp32 kernel's result on the same values.
+    std::vector<float> x_r(n);
+    for (int64_t i = 0; i < n; ++i) x_r[i] = round_to_bf16(x[i]);
+    std::vector<float> out_r_c(n);
+    cpu::rope_forward<float>(out_r_c.data(), x_r.data(), B, N, H, hd, theta);
+    auto d_x_r = copy_to_device(x_r);
+    DeviceBuffer<float> d_out_r(n);
+    gpu::rope_forward(d_out_r.data(), nullptr, d_x_r.data(), table, B, N, H, stream);
+    DeviceBuffer<__nv_bfloat16> d_xb(n);
+    gpu::cast_fp32_to_bf16(d_xb.data(), d_x_r.data(), n, stream);
+    gpu::rope_forward_bf16(d_xb.data(), d_xb.data(), table, B, N, H, stream);
+    sync();
+    const std::vector<float> out_r = to_host(d_out_r);
+    expect_close("rope_forward of bf16 values (fp32 kernel)", out_r, out_r_c, kElementwise);
+    expect_bf16_is_rounded("rope_forward_bf16 in place", d_xb, out_r);
+    EXPECT_THROW(gpu::rope_forward_bf16(nullptr, d_xb.data(), table, B, N, H, stream), Error);
+  }
 
   std::vector<float> dx_c = dx0;
   cpu::rope_backward<float>(dx_c.data(), dout.data(), B, N, H, hd, theta);

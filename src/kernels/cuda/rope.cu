@@ -3,7 +3,9 @@
 // uploaded once per (N, hd, theta), so no transcendental runs per element and both backends use the same
 // numbers.
 // Invariants: out may alias x (each thread reads its pair before writing it); backward = R^T, accumulated
-// into fp32 or written rounded to bf16.
+// into fp32 or written rounded to bf16; a bf16 x (the bf16 q/k GEMM output) is rotated in fp32.
+#include <cuda_bf16.h>
+
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -13,10 +15,13 @@
 namespace smt::gpu {
 namespace {
 
+__device__ __forceinline__ float load_float(const float* p) { return *p; }
+__device__ __forceinline__ float load_float(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
 // kInverse: rotate by -angle (R^T, the backward). out (nullable) = y, or += y when kAccumulate;
-// out_bf16 (nullable) = bf16(y).
-template <bool kInverse, bool kAccumulate>
-__global__ void rope_kernel(float* out, __nv_bfloat16* out_bf16, const float* x, const float* __restrict__ cos_t,
+// out_bf16 (nullable) = bf16(y). x fp32 or bf16; out / out_bf16 may alias x.
+template <bool kInverse, bool kAccumulate, typename X>
+__global__ void rope_kernel(float* out, __nv_bfloat16* out_bf16, const X* x, const float* __restrict__ cos_t,
                             const float* __restrict__ sin_t, int64_t BN, int64_t N, int64_t H, int64_t hd) {
   const int64_t half = hd / 2;
   const int64_t total = BN * H * half;
@@ -28,7 +33,7 @@ __global__ void rope_kernel(float* out, __nv_bfloat16* out_bf16, const float* x,
     const float c = cos_t[n * half + i];
     const float s = sin_t[n * half + i];
     const int64_t base = bnh * hd;
-    const float xa = x[base + i], xb = x[base + i + half];
+    const float xa = load_float(x + base + i), xb = load_float(x + base + i + half);
     const float ya = kInverse ? xa * c + xb * s : xa * c - xb * s;
     const float yb = kInverse ? xb * c - xa * s : xb * c + xa * s;
     if (out != nullptr) {
@@ -47,15 +52,15 @@ __global__ void rope_kernel(float* out, __nv_bfloat16* out_bf16, const float* x,
   }
 }
 
-template <bool kInverse, bool kAccumulate>
-void rope_launch(float* out, __nv_bfloat16* out_bf16, const float* x, const RopeTable& table, int64_t B, int64_t N,
+template <bool kInverse, bool kAccumulate, typename X>
+void rope_launch(float* out, __nv_bfloat16* out_bf16, const X* x, const RopeTable& table, int64_t B, int64_t N,
                  int64_t H, cudaStream_t stream) {
   SMT_CHECK(N <= table.num_positions && table.head_dim > 0, "gpu::rope: the table holds ", table.num_positions,
             " positions, the sequence has ", N);
   const int64_t hd = table.head_dim;
   const int64_t total = B * N * H * (hd / 2);
   if (total <= 0) return;
-  rope_kernel<kInverse, kAccumulate><<<detail::grid_for(total), detail::kThreads, 0, stream>>>(
+  rope_kernel<kInverse, kAccumulate, X><<<detail::grid_for(total), detail::kThreads, 0, stream>>>(
       out, out_bf16, x, table.cos_t.data(), table.sin_t.data(), B * N, N, H, hd);
   SMT_CUDA_CHECK_LAUNCH();
 }
@@ -79,6 +84,12 @@ void rope_forward(float* out, __nv_bfloat16* out_bf16, const float* x, const Rop
                   int64_t H, cudaStream_t stream) {
   SMT_CHECK(out != nullptr || out_bf16 != nullptr, "gpu::rope_forward: no output");
   rope_launch<false, false>(out, out_bf16, x, table, B, N, H, stream);
+}
+
+void rope_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* x, const RopeTable& table, int64_t B, int64_t N,
+                       int64_t H, cudaStream_t stream) {
+  SMT_CHECK(out != nullptr && x != nullptr, "gpu::rope_forward_bf16: null input or output");
+  rope_launch<false, false>(nullptr, out, x, table, B, N, H, stream);
 }
 
 void rope_backward(float* dx, const float* dout, const RopeTable& table, int64_t B, int64_t N, int64_t H,

@@ -41,7 +41,7 @@ case "$part" in
   check)
     step gpu_tests 120 "$tests" --gtest_output="json:$OUT/gpu_tests.json"
     step comm_mpi2 30 mpirun --oversubscribe -np 2 "$tests" --gtest_filter='GpuComm.Staged*'
-    step model_mpi2 45 mpirun --oversubscribe -np 2 "$tests" --gtest_filter='Modes/GpuModelParallel.*'
+    step model_mpi2 45 mpirun --oversubscribe -np 2 "$tests" --gtest_filter='*GpuModelParallel*'
     step train_device 140 bash tests/cli/train_device.sh "$smt" .
     # The synthetic task on the GPU; the CPU's held-out accuracy for this config is in bench/RESULTS.md.
     step synthetic_gpu 60 "$smt" train --config configs/synthetic-tiny.ini --device=cuda --run.dir "$OUT/synthetic-gpu"

@@ -244,22 +244,23 @@ void unpermute_backward(__nv_bfloat16* drows_out, float* dtopk_weight, const flo
 // per GEMM kind (experts with no rows left out); the backends, tried in this order until cuBLAS accepts
 // one (each refusal said once on stderr, see experts_gemm_backend()):
 //   fp32: "grouped" (fp32 A/B/C), "loop" (one cublasGemmEx per expert);
-//   bf16, GEMMs with an fp32 C (the second GEMM's out, drows, the weight gradients): "grouped" (bf16 A/B,
+//   bf16, GEMMs with an fp32 C (an fp32 out or drows, the weight gradients): "grouped" (bf16 A/B,
 //         fp32 C: not in cuBLAS's documented type table for the grouped call, so expected to be refused,
 //         kept for a cuBLAS that accepts it), "grouped_bf16_out" (bf16 A/B/C with fp32 accumulation into a
 //         bf16 staging buffer, then one kernel C = beta C + float(staging) + bias; not for the weight
 //         gradients, which run as the loop so that they are accumulated from fp32 results), "loop" (one
 //         cublasGemmEx per expert, bf16 A/B, fp32 C);
-//   bf16, GEMMs with a bf16 C (the first GEMM's hidden_pre, the hidden gradient): bf16 A/B/C grouped (the
-//         documented combination) on every backend but "loop"; one cublasGemmEx per expert on "loop" or
-//         where the grouped call is refused (then "loop" from there on).
+//   bf16, GEMMs with a bf16 C (the first GEMM's hidden_pre, the hidden gradient, a bf16 out or drows): bf16
+//         A/B/C grouped (the documented combination) on every backend but "loop"; one cublasGemmEx per expert
+//         on "loop" or where the grouped call is refused (then "loop" from there on).
 // Shapes as smt::cpu::experts_forward: rows, out [R, d]; hidden_pre, hidden [R, f]; w1 [E, d, f]; b1 [E, f];
 // w2 [E, f, d]; b2 [E, d] (biases nullable; always fp32).
 // kFp32: w1, w2 fp32; hidden_pre (with b1), hidden, out fp32 [R, f] arrays; `keep` must be null.
 // kBf16: w1/w2 are either fp32 (rounded to bf16 once per call into stream temporaries) or pre-rounded bf16
 // copies (used as they are); `keep` is required and the fp32 hidden_pre and hidden are neither written nor
-// read (may be null): the hidden side is bf16 only, as in a bf16 autocast (see ExpertsBf16Activations). The
-// second GEMM's bias is an epilogue (the staged fold where that backend runs, else one pass); out is fp32.
+// read (may be null): the hidden side is bf16 only, as in a bf16 autocast (see ExpertsBf16Activations). With
+// an fp32 out the second GEMM's bias is an epilogue (the staged fold where that backend runs, else one pass);
+// a bf16 out is below.
 // The experts' bf16 activations, written by a bf16 experts_forward and read by its experts_backward; [R, .]
 // with row 0 = row expert_row_offset[0]:
 //   rows [R, d]: the first GEMM's input, bf16(rows), written by the forward unless rows_ready (then the
@@ -268,6 +269,8 @@ void unpermute_backward(__nv_bfloat16* drows_out, float* dtopk_weight, const flo
 //   hidden_pre [R, f]: bf16(rows @ w1[e]), the first GEMM's result WITHOUT the bias, rounded once; the
 //     GELU's input is float(hidden_pre) + b1[e];
 //   hidden [R, f]: bf16(gelu(float(hidden_pre) + b1[e])), the second GEMM's input.
+// (Device allocations as cudaMalloc returns them: 16-byte aligned bases are what the grouped calls need; others
+// run as the per-expert loop.)
 struct ExpertsBf16Activations {
   __nv_bfloat16* rows = nullptr;
   __nv_bfloat16* hidden_pre = nullptr;

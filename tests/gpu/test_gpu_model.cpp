@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -92,21 +91,6 @@ INSTANTIATE_TEST_SUITE_P(Configs, GpuModelTest,
 // rounded to bf16 moves by up to 8.7% on these batches (printed beside each result). Bounds: the whole
 // gradient within 0.12 norm-relative, each tensor within 0.3; a wrong index or a missing term moves a tensor
 // by ~100%. Subtle errors are the business of the fp32 model test above and of the per-op bf16 tests.
-// Biases start at zero: give them values (uniform +-0.2, deterministic) so that the bf16 paths that add them
-// outside the GEMMs (the experts' b1 in the GELU pass, b2 in the combine) are seen.
-void randomize_biases(smt::Model& m, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<float> dist(-0.2f, 0.2f);
-  int64_t set = 0;
-  for (const auto& t : m.layout().tensors()) {
-    const bool bias = t.name.ends_with(".b1") || t.name.ends_with(".b2") || t.name.ends_with(".b");
-    if (!bias) continue;
-    for (int64_t i = 0; i < t.numel; ++i) m.params()[t.offset + i] = dist(gen);
-    set += t.numel;
-  }
-  ASSERT_GT(set, 0) << "no bias tensor found";
-}
-
 TEST(GpuModelBf16, FollowsCpuFp32) {
   std::string why;
   if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
@@ -126,7 +110,7 @@ TEST(GpuModelBf16, FollowsCpuFp32) {
       SMT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
       smt::Model cpu(c, 0.01f, 0.001f, 7);
       cpu.init_params(13);
-      randomize_biases(cpu, 14);
+      ASSERT_GT(smt::testing_support::randomize_biases(cpu, 14), 0);  // b1, b2 outside the bf16 GEMMs
       smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream, smt::gpu::Precision::kBf16);
       EXPECT_EQ(gpu.uses_flash_attention(), bc.block_size % 64 == 0);
       gpu.upload_from(cpu);
@@ -141,7 +125,7 @@ TEST(GpuModelBf16, FollowsCpuFp32) {
       // for comparison: the fp32 CPU model with bf16-rounded weights on the same batch
       smt::Model rounded(c, 0.01f, 0.001f, 7);
       rounded.init_params(13);
-      randomize_biases(rounded, 14);
+      smt::testing_support::randomize_biases(rounded, 14);
       for (int64_t i = 0; i < rounded.layout().total(); ++i) rounded.params()[i] = smt::round_to_bf16(rounded.params()[i]);
       rounded.zero_grads();
       rounded.forward(batch);

@@ -3,9 +3,11 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <string>
 
 #include "model/config.h"
+#include "model/model.h"
 
 namespace smt::testing_support {
 
@@ -54,6 +56,20 @@ inline double norm_rel(const float* a, const float* b, int64_t n) {
     ref += double(b[i]) * b[i];
   }
   return std::sqrt(diff) / (std::sqrt(ref) + 1e-30);
+}
+
+// Biases start at zero: give them values (uniform +-0.2, deterministic) so that a test sees the paths that add
+// them (e.g. the GPU's bf16 experts add b1 and b2 outside the GEMMs). Returns how many values were set.
+inline int64_t randomize_biases(Model& m, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<float> dist(-0.2f, 0.2f);
+  int64_t set = 0;
+  for (const auto& t : m.layout().tensors()) {
+    if (!(t.name.ends_with(".b1") || t.name.ends_with(".b2") || t.name.ends_with(".b"))) continue;
+    for (int64_t i = 0; i < t.numel; ++i) m.params()[t.offset + i] = dist(gen);
+    set += t.numel;
+  }
+  return set;
 }
 
 }  // namespace smt::testing_support

@@ -235,13 +235,14 @@ __global__ void expert_bias_gelu_kernel(float* hidden_pre, float* hidden, const 
 }
 
 // The bf16 experts' hidden side, one block per row (grid-stride over rows; the expert is found once per
-// row), columns by the threads, two at a time where f is even (then every row starts 4-byte aligned).
+// row), columns by the threads, two at a time with `pairs` (f even and both bases 4-byte aligned: then every
+// row starts 4-byte aligned).
 // pre [R, f] is the first GEMM's bf16 output without the bias, rows indexed from offsets[0]; the GELU's
 // input is float(pre) + bias[expert(r)] (bias nullable). Forward: hidden = bf16(gelu(input)).
 // Backward (in place): dh = bf16(gelu'(input) * float(dh)).
 template <bool kBackward>
 __global__ void expert_gelu_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16* pre, const float* bias,
-                                        const int64_t* offsets, int E, int64_t f) {
+                                        const int64_t* offsets, int E, int64_t f, bool pairs) {
   const int64_t r0 = offsets[0], R = offsets[E] - r0;
   auto apply = [](float x, float g) {
     return __float2bfloat16_rn(kBackward ? detail::gelu_grad(x) * g : detail::gelu_value(x));
@@ -250,7 +251,7 @@ __global__ void expert_gelu_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16*
     const float* b = bias != nullptr ? bias + int64_t(expert_of_row(offsets, E, r0 + r)) * f : nullptr;
     const __nv_bfloat16* x = pre + r * f;
     __nv_bfloat16* o = out + r * f;
-    if (f % 2 == 0) {
+    if (pairs) {
       const auto* x2 = reinterpret_cast<const __nv_bfloat162*>(x);
       auto* o2 = reinterpret_cast<__nv_bfloat162*>(o);
       for (int64_t j = threadIdx.x; j < f / 2; j += blockDim.x) {
@@ -344,6 +345,9 @@ std::vector<GemmProblem> per_expert_problems(const int64_t* expert_row_offset, i
 enum Backend : int { kUnused = 0, kGrouped = 1, kGroupedBf16Out = 2, kLoop = 3 };
 std::atomic<int> g_backend[2] = {kUnused, kUnused};
 std::atomic<int64_t> g_misaligned_calls[2] = {0, 0};  // calls run as the loop for their operands' alignment
+// A bf16-output call (run_gemms_bf16_out) ran as one grouped bf16 A/B/C call: reported as "grouped_bf16_out"
+// while no fp32-output call has decided the backend (the bf16 state is still kUnused).
+std::atomic<bool> g_bf16_out_grouped_ran = false;
 std::once_flag g_refusal_note[2][3];  // [precision][backend refused - 1]
 
 int pidx(Precision p) { return p == Precision::kBf16 ? 1 : 0; }
@@ -573,10 +577,14 @@ void run_gemms_bf16_out(const std::vector<GemmProblem>& problems, cublasHandle_t
       const detail::ExactBf16OutputScope exact(handle);
       st = grouped_call(problems, CUDA_R_16BF, CUDA_R_16BF, c_ptrs, c_ld, zero_beta, handle, stream);
     }
-    if (st == CUBLAS_STATUS_SUCCESS) return;
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      g_bf16_out_grouped_ran.store(true);
+      return;
+    }
     if (!is_refusal(st)) ::smt::detail::throw_cublas_error(st, "cublasGemmGroupedBatchedEx (bf16 C)", __FILE__, __LINE__);
     note_refusal(Precision::kBf16, kGroupedBf16Out, kLoop, st);
-    state.store(kLoop);
+    state.store(kLoop);  // the staged backend is the same call: refused too; an accepted fp32-C grouped call is
+                         // given up with it (speed only)
   }
   for (const GemmProblem& p : problems)
     gemm_row_major_bf16_out(p.trans_a, p.trans_b, p.M, p.N, p.K, static_cast<const __nv_bfloat16*>(p.A), p.lda,
@@ -651,7 +659,7 @@ std::string experts_gemm_backend(Precision precision) {
     case kGrouped: return "grouped";
     case kGroupedBf16Out: return "grouped_bf16_out";
     case kLoop: return "loop";
-    default: return "unused";
+    default: return precision == Precision::kBf16 && g_bf16_out_grouped_ran.load() ? "grouped_bf16_out" : "unused";
   }
 }
 
@@ -666,6 +674,7 @@ void set_experts_gemm_backend(Precision precision, const std::string& backend) {
   else throw Error(::smt::detail::concat("set_experts_gemm_backend: unknown ", precision_name(precision),
                                          " backend '", backend, "'"));
   g_backend[pidx(precision)].store(b);
+  if (precision == Precision::kBf16) g_bf16_out_grouped_ran.store(false);
 }
 
 void router_topk_forward(float* probs, int32_t* topk_idx, float* topk_weight, float* lse, const float* logits,
@@ -855,8 +864,9 @@ template <bool kBackward>
 void expert_gelu_bf16(__nv_bfloat16* out, const __nv_bfloat16* pre, const float* b1, const int64_t* offsets_device,
                       int64_t E, int64_t R, int64_t f, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(R, int64_t{1} << 20));  // grid-stride over rows
+  const bool pairs = f % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0 && reinterpret_cast<uintptr_t>(pre) % 4 == 0;
   expert_gelu_bf16_kernel<kBackward><<<blocks, detail::kThreads, 0, stream>>>(out, pre, b1, offsets_device,
-                                                                               static_cast<int>(E), f);
+                                                                               static_cast<int>(E), f, pairs);
   SMT_CUDA_CHECK_LAUNCH();
 }
 

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -28,6 +29,18 @@ namespace {
 using smt::testing_support::norm_rel;
 using smt::testing_support::TinyModel;
 
+// This process as a rank of the mpirun job (or alone): its host groups and the device communicators over MPI
+// (staged through pinned memory), built in place (dpar points at par), and its rows of a global batch of B.
+struct Job {
+  smt::ParallelContext par;
+  smt::DeviceParallelContext dpar;
+  std::pair<int64_t, int64_t> rows;
+  Job(int64_t B, int num_experts, cudaStream_t stream)
+      : par(smt::make_parallel_context(smt::make_world_communicator(), 0, num_experts, B)),
+        dpar(smt::make_device_parallel_context(par, "mpi", 0, stream)),
+        rows(par.batch_shard(B)) {}
+};
+
 class GpuModelParallel : public GpuStreamTest, public ::testing::WithParamInterface<TinyModel> {};
 
 TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
@@ -35,9 +48,10 @@ TEST_P(GpuModelParallel, RankOfAJobMatchesOneCpuProcess) {
   const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
   const smt::TrainConfig train = smt::testing_support::tiny_train_config();
   const int64_t B = 4, N = 64;
-  const smt::ParallelContext par = smt::make_parallel_context(smt::make_world_communicator(), 0, c.experts, B);
-  const auto [first, last] = par.batch_shard(B);
-  const smt::DeviceParallelContext dpar = smt::make_device_parallel_context(par, "mpi", 0, stream);
+  const Job job(B, c.experts, stream);
+  const smt::ParallelContext& par = job.par;
+  const smt::DeviceParallelContext& dpar = job.dpar;
+  const auto [first, last] = job.rows;
   if (par.distributed()) {
     EXPECT_EQ(dpar.expert_group->size(), par.expert_group->size());
     RecordProperty("device_comm", dpar.backend);
@@ -97,17 +111,16 @@ TEST_F(GpuModelParallelBf16, RankOfAJobFollowsCpuFp32) {
   tm.expert_hidden = 256;
   tm.moe_every = 2;  // a dense layer too
   const smt::ModelConfig c = smt::testing_support::tiny_model_config(tm);
-  const smt::TrainConfig train = smt::testing_support::tiny_train_config();
   const int64_t B = 4, N = 64;
-  const smt::ParallelContext par = smt::make_parallel_context(smt::make_world_communicator(), 0, c.experts, B);
-  const auto [first, last] = par.batch_shard(B);
-  const smt::DeviceParallelContext dpar = smt::make_device_parallel_context(par, "mpi", 0, stream);
+  const Job job(B, c.experts, stream);
+  const smt::ParallelContext& par = job.par;
+  const auto [first, last] = job.rows;
   smt::Model ref(c, 0.01f, 0.001f, 7);
   ref.init_params(11);
   ASSERT_GT(smt::testing_support::randomize_biases(ref, 12), 0);
   smt::GpuModel gpu(c, 0.01f, 0.001f, 7, stream, smt::gpu::Precision::kBf16);
   gpu.upload_from(ref);
-  gpu.set_parallel(&dpar);
+  gpu.set_parallel(&job.dpar);
   const smt::Batch batch = smt::testing_support::random_padded_batch(B, N, 3, 321);
   ref.zero_grads();
   gpu.zero_grads();
@@ -116,6 +129,7 @@ TEST_F(GpuModelParallelBf16, RankOfAJobFollowsCpuFp32) {
   if (par.expert_parallel > 1) EXPECT_GT(gpu.exchange_stats().rows_sent, 0) << "no row went to another rank";
   ref.backward();
   gpu.backward();
+  const smt::TrainConfig train = smt::testing_support::tiny_train_config();
   const double nr = smt::optimizer_step(ref, train, 1), ng = smt::optimizer_step(gpu, train, 1);
   EXPECT_NEAR(ng, nr, 0.12 * nr) << "global gradient norm";
   std::printf("[smt gpu tests] bf16 rank %d of %d: loss %.5f vs CPU fp32 %.5f, gradient norm %.5f vs %.5f\n",

@@ -7,8 +7,8 @@
 # torch installed; everything goes under $OUT (default ./gpu_session_out).
 #   bash bench/gpu_session.sh check   # correctness: GPU tests, 2 ranks on one GPU, sanitizer,
 #                                     # smt train on the GPU vs the CPU, a 65,536-token B1 step
-#   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1, B3, then B1's
-#                                     # GPU time per phase (train.profile)
+#   bash bench/gpu_session.sh bench   # speed beside PyTorch on the same GPU: B2, B1 (and smt's B1 with
+#                                     # flash_dq = atomic), B3, then B1's GPU time per phase (train.profile)
 # Each step has its own time limit so one hang cannot eat the call; a summary of exit codes ends
 # each part (summary.txt). Nothing here needs ../shared or the network.
 set -u
@@ -57,6 +57,17 @@ case "$part" in
   bench)
     step b2 90 bash bench/run_b2.sh "$OUT/b2"
     step b1 160 bash bench/run_b1.sh "$OUT/b1" 12
+    # The same smt run with the flash backward's dq by atomics instead of the deterministic second pass.
+    step b1_atomic_dq 45 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-atomic-dq" --train.steps=12 \
+      --train.log_every=1 --train.warmup=2 --flash_dq=atomic
+    python3 - "$OUT/b1-atomic-dq/metrics.jsonl" <<'PY' 2>&1 | tee -a "$summary"
+import json, statistics, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+steps = [r["step_s"] for r in recs if r.get("event") == "step" and r["step"] >= 4]
+final = [r for r in recs if r.get("event") == "final"][0]
+ms = statistics.median(steps) * 1e3
+print(f"b1 flash_dq=atomic: median step {ms:.1f} ms, {final['tokens_seen'] / max(1, final['steps']) / ms * 1e3:.0f} tokens/s")
+PY
     step b3 160 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
     # Where B1's step time goes (train.profile: CUDA events between the phases; not the timed run above).
     step b1_profile 60 "$smt" train --config configs/bench-b1.ini --run.dir "$OUT/b1-profile" --train.steps=4 \

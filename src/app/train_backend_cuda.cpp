@@ -39,6 +39,7 @@ class CudaBackend final : public TrainBackend {
         config.resolved_precision() == "bf16" ? gpu::Precision::kBf16 : gpu::Precision::kFp32;
     gpu_ = std::make_unique<GpuModel>(config.model, config.train.aux_loss_coeff, config.train.z_loss_coeff, config.seed,
                                       stream_, precision);
+    gpu_->set_flash_dq_mode(config.flash_dq == "atomic" ? gpu::FlashDqMode::kAtomic : gpu::FlashDqMode::kDeterministic);
     gpu_->upload_from(host_);
     if (par.distributed()) {
       parallel_ = std::make_unique<DeviceParallelContext>(
@@ -62,7 +63,10 @@ class CudaBackend final : public TrainBackend {
   std::string describe() const override {
     return "cuda device " + std::to_string(device_) + " (" + device_name_ + "), " +
            gpu::precision_name(gpu_->precision()) + " GEMM operands, attention " +
-           (gpu_->uses_flash_attention() ? "flash bf16" : "fp32 kernels") +
+           (gpu_->uses_flash_attention()
+                ? std::string("flash bf16 (dq ") +
+                      (gpu_->flash_dq_mode() == gpu::FlashDqMode::kAtomic ? "atomic" : "deterministic") + ")"
+                : std::string("fp32 kernels")) +
            (parallel_ ? ", MoE rows and gradients over " + parallel_->backend : "");
   }
   void zero_grads() override {  // a step begins

@@ -130,7 +130,10 @@ po::options_description run_config_options(RunConfig& c) {
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
       ("device", po::value(&c.device)->default_value(c.device), "cpu | cuda")
       ("precision", po::value(&c.precision)->default_value(c.precision),
-       "GEMM operands: auto (fp32 on cpu, bf16 on cuda) | fp32 | bf16 (cuda only; fp32 accumulation and master weights)");
+       "GEMM operands: auto (fp32 on cpu, bf16 on cuda) | fp32 | bf16 (cuda only; fp32 accumulation and master weights)")
+      ("flash_dq", po::value(&c.flash_dq)->default_value(c.flash_dq),
+       "bf16 flash attention backward's dq on cuda: deterministic (second pass, same bits every run) | atomic "
+       "(fp32 atomics in the dk/dv pass)");
   all.add(m).add(t).add(dd).add(ck).add(pp).add(r);
   return all;
 }
@@ -186,6 +189,8 @@ void RunConfig::validate() const {
                   "precision must be auto, fp32 or bf16, got '", precision, "'");
   SMT_USAGE_CHECK(precision != "bf16" || device == "cuda",
                   "precision = bf16 needs device = cuda (the CPU path computes in fp32)");
+  SMT_USAGE_CHECK(flash_dq == "deterministic" || flash_dq == "atomic",
+                  "flash_dq must be deterministic or atomic, got '", flash_dq, "'");
 #ifndef SMT_CUDA
   SMT_USAGE_CHECK(device == "cpu", "device = cuda, but this smt was built without CUDA (use the cuda preset)");
 #endif
@@ -195,7 +200,7 @@ void RunConfig::validate() const {
       {"model.head", &M.head}, {"model.attention", &M.attention}, {"model.init_from", &M.init_from},
       {"data.source", &data.source}, {"data.path", &data.path}, {"data.fields", &data.fields},
       {"checkpoint.dir", &checkpoint.dir}, {"run.dir", &run_dir}, {"device", &device},
-      {"precision", &precision}, {"parallel.device_comm", &parallel.device_comm}};
+      {"precision", &precision}, {"flash_dq", &flash_dq}, {"parallel.device_comm", &parallel.device_comm}};
   for (const auto& [key, value] : strings) {
     const std::string& v = *value;
     SMT_USAGE_CHECK(v.find_first_of("#\n\r") == std::string::npos &&

@@ -110,6 +110,10 @@ struct RunConfig {
   // fp32 accumulation, fp32 master weights and optimizer state). bf16 needs device = cuda.
   std::string precision = "auto";
   std::string resolved_precision() const { return precision != "auto" ? precision : device == "cuda" ? "bf16" : "fp32"; }
+  // The bf16 flash attention backward's dq (device = cuda): deterministic (a second pass over the key blocks;
+  // dq has the same bits every run) | atomic (fp32 atomics inside the dk/dv pass; summation order not fixed).
+  // Either way the embedding gradient is summed with atomics on the GPU.
+  std::string flash_dq = "deterministic";
 
   AttnPatternConfig attention_pattern() const;
   std::string checkpoint_dir() const { return checkpoint.dir.empty() ? run_dir + "/checkpoints" : checkpoint.dir; }

@@ -507,7 +507,7 @@ void GpuModel::backward() {
       fg.dv = dv16_.data();
       gpu::flash_attention_backward(fg, d_o16_.data(), A.o16.data(), A.lse.data(), A.q16.data(), A.k16.data(),
                                     A.v16.data(), valid_.data(), mask(l, static_cast<int>(N)), B, H, hd, scale,
-                                    gpu::FlashDqMode::kDeterministic, s);
+                                    flash_dq_mode_, s);
       mark("bwd.attention");
       ensure(d_a, T * d);  // overwritten by wq's dx GEMM, then accumulated by wk's and wv's
       const gpu::GemmOperand a_op = A.a16.data();

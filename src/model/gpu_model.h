@@ -26,6 +26,7 @@
 #include "core/device_buffer.h"
 #include "core/gpu_phase_timer.h"
 #include "data/batch.h"
+#include "kernels/flash_attention.h"
 #include "kernels/gpu_ops.h"
 #include "model/model.h"
 #include "parallel/device_parallel.h"
@@ -50,6 +51,9 @@ class GpuModel {
   const ParamLayout& layout() const { return layout_; }
   gpu::Precision precision() const { return precision_; }
   bool uses_flash_attention() const { return use_flash_; }
+  // How the flash backward reduces dq (default deterministic); see RunConfig::flash_dq.
+  void set_flash_dq_mode(gpu::FlashDqMode mode) { flash_dq_mode_ = mode; }
+  gpu::FlashDqMode flash_dq_mode() const { return flash_dq_mode_; }
   cudaStream_t stream() const { return stream_; }
 
   // Parameters and both AdamW moments from / to a host model of the same config (blocking).
@@ -133,6 +137,7 @@ class GpuModel {
   cublasHandle_t handle_ = nullptr;
   gpu::Precision precision_;
   bool use_flash_;  // attention by gpu::flash_attention_* (bf16, tensor cores) instead of the fp32 kernels
+  gpu::FlashDqMode flash_dq_mode_ = gpu::FlashDqMode::kDeterministic;
   DeviceBuffer<__nv_bfloat16> params16_;  // kBf16: [n] the parameters rounded at each forward
   DeviceBuffer<__nv_bfloat16> h_final16_;
   int64_t n_ = 0;

@@ -21,12 +21,13 @@ expect 2 "precision must be auto, fp32 or bf16" -- train --config "$cfg" --preci
 expect 2 "precision = bf16 needs device = cuda" -- train --config "$cfg" --precision=bf16 --run.dir "$tmp/r9"
 expect 2 "data.pack = true needs model.head = lm" -- train --config "$cfg" --data.pack=true --run.dir "$tmp/r10"
 expect 2 "train.profile .* needs device = cuda" -- train --config "$cfg" --train.profile=true --run.dir "$tmp/r11"
-for r in r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11; do
+expect 2 "flash_dq must be deterministic or atomic" -- train --config "$cfg" --flash_dq=fast --run.dir "$tmp/r12"
+for r in r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11 r12; do
   [ -e "$tmp/$r" ] && { echo "FAIL: run folder $r was created by a rejected run"; fails=$((fails+1)); }
 done
 # --help lists every option with its default.
 "$smt" train --help >"$tmp/help" 2>&1 || { echo "FAIL: train --help exit $?"; fails=$((fails+1)); }
-for key in model.d_model model.capacity_factor model.attention train.steps train.seq_len data.source run.dir seed device precision; do
+for key in model.d_model model.capacity_factor model.attention train.steps train.seq_len data.source run.dir seed device precision flash_dq; do
   grep -q -- "--$key" "$tmp/help" || { echo "FAIL: --help does not list --$key"; fails=$((fails+1)); }
 done
 grep -q "(=1234)" "$tmp/help" || { echo "FAIL: --help does not show the seed default"; fails=$((fails+1)); }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared script for a session that has the GPU machine (device time is scarce: 15 minutes per
-# session including the machine's start; each part is capped at about 8 minutes by the per-step limits
+# session including the machine's start; each part is capped at about 9 minutes by the per-step limits
 # below and normally takes far less; run `check` first, `bench` with what is left). Run from the
 # repository root there, with device/ carried over (bench/pack_for_device.sh: the cuda preset's smt and
 # smt_gpu_tests, stripped and gzip'ed into device/bin/; they are unpacked into build/cuda/ here) and
@@ -62,11 +62,14 @@ case "$part" in
       --train.log_every=1 --train.warmup=2 --flash_dq=atomic
     python3 - "$OUT/b1-atomic-dq/metrics.jsonl" <<'PY' 2>&1 | tee -a "$summary"
 import json, statistics, sys
-recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-steps = [r["step_s"] for r in recs if r.get("event") == "step" and r["step"] >= 4]
-final = [r for r in recs if r.get("event") == "final"][0]
-ms = statistics.median(steps) * 1e3
-print(f"b1 flash_dq=atomic: median step {ms:.1f} ms, {final['tokens_seen'] / max(1, final['steps']) / ms * 1e3:.0f} tokens/s")
+try:
+    recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    steps = [r["step_s"] for r in recs if r.get("event") == "step" and r["step"] >= 4]
+    final = [r for r in recs if r.get("event") == "final"][0]
+    ms = statistics.median(steps) * 1e3
+    print(f"b1 flash_dq=atomic: median step {ms:.1f} ms, {final['tokens_seen'] / max(1, final['steps']) / ms * 1e3:.0f} tokens/s")
+except Exception as e:  # the run failed or timed out: say so in one line
+    print(f"b1 flash_dq=atomic: no timing ({type(e).__name__}: {e})")
 PY
     step b3 160 bash bench/run_b3.sh "$OUT/b3" --seq 4096,16384
     # Where B1's step time goes (train.profile: CUDA events between the phases; not the timed run above).

@@ -143,8 +143,10 @@ TEST(GpuModelBf16, FollowsCpuFp32) {
 }
 
 // The flash backward's dq by fp32 atomics (flash_dq = atomic) against the deterministic second pass, the same
-// bf16 model and batch: the gradients differ only by the order of fp32 additions (1e-5 norm-relative) and the
-// model reports the mode it was given.
+// bf16 model and batch: dq differs only by how fp32 partial sums are added (the tensor-core accumulator vs
+// separate tiles added), which can move a few bf16 roundings downstream (rope's bf16 dq, the bf16 GEMMs):
+// 1e-4 norm-relative; a dq that is wrong or missing moves the gradient by far more. The model reports the
+// mode it was given.
 TEST(GpuModelBf16, FlashDqAtomicMatchesDeterministic) {
   std::string why;
   if (!gpu_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
@@ -173,7 +175,7 @@ TEST(GpuModelBf16, FlashDqAtomicMatchesDeterministic) {
   }
   const double rel = norm_rel(grads[1].data(), grads[0].data(), static_cast<int64_t>(grads[0].size()));
   std::printf("  flash dq atomic vs deterministic: gradient %.3e\n", rel);
-  EXPECT_LE(rel, 1e-5);
+  EXPECT_LE(rel, 1e-4);
   double norm = 0;
   for (float v : grads[0]) norm += double(v) * v;
   EXPECT_GT(norm, 0.0) << "no gradient at all";

@@ -224,7 +224,7 @@ LossParts GpuModel::forward(const Batch& batch, bool with_loss) {
 
     // kBf16 on one rank's own experts: the rows are gathered straight into the experts' bf16 GEMM input from a
     // bf16 copy of m (no fp32 rows); the router still reads the fp32 m. Expert parallel: fp32 rows are exchanged.
-    const bool rows_in_bf16 = precision_ == gpu::Precision::kBf16 && !expert_parallel_layer(moe);
+    const bool rows_in_bf16 = uses_bf16_rows(moe);
     if (rows_in_bf16) ensure(A.m16, T * d);
     gpu::rmsnorm_forward(A.m.data(), A.rstd2.data(), A.x_mid.data(), p(pre + "ffn_norm"), T, d, config_.norm_eps, s,
                          rows_in_bf16 ? A.m16.data() : nullptr);
@@ -419,7 +419,7 @@ void GpuModel::backward() {
     const int64_t E = moe ? config_.experts : 1, k = moe ? config_.top_k : 1;
     const int64_t R = A.dplan.num_rows;
     const bool bf16 = precision_ == gpu::Precision::kBf16;
-    const bool rows_in_bf16 = bf16 && !expert_parallel_layer(moe);  // as in the forward: bf16 rows and combine
+    const bool rows_in_bf16 = uses_bf16_rows(moe);  // as in the forward: bf16 rows and combine
     const float* b2 = p(pre + "experts.b2");
     zero(d_topk_w, T * k, s);
     // d(rows_out) and d(rows) are overwritten: every row belongs to one kept assignment.

@@ -122,6 +122,9 @@ class GpuModel {
   };
   ExpertSide expert_side(LayerActs& A, bool moe);
   bool expert_parallel_layer(bool moe) const;
+  // kBf16 on this rank's own experts (no exchange): the layer's expert rows, outputs and their gradients are
+  // bf16 (b2 added in the combine); else fp32 rows. The forward and the backward both ask this.
+  bool uses_bf16_rows(bool moe) const { return precision_ == gpu::Precision::kBf16 && !expert_parallel_layer(moe); }
   Communicator* host_world() const { return parallel_ != nullptr ? parallel_->host->world.get() : nullptr; }
   friend double gradient_norm(GpuModel& model);
 

@@ -50,17 +50,23 @@ inline float bf_bits2f(uint16_t h) {
 }
 inline uint32_t pack_bf16(float lo, float hi) { return uint32_t(f2bf_bits(lo)) | (uint32_t(f2bf_bits(hi)) << 16); }
 
+// This lane's value published in its warp's word[] (zero-extended bits), then the collective `op` entered:
+// afterwards every lane's word is readable until warp_sync().
+template <typename T>
+uint64_t publish(T v, int op) {
+  static_assert(sizeof(T) <= 8, "warp collectives move 4- or 8-byte values");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  g_self->warp->word[g_self->lane] = bits;
+  enter_collective(g_self->warp, g_self->lane, op);
+  return bits;
+}
+
 // Lane l receives the value of lane src_of(l).
 template <typename T, typename SrcOf>
 T exchange(T v, SrcOf src_of) {
-  static_assert(sizeof(T) <= 8, "shuffles move 4- or 8-byte values");
-  WarpCtx* w = g_self->warp;
-  const int l = g_self->lane;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  w->word[l] = bits;
-  enter_collective(w, l, kOpShuffle);
-  const uint64_t got = w->word[src_of(l) & 31];
+  publish(v, kOpShuffle);
+  const uint64_t got = g_self->warp->word[src_of(g_self->lane) & 31];
   warp_sync();
   T r;
   std::memcpy(&r, &got, sizeof(T));
@@ -81,13 +87,8 @@ T shfl_down(T v, int delta) {
 // Bit j set when lane j holds the same value as this lane.
 template <typename T>
 unsigned match_any(T v) {
-  static_assert(sizeof(T) <= 8, "match_any compares 4- or 8-byte values");
-  WarpCtx* w = g_self->warp;
-  const int l = g_self->lane;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  w->word[l] = bits;
-  enter_collective(w, l, kOpMatchAny);
+  const uint64_t bits = publish(v, kOpMatchAny);
+  const WarpCtx* w = g_self->warp;
   unsigned same = 0;
   for (int j = 0; j < 32; ++j)
     if (!w->exited[j] && w->word[j] == bits) same |= 1u << j;  // lanes that exited never match

@@ -32,11 +32,13 @@ import random
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli", "lib"))
+import safetensors_read  # noqa: E402  (the CLI tests' reader)
 
 TIMING_KEYS = {"tokens_per_s", "step_s", "train_seconds"}
 
@@ -79,12 +81,7 @@ def comparable(rec):
 def export_tensors(smt, ckpt, out):
     subprocess.run([smt, "export", ckpt, "--format", "safetensors", "--out", out], check=True,
                    stdout=subprocess.DEVNULL)
-    raw = open(out, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
-    data = raw[8 + n:]
-    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items()}
+    return safetensors_read.tensors(out)
 
 
 def step_files(ck_dir):

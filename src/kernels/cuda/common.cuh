@@ -1,7 +1,9 @@
-// Shared device helpers for the CUDA ops: grid sizing for grid-stride loops, warp and block reductions.
+// Shared device helpers for the CUDA ops: grid sizing for grid-stride loops, fp32 <-> element conversions for
+// kernels templated on fp32 or bf16 storage, warp and block reductions.
 // Invariants: block reductions need blockDim.x a multiple of 32 and <= 1024, and every thread of the
 // block must call them (they contain __syncthreads).
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,6 +20,16 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, 65536));
 }
+
+// A stored element as fp32 (exact), and an fp32 value stored as T (bf16: rounded to nearest even).
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

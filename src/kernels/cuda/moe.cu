@@ -105,14 +105,8 @@ __global__ void permute_forward_kernel(T* rows, const T* x, const int64_t* token
   }
 }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename Out>
-__device__ __forceinline__ Out from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using detail::from_float;
+using detail::to_float;
 
 // One thread per (token, column): dx[t, c] (+)= sum_j drows[row(t, j), c] (accumulate, or overwrite); drows fp32
 // or bf16 (summed in fp32).
@@ -280,9 +274,6 @@ __global__ void expert_gelu_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16*
 // expert e owns chunks [first_chunk[e], first_chunk[e + 1]).
 constexpr int64_t kBiasRowChunk = 256;
 
-__device__ __forceinline__ double to_double(float v) { return double(v); }
-__device__ __forceinline__ double to_double(__nv_bfloat16 v) { return double(__bfloat162float(v)); }
-
 // partial[c, j] = sum of a[r, j] over chunk c's rows (double); a's row 0 is absolute row first_row.
 // grid (ceil(n / 256), chunks).
 template <typename T>
@@ -292,7 +283,7 @@ __global__ void expert_column_partials_kernel(double* partial, const T* a, int64
   const int64_t c = blockIdx.y;
   if (j >= n) return;
   double acc = 0.0;
-  for (int64_t r = row0[c]; r < row1[c]; ++r) acc += to_double(a[(r - first_row) * n + j]);
+  for (int64_t r = row0[c]; r < row1[c]; ++r) acc += double(to_float(a[(r - first_row) * n + j]));
   partial[c * n + j] = acc;
 }
 

@@ -15,9 +15,6 @@
 namespace smt::gpu {
 namespace {
 
-__device__ __forceinline__ float load_float(const float* p) { return *p; }
-__device__ __forceinline__ float load_float(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
 // kInverse: rotate by -angle (R^T, the backward). out (nullable) = y, or += y when kAccumulate;
 // out_bf16 (nullable) = bf16(y). x fp32 or bf16; out / out_bf16 may alias x.
 template <bool kInverse, bool kAccumulate, typename X>
@@ -33,7 +30,7 @@ __global__ void rope_kernel(float* out, __nv_bfloat16* out_bf16, const X* x, con
     const float c = cos_t[n * half + i];
     const float s = sin_t[n * half + i];
     const int64_t base = bnh * hd;
-    const float xa = load_float(x + base + i), xb = load_float(x + base + i + half);
+    const float xa = detail::to_float(x[base + i]), xb = detail::to_float(x[base + i + half]);
     const float ya = kInverse ? xa * c + xb * s : xa * c - xb * s;
     const float yb = kInverse ? xb * c - xa * s : xb * c + xa * s;
     if (out != nullptr) {

@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kRankChunk) chunk_counts_kernel(int64_t* count
     else atomicAdd(&s_bad, 1);
   }
   __syncthreads();
-  if (threadIdx.x < E) counts[blockIdx.x * int64_t(E) + threadIdx.x] = s_count[threadIdx.x];
+  if (static_cast<int>(threadIdx.x) < E) counts[blockIdx.x * int64_t(E) + threadIdx.x] = s_count[threadIdx.x];
   if (threadIdx.x == 0 && s_bad > 0)
     atomicAdd(reinterpret_cast<unsigned long long*>(routed + E), static_cast<unsigned long long>(s_bad));
 }

@@ -3,7 +3,7 @@
 # 64 MiB transfer: build/cuda/{smt,smt_gpu_tests} stripped and gzip'ed (~23 MB together; unpacked
 # they are ~84 MB, too much to carry build/cuda itself). bench/gpu_session.sh unpacks them there.
 #   cmake --preset cuda && cmake --build --preset cuda -j2 && bash bench/pack_for_device.sh
-# then run with carry ["device"]:  bash bench/gpu_session.sh check   (and later: bench)
+# then run with carry ["device"] and timeout_s 600:  bash bench/gpu_session.sh all 540
 set -eu
 mkdir -p device/bin
 for b in smt smt_gpu_tests; do

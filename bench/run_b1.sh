@@ -11,7 +11,7 @@ mkdir -p "$out"
 smt=${SMT_BIN:-build/cuda/smt}
 here=$(dirname "$0")
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-"$smt" train --config "$here/../configs/bench-b1.ini" --run.dir "$out/smt-run" --train.steps="$steps" \
+"$smt" train --config "$here/../configs/bench-b1.ini" --run.dir "$out/smt-run" --overwrite --train.steps="$steps" \
   --train.log_every=1 --train.warmup=2 "$@" 2>&1 | tail -5 | tee "$out/smt.txt"
 python3 "$here/torch_b1.py" --impl "${TORCH_IMPL:-eager,compiled}" | tee "$out/torch.txt"
 python3 - "$out" <<'PY' | tee "$out/compare.txt"

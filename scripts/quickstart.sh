@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake --preset cpu >/dev/null
 cmake --build --preset cpu -j"$(nproc)"
-./build/cpu/smt train --config configs/synthetic-tiny.ini --run.dir "${RUN_DIR:-runs/synthetic-tiny}"
+./build/cpu/smt train --config configs/synthetic-tiny.ini --run.dir "${RUN_DIR:-runs/synthetic-tiny}" --overwrite

@@ -49,6 +49,28 @@ void prepare_run_dir(const std::string& dir, const char* what = "run folder") {
   fs::remove(probe, ec);
 }
 
+// A fresh run (no --resume) writes metrics.jsonl from scratch and, through checkpoint.keep, prunes the
+// checkpoint folder; a later --resume would then pick whichever run's checkpoint has the highest step. So a
+// folder holding an earlier run is refused (exit 2, nothing touched) unless --overwrite, which deletes that
+// run's checkpoints first.
+void claim_run_folders(const RunConfig& cfg) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const std::string metrics = cfg.run_dir + "/metrics.jsonl";
+  const bool has_metrics = fs::is_regular_file(metrics, ec) && fs::file_size(metrics, ec) > 0;
+  const std::vector<std::string> checkpoints = checkpoint_files(cfg.checkpoint_dir());
+  if (!has_metrics && checkpoints.empty()) return;
+  auto count = [](size_t n) { return std::to_string(n) + (n == 1 ? " checkpoint" : " checkpoints"); };
+  std::string held;
+  if (has_metrics) held = metrics;
+  if (!checkpoints.empty()) held += (held.empty() ? "" : " and ") + count(checkpoints.size()) + " in " + cfg.checkpoint_dir();
+  SMT_USAGE_CHECK(cfg.checkpoint.overwrite, "an earlier run is there (", held,
+                  "): continue it with --resume, start over with --overwrite (deletes its checkpoints), or choose "
+                  "another --run.dir");
+  const int removed = remove_checkpoints(cfg.checkpoint_dir());
+  log_info("--overwrite: starting over (" + held + "; " + count(static_cast<size_t>(removed)) + " deleted)");
+}
+
 JsonObject eval_json(const EvalSummary& s) {
   JsonObject o;
   o.add("eval_accuracy", s.overall.accuracy)
@@ -77,7 +99,8 @@ JsonObject eval_json(const EvalSummary& s) {
 
 int cmd_train(int argc, char** argv) {
   RunConfig cfg;
-  if (!parse_run_config(argc, argv, "train", "--config FILE [--section.key=value ...]", cfg)) return 0;
+  static const char* const kUsage = "[--config FILE] [--section.key=value ...] [--resume[=FILE] | --overwrite]";
+  if (!parse_run_config(argc, argv, "train", kUsage, cfg)) return 0;
   // One process, or one rank of an mpirun/srun job: the ranks split the experts and the global batch.
   std::unique_ptr<Communicator> world = make_world_communicator();
   const bool is_root = world->rank() == 0;
@@ -114,17 +137,22 @@ int cmd_train(int argc, char** argv) {
     resume_file = broadcast_string(*par.world, resume_file);  // every rank loads rank 0's choice
     resuming = !resume_file.empty();
   }
-  if (is_root) prepare_run_dir(cfg.run_dir);
-  if (is_root) prepare_run_dir(cfg.checkpoint_dir(), "checkpoint folder");  // refused before training, not at the first save
-  const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
+  SMT_USAGE_CHECK(!(cfg.checkpoint.overwrite && !cfg.checkpoint.resume.empty()),
+                  "--overwrite starts a run over and --resume continues one: give one of them");
 
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   model.init_params(cfg.seed);
   if (par.distributed()) model.set_parallel(&par);
-  if (!cfg.model.init_from.empty() && !resuming) {
+  if (!cfg.model.init_from.empty() && !resuming) {  // read before anything is written (it may be in a folder below)
+    SMT_USAGE_CHECK(std::filesystem::is_regular_file(cfg.model.init_from), "model.init_from: no checkpoint file ",
+                    cfg.model.init_from);
     load_parameters_only(cfg.model.init_from, model);
     log_info("parameters initialised from " + cfg.model.init_from);
   }
+  if (is_root && cfg.checkpoint.resume.empty()) claim_run_folders(cfg);
+  if (is_root) prepare_run_dir(cfg.run_dir);
+  if (is_root) prepare_run_dir(cfg.checkpoint_dir(), "checkpoint folder");  // refused before training, not at the first save
+  const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len, cfg.data.pack);
   TrainState state;
   state.data_seed = cfg.seed;

@@ -1090,6 +1090,25 @@ void prune_checkpoints(const std::string& dir, int keep) {
   }
 }
 
+std::vector<std::string> checkpoint_files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (auto& [step, path] : step_files(dir)) out.push_back(std::move(path));
+  return out;
+}
+
+int remove_checkpoints(const std::string& dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const std::string& path : checkpoint_files(dir)) {
+    if (fs::remove(path, ec)) ++removed;
+    SMT_CHECK(!ec, "cannot remove checkpoint ", path, ": ", ec.message());
+  }
+  const fs::path latest = fs::path(dir) / "latest";
+  fs::remove(latest, ec);  // false when there is none
+  SMT_CHECK(!ec, "cannot remove ", latest.string(), ": ", ec.message());
+  return removed;
+}
+
 }  // namespace smt
 
 namespace smt {

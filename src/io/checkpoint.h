@@ -104,6 +104,13 @@ int remove_stale_temp_files(const std::string& dir);
 // names. Errors while deleting are ignored (pruning must not fail a run).
 void prune_checkpoints(const std::string& dir, int keep);
 
+// The step-*.h5 files in DIR (paths), newest (highest step) first; none if DIR does not exist.
+std::vector<std::string> checkpoint_files(const std::string& dir);
+
+// Deletes every step-*.h5 file in DIR and DIR/latest (`smt train --overwrite`: a run started over in its
+// folder). Throws Error naming the first file that cannot be removed. Returns how many checkpoints it removed.
+int remove_checkpoints(const std::string& dir);
+
 // Low-level reader (inspect, export, hyperslab reads for expert-parallel loading). Opening checks
 // that the file is an smt checkpoint of a supported format version.
 // Copies the parameters (only) of the checkpoint at PATH into `model`: every tensor of

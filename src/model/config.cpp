@@ -31,7 +31,9 @@ AttnPatternConfig ModelConfig::attention_pattern(uint64_t seed) const {
 AttnPatternConfig RunConfig::attention_pattern() const { return model.attention_pattern(seed); }
 
 po::options_description run_config_options(RunConfig& c) {
-  po::options_description all("Configuration (INI sections [model] [train] [data] [run]; command line --section.key=value wins)");
+  po::options_description all(
+      "Configuration (INI sections [model] [train] [data] [checkpoint] [parallel] [run], and top-level keys before "
+      "any section; command line --section.key=value or --key=value wins)");
   po::options_description m("model");
   auto& M = c.model;
   m.add_options()
@@ -110,21 +112,24 @@ po::options_description run_config_options(RunConfig& c) {
        "synthetic: fraction of long-context items")
       ("data.long_context_chars", po::value(&D.long_context_chars)->default_value(D.long_context_chars),
        "synthetic: bytes between evidence and claim in long-context items");
-  po::options_description ck("checkpoint");
+  po::options_description ck("checkpoint (resume and overwrite: flags of one invocation, not stored in config.ini)");
   auto& K = c.checkpoint;
   ck.add_options()
       ("checkpoint.every", po::value(&K.every)->default_value(K.every), "checkpoint every n steps (0 = only at the end)")
       ("checkpoint.dir", po::value(&K.dir)->default_value(K.dir), "checkpoint folder (empty = <run.dir>/checkpoints)")
       ("checkpoint.keep", po::value(&K.keep)->default_value(K.keep), "newest checkpoints to keep")
       ("resume", po::value(&K.resume)->default_value(K.resume)->implicit_value("latest"),
-       "continue from a checkpoint: --resume (newest complete one in checkpoint.dir) or --resume=FILE");
+       "continue from a checkpoint: --resume (newest complete one in checkpoint.dir) or --resume=FILE")
+      ("overwrite", po::value(&K.overwrite)->default_value(K.overwrite)->implicit_value(true),
+       "start a fresh run in a run.dir / checkpoint.dir holding an earlier run (its checkpoints are deleted, "
+       "its metrics replaced); without it such a run is refused");
   po::options_description pp("parallel");
   pp.add_options()
       ("parallel.expert_parallel", po::value(&c.parallel.expert_parallel)->default_value(c.parallel.expert_parallel),
        "expert-parallel group size P under mpirun/srun (0 = min(ranks, experts)); P divides ranks and experts")
       ("parallel.device_comm", po::value(&c.parallel.device_comm)->default_value(c.parallel.device_comm),
        "device = cuda under several ranks: auto (NCCL when each rank has its own GPU, else MPI) | nccl | mpi");
-  po::options_description r("run");
+  po::options_description r("run (run.dir; seed, device, precision and flash_dq are top-level keys)");
   r.add_options()
       ("run.dir", po::value(&c.run_dir)->default_value(c.run_dir), "output folder (config, metrics.jsonl)")
       ("seed", po::value(&c.seed)->default_value(c.seed), "seed of initialisation, data order and random attention")
@@ -218,7 +223,7 @@ std::string RunConfig::to_ini() const {
   std::string section;
   for (const auto& opt : desc.options()) {
     const std::string& key = opt->long_name();
-    if (key == "resume") continue;  // a per-invocation flag, not part of the configuration
+    if (key == "resume" || key == "overwrite") continue;  // per-invocation flags, not part of the configuration
     boost::any value;
     opt->semantic()->apply_default(value);
     std::string text;

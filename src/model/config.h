@@ -86,6 +86,10 @@ struct CheckpointConfig {
   std::string dir;          // default: <run.dir>/checkpoints
   int keep = 3;             // newest checkpoints kept (older ones deleted after a successful write)
   std::string resume;       // "" = fresh run, "latest" = newest complete checkpoint in dir, else a file
+  // A fresh run into a run folder (or checkpoint folder) that holds an earlier run's metrics or checkpoints is
+  // refused unless this is set; then that run's checkpoints are deleted and its metrics replaced. Per
+  // invocation, like resume: not written to config.ini or checkpoints.
+  bool overwrite = false;
 };
 
 struct ParallelConfig {

@@ -34,7 +34,8 @@ case "$part" in all | check | bench) ;; *) echo "unknown part $part (all | check
 [[ "$budget" =~ ^[0-9]+$ ]] || { echo "SECONDS must be a whole number, not '$budget'" >&2; exit 2; }
 deadline=$((SECONDS + budget))  # counted from here: unpacking and the library search are inside it
 OUT=${OUT:-$PWD/gpu_session_out}
-work=${GPU_SESSION_WORK:-$PWD/gpu_session_work}
+work=$PWD/gpu_session_work  # this call's logs and runs only: a rerun on a warm machine starts it afresh
+rm -rf "$work"
 mkdir -p "$OUT" "$work"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1 GTEST_COLOR=no

@@ -2,6 +2,7 @@
 // and print one JSON line; bench/run_c1.sh runs it beside the PyTorch twin.
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 
@@ -25,12 +26,18 @@ int cmd_bench(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "exchange") == 0) return cmd_bench_exchange(argc - 1, argv + 1);
   if (argc >= 2 && std::strcmp(argv[1], "attention") == 0) return cmd_bench_attention(argc - 1, argv + 1);
   if (argc >= 2 && std::strcmp(argv[1], "moe") == 0) return cmd_bench_moe(argc - 1, argv + 1);
-  SMT_USAGE_CHECK(argc >= 2 && std::strcmp(argv[1], "step") == 0,
-                  "usage: smt bench step --config FILE [--warmup N] [--repeat N] [--section.key=value ...]\n"
-                  "       smt bench compare --config FILE [--steps N]\n"
-                  "       smt bench exchange [--tokens N] [--d_model D] ...   (under mpirun)\n"
-                  "       smt bench attention [--device cpu|cuda] [--seq N,...] [--head-dim 64,128] ...\n"
-                  "       smt bench moe [--device cpu|cuda] [--tokens N] [--d D --f F] [--precision fp32|bf16] ...");
+  static const char* const kUsage =
+      "usage: smt bench step --config FILE [--warmup N] [--repeat N] [--section.key=value ...]\n"
+      "       smt bench compare --config FILE [--steps N]\n"
+      "       smt bench exchange [--tokens N] [--d_model D] ...   (under mpirun)\n"
+      "       smt bench attention [--device cpu|cuda] [--seq N,...] [--head-dim 64,128] ...\n"
+      "       smt bench moe [--device cpu|cuda] [--tokens N] [--d D --f F] [--precision fp32|bf16] ...\n"
+      "(smt bench SUBCOMMAND --help lists every option)";
+  if (argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    std::printf("%s\n", kUsage);
+    return 0;
+  }
+  SMT_USAGE_CHECK(argc >= 2 && std::strcmp(argv[1], "step") == 0, kUsage);
   int warmup = 2, repeat = 5;
   po::options_description extra("Benchmark");
   extra.add_options()("warmup", po::value(&warmup)->default_value(warmup), "untimed steps first")(

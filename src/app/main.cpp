@@ -19,12 +19,14 @@ void print_usage() {
   std::printf(
       "usage: smt <command> [options]   (smt <command> --help lists every option)\n\n"
       "commands:\n"
-      "  train      train a model: smt train --config FILE [--section.key=value ...]\n"
+      "  train      train a model: smt train [--config FILE] [--section.key=value ...] [--resume | --overwrite]\n"
       "  eval       score a classifier checkpoint: smt eval --checkpoint FILE --data liar:PATH.tsv|synthetic\n"
       "  generate   write synthetic claims as JSONL: smt generate --out FILE\n"
       "  bench      time training steps: smt bench step --config FILE\n"
       "             compare attention patterns: smt bench compare --config FILE\n"
       "             one MoE layer (benchmark B2): smt bench moe [--device cpu|cuda]\n"
+      "             attention patterns (benchmark B3): smt bench attention [--device cpu|cuda]\n"
+      "             MoE token exchange against MPI_Alltoallv: mpirun -np N smt bench exchange\n"
       "  inspect    describe a checkpoint: smt inspect FILE [--json]\n"
       "  export     write a checkpoint's parameters: smt export FILE --format safetensors --out OUT\n");
 }

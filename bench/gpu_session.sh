@@ -2,7 +2,8 @@
 # The prepared script for a session that has the GPU machine. Device time is scarce (15 minutes per
 # session, the machine's start included; one call runs at most 10 minutes; a warm machine is given back
 # 30 s after a call), so ONE call should do the work:
-#   bash bench/gpu_session.sh all [SECONDS]   # every step below in priority order within SECONDS (default 540)
+#   bash bench/gpu_session.sh all [SECONDS]   # every step below in priority order within SECONDS (default 540;
+#                                             # give the device call a timeout_s at least SECONDS + 30)
 #   bash bench/gpu_session.sh check|bench [SECONDS]   # the correctness or the speed steps alone
 # Run from the repository root there, with device/ carried over (bench/pack_for_device.sh: the cuda
 # preset's smt and smt_gpu_tests, stripped and gzip'ed into device/bin/; they are unpacked into build/cuda/
@@ -32,6 +33,7 @@ part=${1:?usage: bench/gpu_session.sh all|check|bench [SECONDS]}
 budget=${2:-540}
 case "$part" in all | check | bench) ;; *) echo "unknown part $part (all | check | bench)" >&2; exit 2 ;; esac
 [[ "$budget" =~ ^[0-9]+$ ]] || { echo "SECONDS must be a whole number, not '$budget'" >&2; exit 2; }
+budget=$((10#$budget))  # 0540 is 540, not octal
 deadline=$((SECONDS + budget))  # counted from here: unpacking and the library search are inside it
 OUT=${OUT:-$PWD/gpu_session_out}
 work=$PWD/gpu_session_work  # this call's logs and runs only: a rerun on a warm machine starts it afresh
@@ -61,23 +63,28 @@ failed=""  # the steps that ran and exited non-zero
 } | tee "$summary"
 
 pack() {  # everything under $work but checkpoints, into one file (replaced atomically)
-  tar czf "$OUT/logs.tar.gz.part" -C "$work" --exclude=checkpoints . 2>/dev/null && mv "$OUT/logs.tar.gz.part" "$OUT/logs.tar.gz"
+  tar czf "$OUT/logs.tar.gz.part" -C "$work" --exclude=checkpoints . 2>/dev/null
+  [ $? -le 1 ] && mv "$OUT/logs.tar.gz.part" "$OUT/logs.tar.gz"  # 1: a file changed while read, archive written
 }
 note() { echo "$*" | tee -a "$summary"; }
-# step NAME SECONDS command...: runs with a time limit cut to what is left, log in $work/NAME.log.
+# step NAME SECONDS command...: runs with a time limit cut to what is left, log in $work/NAME.log. A step
+# left under half its limit is skipped; one that runs out of a cut limit is "cut short", not failed.
 step() {
   local name=$1 limit=$2; shift 2
-  local left=$((deadline - SECONDS - 5))  # 5 s for the last pack
-  if [ "$left" -lt 15 ]; then
-    note "$(printf '%-14s skipped: %ds left of the %ds' "$name" $((left < 0 ? 0 : left)) "$budget")"
+  local left=$((deadline - SECONDS - 10))  # 10 s for the timeout's 5 s grace and the last pack
+  if [ "$left" -lt 15 ] || [ "$left" -lt $((limit / 2)) ]; then
+    note "$(printf '%-14s skipped: %ds left of the %ds, the step takes up to %ds' "$name" $((left < 0 ? 0 : left)) \
+      "$budget" "$limit")"
     return 0
   fi
-  [ "$limit" -le "$left" ] || limit=$left
+  local cut=""
+  [ "$limit" -le "$left" ] || { cut=" cut from ${limit}s"; limit=$left; }
   local t0=$SECONDS
   timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$work/$name.log" 2>&1
   local rc=$?
-  [ "$rc" -eq 0 ] || failed="$failed $name"
-  note "$(printf '%-14s exit %3d  %4ds (limit %ds)' "$name" "$rc" $((SECONDS - t0)) "$limit")"
+  if [ "$rc" -ne 0 ] && { [ -z "$cut" ] || { [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; }; }; then failed="$failed $name"; fi
+  [ -n "$cut" ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && cut="$cut: cut short, not counted as failed"
+  note "$(printf '%-14s exit %3d  %4ds (limit %ds%s)' "$name" "$rc" $((SECONDS - t0)) "$limit" "$cut")"
   tail -4 "$work/$name.log" | awk '{print "    " $0}'  # awk: a last line cut off without its newline gets one
   pack
 }
@@ -90,7 +97,7 @@ run_in() {  # run_in PART: is this step in the part being run?
 
 if run_in check; then
   step gpu_tests 150 "$tests" --gtest_output="json:$work/gpu_tests.json"
-  grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/gpu_tests.log" | head -20 | sed 's/^/    /' | tee -a "$summary"
+  grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$work/gpu_tests.log" 2>/dev/null | head -20 | sed 's/^/    /' | tee -a "$summary"
 fi
 if run_in bench; then
   step b2 90 bash bench/run_b2.sh "$work/b2"

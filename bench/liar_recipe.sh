@@ -17,7 +17,7 @@ train() {  # name config seed [overrides]
   local name=$1 cfg=$2 seed=$3
   shift 3
   echo "== $name (seed $seed)" >&2
-  "$SMT" train --config "$cfg" --seed="$seed" --train.threads="$THREADS" --run.dir="$OUT/$name-s$seed" "$@" \
+  "$SMT" train --config "$cfg" --seed="$seed" --train.threads="$THREADS" --run.dir="$OUT/$name-s$seed" --overwrite "$@" \
     > "$OUT/$name-s$seed.log" 2>&1 || { echo "$name seed $seed failed, see $OUT/$name-s$seed.log" >&2; exit 1; }
 }
 for s in "${seeds[@]}"; do

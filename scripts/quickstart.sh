@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, build (cpu preset), train on the built-in synthetic
-# claims with configs/synthetic-tiny.ini and print the held-out evaluation summary.
+# claims with configs/synthetic-tiny.ini and print the held-out evaluation summary. The run goes to
+# RUN_DIR (default runs/synthetic-tiny) and starts over there (--overwrite) if an earlier run is in it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh

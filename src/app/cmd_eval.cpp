@@ -152,6 +152,9 @@ int cmd_eval(int argc, char** argv) {
     SMT_USAGE_CHECK(mc.num_classes == 6 || mc.num_classes == 2, "checkpoint ", checkpoint, " has a ", mc.num_classes,
                     "-way head but LIAR has 6 classes (or 2 in its binary view)");
   }
+  if (const std::string scored = spec.kind == EvalSourceKind::kLiar ? "liar" : "synthetic"; cfg.data.source != scored)
+    log_info("note: " + checkpoint + " was trained on data.source = " + cfg.data.source + " and is scored on " +
+             scored + ": the numbers measure transfer to other data");
   if (out_dir.empty()) out_dir = default_out_dir(checkpoint, spec.tag);
 
   // Data: the evaluated set and the training split the baselines learn from.

@@ -51,24 +51,19 @@ void prepare_run_dir(const std::string& dir, const char* what = "run folder") {
 
 // A fresh run (no --resume) writes metrics.jsonl from scratch and, through checkpoint.keep, prunes the
 // checkpoint folder; a later --resume would then pick whichever run's checkpoint has the highest step. So a
-// folder holding an earlier run is refused (exit 2, nothing touched) unless --overwrite, which deletes that
-// run's checkpoints first.
-void claim_run_folders(const RunConfig& cfg) {
+// folder holding an earlier run is refused (exit 2, nothing touched) unless --overwrite. Returns what the
+// folders hold ("" = no earlier run): a non-empty metrics.jsonl, step-*.h5 files in the checkpoint folder.
+std::string earlier_run_in(const RunConfig& cfg) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const std::string metrics = cfg.run_dir + "/metrics.jsonl";
   const bool has_metrics = fs::is_regular_file(metrics, ec) && fs::file_size(metrics, ec) > 0;
-  const std::vector<std::string> checkpoints = checkpoint_files(cfg.checkpoint_dir());
-  if (!has_metrics && checkpoints.empty()) return;
-  auto count = [](size_t n) { return std::to_string(n) + (n == 1 ? " checkpoint" : " checkpoints"); };
-  std::string held;
-  if (has_metrics) held = metrics;
-  if (!checkpoints.empty()) held += (held.empty() ? "" : " and ") + count(checkpoints.size()) + " in " + cfg.checkpoint_dir();
-  SMT_USAGE_CHECK(cfg.checkpoint.overwrite, "an earlier run is there (", held,
-                  "): continue it with --resume, start over with --overwrite (deletes its checkpoints), or choose "
-                  "another --run.dir");
-  const int removed = remove_checkpoints(cfg.checkpoint_dir());
-  log_info("--overwrite: starting over (" + held + "; " + count(static_cast<size_t>(removed)) + " deleted)");
+  const size_t num_checkpoints = checkpoint_files(cfg.checkpoint_dir()).size();
+  std::string held = has_metrics ? metrics : "";
+  if (num_checkpoints > 0)
+    held += (held.empty() ? "" : " and ") + std::to_string(num_checkpoints) +
+            (num_checkpoints == 1 ? " checkpoint in " : " checkpoints in ") + cfg.checkpoint_dir();
+  return held;
 }
 
 JsonObject eval_json(const EvalSummary& s) {
@@ -101,6 +96,8 @@ int cmd_train(int argc, char** argv) {
   RunConfig cfg;
   static const char* const kUsage = "[--config FILE] [--section.key=value ...] [--resume[=FILE] | --overwrite]";
   if (!parse_run_config(argc, argv, "train", kUsage, cfg)) return 0;
+  SMT_USAGE_CHECK(!(cfg.checkpoint.overwrite && !cfg.checkpoint.resume.empty()),
+                  "--overwrite starts a run over and --resume continues one: give one of them");
   // One process, or one rank of an mpirun/srun job: the ranks split the experts and the global batch.
   std::unique_ptr<Communicator> world = make_world_communicator();
   const bool is_root = world->rank() == 0;
@@ -137,8 +134,6 @@ int cmd_train(int argc, char** argv) {
     resume_file = broadcast_string(*par.world, resume_file);  // every rank loads rank 0's choice
     resuming = !resume_file.empty();
   }
-  SMT_USAGE_CHECK(!(cfg.checkpoint.overwrite && !cfg.checkpoint.resume.empty()),
-                  "--overwrite starts a run over and --resume continues one: give one of them");
 
   Model model(cfg.model, cfg.train.aux_loss_coeff, cfg.train.z_loss_coeff, cfg.seed);
   model.init_params(cfg.seed);
@@ -149,9 +144,18 @@ int cmd_train(int argc, char** argv) {
     load_parameters_only(cfg.model.init_from, model);
     log_info("parameters initialised from " + cfg.model.init_from);
   }
-  if (is_root && cfg.checkpoint.resume.empty()) claim_run_folders(cfg);
+  // Rank 0 looks at the folders and every rank refuses alike (one message, exit 2, before any work).
+  const std::string earlier_run =
+      broadcast_string(*par.world, is_root && cfg.checkpoint.resume.empty() ? earlier_run_in(cfg) : "");
+  SMT_USAGE_CHECK(earlier_run.empty() || cfg.checkpoint.overwrite, "an earlier run is there (", earlier_run,
+                  "): continue it with --resume, start over with --overwrite (deletes every checkpoint in ",
+                  cfg.checkpoint_dir(), "), or choose another --run.dir");
   if (is_root) prepare_run_dir(cfg.run_dir);
   if (is_root) prepare_run_dir(cfg.checkpoint_dir(), "checkpoint folder");  // refused before training, not at the first save
+  if (is_root && !earlier_run.empty()) {  // --overwrite, the folders writable: the earlier run's checkpoints go
+    const int removed = remove_checkpoints(cfg.checkpoint_dir(), cfg.model.init_from);
+    log_info("--overwrite: starting over (" + earlier_run + "; " + std::to_string(removed) + " deleted)");
+  }
   const std::string metrics_path = cfg.run_dir + "/metrics.jsonl";
   DataLoader loader(data.train, cfg.seed, cfg.train.batch_size, cfg.train.seq_len, cfg.data.pack);
   TrainState state;

@@ -1096,10 +1096,11 @@ std::vector<std::string> checkpoint_files(const std::string& dir) {
   return out;
 }
 
-int remove_checkpoints(const std::string& dir) {
+int remove_checkpoints(const std::string& dir, const std::string& keep) {
   int removed = 0;
   std::error_code ec;
   for (const std::string& path : checkpoint_files(dir)) {
+    if (!keep.empty() && same_file(path, keep)) continue;
     if (fs::remove(path, ec)) ++removed;
     SMT_CHECK(!ec, "cannot remove checkpoint ", path, ": ", ec.message());
   }

@@ -107,9 +107,10 @@ void prune_checkpoints(const std::string& dir, int keep);
 // The step-*.h5 files in DIR (paths), newest (highest step) first; none if DIR does not exist.
 std::vector<std::string> checkpoint_files(const std::string& dir);
 
-// Deletes every step-*.h5 file in DIR and DIR/latest (`smt train --overwrite`: a run started over in its
-// folder). Throws Error naming the first file that cannot be removed. Returns how many checkpoints it removed.
-int remove_checkpoints(const std::string& dir);
+// Deletes every step-*.h5 file in DIR but `keep` (a path; e.g. the model.init_from just read) and DIR/latest
+// (`smt train --overwrite`: a run started over in its folders). Throws Error naming the first file that cannot
+// be removed. Returns how many checkpoints it removed.
+int remove_checkpoints(const std::string& dir, const std::string& keep = "");
 
 // Low-level reader (inspect, export, hyperslab reads for expert-parallel loading). Opening checks
 // that the file is an smt checkpoint of a supported format version.

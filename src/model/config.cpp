@@ -121,8 +121,8 @@ po::options_description run_config_options(RunConfig& c) {
       ("resume", po::value(&K.resume)->default_value(K.resume)->implicit_value("latest"),
        "continue from a checkpoint: --resume (newest complete one in checkpoint.dir) or --resume=FILE")
       ("overwrite", po::value(&K.overwrite)->default_value(K.overwrite)->implicit_value(true),
-       "start a fresh run in a run.dir / checkpoint.dir holding an earlier run (its checkpoints are deleted, "
-       "its metrics replaced); without it such a run is refused");
+       "start a fresh run in a run.dir / checkpoint.dir holding an earlier run (every checkpoint in checkpoint.dir "
+       "but model.init_from is deleted, metrics.jsonl replaced); without it such a run is refused");
   po::options_description pp("parallel");
   pp.add_options()
       ("parallel.expert_parallel", po::value(&c.parallel.expert_parallel)->default_value(c.parallel.expert_parallel),

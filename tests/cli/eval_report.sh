@@ -19,6 +19,10 @@ syn_out="$tmp/syn/eval-step-00000006-synthetic"
 # LIAR six-way and binary heads, explicit --out
 "$smt" eval --checkpoint "$(ck "$tmp/liar6")" --data "liar:$tmp/liar/valid.tsv" --out "$tmp/e6" --threads 1 --batch-size 7 >"$tmp/l6.out" 2>&1 || { cat "$tmp/l6.out"; exit 1; }
 "$smt" eval --checkpoint "$(ck "$tmp/liar2")" --data "liar:$tmp/liar/valid.tsv" --out "$tmp/e2" --threads 1 >"$tmp/l2.out" 2>&1 || { cat "$tmp/l2.out"; exit 1; }
+# a checkpoint scored on another data source than it was trained on says so (once); a matching one does not
+"$smt" eval --checkpoint "$(ck "$tmp/syn")" --data "liar:$tmp/liar/valid.tsv" --out "$tmp/x" --threads 1 >"$tmp/x.out" 2>&1 || { cat "$tmp/x.out"; exit 1; }
+[ "$(grep -c "trained on data.source = synthetic and is scored on liar" "$tmp/x.out")" = 1 ] || { echo "FAIL: no transfer note"; cat "$tmp/x.out"; exit 1; }
+! grep -q "is scored on" "$tmp/syn.out" "$tmp/l2.out" || { echo "FAIL: transfer note on matching data"; exit 1; }
 # the same checkpoint and data give the same report whatever the batch size
 "$smt" eval --checkpoint "$(ck "$tmp/liar6")" --data "liar:$tmp/liar/valid.tsv" --out "$tmp/e6b" --threads 1 --batch-size 64 >/dev/null 2>&1
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-rank bad input: experts not divisible by the expert-parallel size, fewer batch rows than
-# ranks, ranks started with different configs, a rank that fails alone. Each: one message naming the
+# ranks, ranks started with different configs, a rank that fails alone, a folder holding an earlier run. Each: one message naming the
 # problem (from rank 0 for a config error), a non-zero exit of the job, within the timeout.
 # usage: mpi_bad_input.sh SMT_BINARY PROJECT_ROOT
 set -u
@@ -33,6 +33,11 @@ check "different configs" "different configurations: rank(s) 1" 1 -- -np 1 "$smt
 # Rank 0 alone cannot find the checkpoint to resume from: the others must not hang in a collective.
 check "resume without checkpoint" "no complete checkpoint" 1 -- -np 2 "$smt" train --config "$cfg" "${small[@]}" \
   --run.dir "$tmp/e" --resume
+# A fresh 2-rank run into a folder holding an earlier run: every rank refuses, one message, the run as it was.
+mkdir -p "$tmp/f" && echo '{"step": 1}' >"$tmp/f/metrics.jsonl"
+check "earlier run in the folder" "an earlier run is there" 1 -- -np 2 "$smt" train --config "$cfg" "${small[@]}" \
+  --run.dir "$tmp/f"
+[ "$(cat "$tmp/f/metrics.jsonl")" = '{"step": 1}' ] || { echo "FAIL: the refused run changed metrics.jsonl"; fails=$((fails+1)); }
 for r in a b c d e; do [ -e "$tmp/$r/metrics.jsonl" ] && { echo "FAIL: rejected run $r wrote metrics"; fails=$((fails+1)); }; done
 echo "$checks checks, $fails failures"
 [ "$fails" -eq 0 ]

@@ -26,6 +26,11 @@ expect 2 "an earlier run is there (2 checkpoints in $tmp/a/checkpoints)" -- \
   "${train[@]}" --train.steps=3 --run.dir "$tmp/b" --checkpoint.dir "$tmp/a/checkpoints"
 [ -e "$tmp/b" ] && fail "a refused run created $tmp/b"
 expect 2 "give one of them" -- "${train[@]}" --run.dir "$tmp/a" --resume --overwrite
+# resume and overwrite are command-line flags: a config file cannot set them.
+for key in "overwrite = true" "resume = latest"; do
+  printf 'seed = 1\n%s\n' "$key" >"$tmp/flag.ini"
+  expect 2 "'${key%% *}' is a command-line flag" -- train --config "$tmp/flag.ini" --run.dir "$tmp/a"
+done
 expect 2 "model.init_from: no checkpoint file $tmp/none.h5" -- \
   "${train[@]}" --run.dir "$tmp/c" --model.init_from "$tmp/none.h5"
 [ -e "$tmp/c" ] && fail "a run refused for its model.init_from created $tmp/c"
@@ -34,7 +39,7 @@ expect 2 "model.init_from: no checkpoint file $tmp/none.h5" -- \
 # --overwrite: starts over; only the new run's checkpoint is left and `latest` names it.
 "$smt" "${train[@]}" --train.steps=3 --run.dir "$tmp/a" --overwrite >"$tmp/ow.log" 2>&1 ||
   { cat "$tmp/ow.log"; fail "--overwrite run failed"; }
-grep -q "2 checkpoints deleted" "$tmp/ow.log" || fail "--overwrite did not say what it deleted: $(grep -i overwrite "$tmp/ow.log")"
+grep -q "starting over (.*2 checkpoints in .*; 2 deleted)" "$tmp/ow.log" || fail "--overwrite did not say what it deleted: $(grep -i overwrite "$tmp/ow.log")"
 left=$(cd "$tmp/a/checkpoints" && ls)
 [ "$left" = "$(printf 'latest\nstep-00000003.h5')" ] || fail "after --overwrite the checkpoint folder holds: $left"
 [ "$(cat "$tmp/a/checkpoints/latest")" = "step-00000003.h5" ] || fail "latest names $(cat "$tmp/a/checkpoints/latest")"
@@ -51,6 +56,19 @@ grep -q "overwrite" "$tmp/a/config.ini" && fail "config.ini stores the per-invoc
 # A folder whose run wrote nothing yet (an empty metrics.jsonl, no checkpoint) is not an earlier run.
 mkdir -p "$tmp/d/checkpoints" && : >"$tmp/d/metrics.jsonl"
 "$smt" "${train[@]}" --train.steps=1 --run.dir "$tmp/d" >"$tmp/d.log" 2>&1 || { cat "$tmp/d.log"; fail "a run into an empty run folder failed"; }
+
+# A run stopped before its first checkpoint (metrics, no checkpoint): a fresh run is refused; --resume starts
+# it from step 0; --overwrite keeps a model.init_from that lies in the checkpoint folder.
+mkdir -p "$tmp/e/checkpoints" && echo '{"step": 1}' >"$tmp/e/metrics.jsonl"
+expect 2 "an earlier run is there ($tmp/e/metrics.jsonl)" -- "${train[@]}" --train.steps=2 --run.dir "$tmp/e"
+"$smt" "${train[@]}" --train.steps=2 --run.dir "$tmp/e" --resume >"$tmp/e.log" 2>&1 || { cat "$tmp/e.log"; fail "--resume of a run without checkpoints failed"; }
+grep -q "starting from step 0" "$tmp/e.log" || fail "--resume without checkpoints did not start from step 0"
+cp "$tmp/a/checkpoints/step-00000003.h5" "$tmp/e/checkpoints/init.h5"
+mv "$tmp/e/checkpoints/init.h5" "$tmp/e/checkpoints/step-00000099.h5"
+"$smt" "${train[@]}" --train.steps=2 --run.dir "$tmp/e" --overwrite --model.init_from "$tmp/e/checkpoints/step-00000099.h5" \
+  >"$tmp/e2.log" 2>&1 || { cat "$tmp/e2.log"; fail "--overwrite with model.init_from in the folder failed"; }
+[ -f "$tmp/e/checkpoints/step-00000099.h5" ] || fail "--overwrite deleted the model.init_from it had read"
+[ -f "$tmp/e/checkpoints/step-00000002.h5" ] || fail "the --overwrite run did not write its checkpoint"
 
 # smt bench --help: the subcommands, exit 0; smt --help names bench attention and bench exchange.
 "$smt" bench --help >"$tmp/bh" 2>&1 || fail "smt bench --help exit $?"

@@ -82,8 +82,11 @@ step() {
   local t0=$SECONDS
   timeout --signal=TERM --kill-after=5 "$limit" "$@" >"$work/$name.log" 2>&1
   local rc=$?
-  if [ "$rc" -ne 0 ] && { [ -z "$cut" ] || { [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ]; }; }; then failed="$failed $name"; fi
-  [ -n "$cut" ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && cut="$cut: cut short, not counted as failed"
+  if [ -n "$cut" ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; }; then  # out of time it did not get
+    cut="$cut: cut short, not counted as failed"
+  elif [ "$rc" -ne 0 ]; then
+    failed="$failed $name"
+  fi
   note "$(printf '%-14s exit %3d  %4ds (limit %ds%s)' "$name" "$rc" $((SECONDS - t0)) "$limit" "$cut")"
   tail -4 "$work/$name.log" | awk '{print "    " $0}'  # awk: a last line cut off without its newline gets one
   pack

@@ -50,7 +50,7 @@ bool parse_run_config(int argc, char** argv, const std::string& command, const s
       try {
         const po::parsed_options parsed = po::parse_config_file(f, keys, false);
         for (const po::option& o : parsed.options)  // per-invocation flags: a file must not delete or resume silently
-          SMT_USAGE_CHECK(o.string_key != "resume" && o.string_key != "overwrite", path, ": '", o.string_key,
+          SMT_USAGE_CHECK(!RunConfig::is_invocation_flag(o.string_key), path, ": '", o.string_key,
                           "' is a command-line flag (--", o.string_key, "), not a config key");
         po::store(parsed, vm);
       } catch (const po::error& e) {

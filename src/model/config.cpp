@@ -223,7 +223,7 @@ std::string RunConfig::to_ini() const {
   std::string section;
   for (const auto& opt : desc.options()) {
     const std::string& key = opt->long_name();
-    if (key == "resume" || key == "overwrite") continue;  // per-invocation flags, not part of the configuration
+    if (is_invocation_flag(key)) continue;
     boost::any value;
     opt->semantic()->apply_default(value);
     std::string text;

@@ -121,6 +121,9 @@ struct RunConfig {
 
   AttnPatternConfig attention_pattern() const;
   std::string checkpoint_dir() const { return checkpoint.dir.empty() ? run_dir + "/checkpoints" : checkpoint.dir; }
+  // Whether KEY is one of the options that belong to one invocation (resume, overwrite): not part of the
+  // configuration, so not written by to_ini() and refused in a config file.
+  static bool is_invocation_flag(const std::string& key) { return key == "resume" || key == "overwrite"; }
   // Throws UsageError naming the first inconsistency (heads not dividing d, window > seq_len, ...).
   void validate() const;
   // The resolved configuration as an INI text that load_run_config_text() reads back.

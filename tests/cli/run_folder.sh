@@ -63,8 +63,7 @@ mkdir -p "$tmp/e/checkpoints" && echo '{"step": 1}' >"$tmp/e/metrics.jsonl"
 expect 2 "an earlier run is there ($tmp/e/metrics.jsonl)" -- "${train[@]}" --train.steps=2 --run.dir "$tmp/e"
 "$smt" "${train[@]}" --train.steps=2 --run.dir "$tmp/e" --resume >"$tmp/e.log" 2>&1 || { cat "$tmp/e.log"; fail "--resume of a run without checkpoints failed"; }
 grep -q "starting from step 0" "$tmp/e.log" || fail "--resume without checkpoints did not start from step 0"
-cp "$tmp/a/checkpoints/step-00000003.h5" "$tmp/e/checkpoints/init.h5"
-mv "$tmp/e/checkpoints/init.h5" "$tmp/e/checkpoints/step-00000099.h5"
+cp "$tmp/a/checkpoints/step-00000003.h5" "$tmp/e/checkpoints/step-00000099.h5"
 "$smt" "${train[@]}" --train.steps=2 --run.dir "$tmp/e" --overwrite --model.init_from "$tmp/e/checkpoints/step-00000099.h5" \
   >"$tmp/e2.log" 2>&1 || { cat "$tmp/e2.log"; fail "--overwrite with model.init_from in the folder failed"; }
 [ -f "$tmp/e/checkpoints/step-00000099.h5" ] || fail "--overwrite deleted the model.init_from it had read"

@@ -2,7 +2,8 @@
 # Bit-exact resume on the CPU: 12 steps in one run against a second run that resumes from the
 # first run's step-6 checkpoint and trains steps 7-12: identical losses at every step and
 # bit-identical final parameters (compared through `smt export`, whose tensor bytes are the raw
-# fp32 parameters).
+# fp32 parameters). Also bit-exact reruns: a second fresh run with the same seed and threads gives
+# the same parameters bit for bit, and one with another seed does not (the comparison can fail).
 # usage: resume_exact.sh SMT_BINARY PROJECT_ROOT
 set -eu
 smt=$1; root=$2
@@ -16,6 +17,11 @@ cp "$tmp/full/checkpoints/step-00000006.h5" "$tmp/split/checkpoints/"
 printf 'step-00000006.h5\n' >"$tmp/split/checkpoints/latest"
 "$smt" train "${args[@]}" --run.dir "$tmp/split" --train.steps=12 --resume >"$tmp/resume.log"
 grep -q "resuming from .*step-00000006.h5 at step 6" "$tmp/resume.log" || { cat "$tmp/resume.log"; exit 1; }
+"$smt" train "${args[@]}" --run.dir "$tmp/again" --train.steps=12 --checkpoint.every=12 >/dev/null
+"$smt" train "${args[@]}" --run.dir "$tmp/seed2" --train.steps=12 --checkpoint.every=12 --seed=2 >/dev/null
+for r in again seed2; do
+  "$smt" export "$tmp/$r/checkpoints/step-00000012.h5" --format safetensors --out "$tmp/$r.st" >/dev/null
+done
 "$smt" export "$tmp/full/checkpoints/step-00000012.h5" --format safetensors --out "$tmp/full.st" >/dev/null
 "$smt" export "$tmp/split/checkpoints/step-00000012.h5" --format safetensors --out "$tmp/split.st" >/dev/null
 python3 - "$tmp" "$root/tests/cli/lib" <<'PY'
@@ -33,5 +39,11 @@ ta, tb = tensors(f"{tmp}/full.st"), tensors(f"{tmp}/split.st")
 assert ta.keys() == tb.keys() and len(ta) > 10
 bad = [k for k in ta if ta[k] != tb[k]]
 assert not bad, f"parameters differ bitwise: {bad}"
-print(f"{len(b)} resumed losses identical; {len(ta)} parameter tensors bit-identical after resume")
+ragain, rseed2 = tensors(f"{tmp}/again.st"), tensors(f"{tmp}/seed2.st")
+bad = [k for k in ta if ta[k] != ragain[k]]
+assert ragain.keys() == ta.keys() and not bad, f"a rerun with the same seed differs bitwise: {bad}"
+same = [k for k in ta if ta[k] == rseed2[k]]
+assert len(same) < len(ta), "another seed gave bit-identical parameters: the comparison cannot fail"
+print(f"{len(b)} resumed losses identical; {len(ta)} parameter tensors bit-identical after resume "
+      f"and in a rerun; another seed differs in {len(ta) - len(same)} tensors")
 PY

@@ -2,7 +2,9 @@
 // the same model (same seed, data and order) once per attention pattern on the synthetic set with
 // its long-context family, each in a forked child process so that its peak memory is its own,
 // and prints pattern, element density, held-out accuracy (overall, long-context), time per step
-// and peak memory, each relative to dense. Every number is measured; none is derived from density.
+// and peak memory, each relative to dense, and each pattern's accuracy minus dense's on the same
+// held-out items (paired bootstrap interval and p, McNemar). Every number is measured; none is
+// derived from density.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,6 +28,7 @@
 #include "data/source.h"
 #include "data/tokenizer.h"
 #include "eval/evaluator.h"
+#include "eval/resampling.h"
 #include "eval/svg_plot.h"
 #include "io/json.h"
 #include "model/model.h"
@@ -58,7 +61,21 @@ struct PatternResult {
   double peak_rss_mib = 0;       // VmHWM of the child
   double peak_growth_mib = 0;    // VmHWM - VmRSS before the model was built
   bool hwm_reset = false;        // the high-water mark could be reset at the start
+  // The held-out predictions, for the paired comparison with dense.
+  std::vector<double> probs;           // [n, C]
+  std::vector<int32_t> labels;         // [n]
+  std::vector<uint8_t> is_long;        // [n] 1 for a long-context item
+  int num_classes = 0;
 };
+
+// Space-separated values of a "key v0 v1 ..." line.
+template <typename T>
+std::vector<T> parse_values(const std::string& text) {
+  std::vector<T> out;
+  std::istringstream is(text);
+  for (double v; is >> v;) out.push_back(static_cast<T>(v));
+  return out;
+}
 
 // Runs in the child: train, evaluate, measure; returns "key value" lines.
 std::string run_pattern(RunConfig cfg, const std::string& pattern) {
@@ -104,6 +121,15 @@ std::string run_pattern(RunConfig cfg, const std::string& pattern) {
   for (size_t g = 0; g < s.group_names.size(); ++g)
     if (s.group_names[g] == "long_context" && s.group_count[g] > 0)
       os << "long_context_accuracy " << s.group_accuracy[g] << "\nlong_context_n " << s.group_count[g] << "\n";
+  os.precision(17);  // the probabilities round-trip exactly
+  os << "num_classes " << pred.num_classes << "\nprobs";
+  for (float p : pred.probs) os << ' ' << p;
+  os << "\nlabels";
+  for (int32_t y : pred.labels) os << ' ' << y;
+  os << "\nis_long";
+  for (int32_t g : pred.groups)
+    os << ' ' << (g >= 0 && data.heldout.group_names.at(static_cast<size_t>(g)) == "long_context" ? 1 : 0);
+  os << "\n";
   return os.str();
 }
 
@@ -163,7 +189,52 @@ PatternResult run_in_child(const RunConfig& cfg, const std::string& pattern) {
   r.peak_rss_mib = std::stod(kv["peak_rss_mib"]);
   r.peak_growth_mib = std::stod(kv["peak_growth_mib"]);
   r.hwm_reset = kv["hwm_reset"] == "1";
+  r.num_classes = std::stoi(kv["num_classes"]);
+  r.probs = parse_values<double>(kv["probs"]);
+  r.labels = parse_values<int32_t>(kv["labels"]);
+  r.is_long = parse_values<uint8_t>(kv["is_long"]);
+  SMT_CHECK(r.num_classes > 0 && r.probs.size() == r.labels.size() * static_cast<size_t>(r.num_classes) &&
+                r.is_long.size() == r.labels.size(),
+            "bench compare: the ", pattern, " run returned incomplete predictions");
   return r;
+}
+
+// A pattern against dense on the same held-out items: all of them and the long-context ones.
+struct DenseComparison {
+  PairedComparison all, long_context;
+  bool has_long_context = false;
+};
+
+DenseComparison compare_with_dense(const PatternResult& r, const PatternResult& dense, const BootstrapSettings& bs) {
+  SMT_CHECK(r.labels == dense.labels, "bench compare: ", r.pattern, " was scored on other held-out items than dense");
+  DenseComparison c;
+  c.all = compare_paired(WeightedScorer(r.probs, r.labels, r.num_classes),
+                         WeightedScorer(dense.probs, dense.labels, dense.num_classes), bs);
+  std::vector<double> pr, pd;
+  std::vector<int32_t> labels;
+  const auto C = static_cast<size_t>(r.num_classes);
+  for (size_t i = 0; i < r.labels.size(); ++i) {
+    if (!r.is_long[i]) continue;
+    pr.insert(pr.end(), r.probs.begin() + static_cast<std::ptrdiff_t>(i * C),
+              r.probs.begin() + static_cast<std::ptrdiff_t>((i + 1) * C));
+    pd.insert(pd.end(), dense.probs.begin() + static_cast<std::ptrdiff_t>(i * C),
+              dense.probs.begin() + static_cast<std::ptrdiff_t>((i + 1) * C));
+    labels.push_back(r.labels[i]);
+  }
+  c.has_long_context = !labels.empty();
+  if (c.has_long_context)
+    c.long_context = compare_paired(WeightedScorer(pr, labels, r.num_classes),
+                                    WeightedScorer(pd, labels, r.num_classes), bs);
+  return c;
+}
+
+std::string accuracy_difference_json(const PairedComparison& p) {
+  JsonObject o;
+  o.add("difference", p.accuracy.value).add_raw("ci95", json_array({json_number(p.accuracy.ci.lo),
+                                                                    json_number(p.accuracy.ci.hi)}))
+      .add("p", p.accuracy.p).add("only_pattern_correct", p.only_a_correct).add("only_dense_correct", p.only_b_correct)
+      .add("mcnemar_p", p.mcnemar_p);
+  return o.str();
 }
 
 std::string ratio(double v, double base) {
@@ -178,16 +249,22 @@ std::string ratio(double v, double base) {
 int cmd_bench_compare(int argc, char** argv) {
   int64_t steps = 0;
   std::string out_path;
+  BootstrapSettings bootstrap;
   std::string patterns_arg = "dense,local,random,block_sparse,bigbird";
   po::options_description extra("Compare");
   extra.add_options()("steps", po::value(&steps)->default_value(steps), "training steps per pattern (0: train.steps)")(
       "patterns", po::value(&patterns_arg)->default_value(patterns_arg), "comma-separated patterns (dense first)")(
-      "out", po::value(&out_path), "JSON file (default: <run.dir>/compare.json)");
+      "out", po::value(&out_path), "JSON file (default: <run.dir>/compare.json)")(
+      "bootstrap", po::value(&bootstrap.resamples)->default_value(bootstrap.resamples),
+      "resamples of the held-out items for each pattern's accuracy minus dense's (>= 100)")(
+      "bootstrap-seed", po::value(&bootstrap.seed)->default_value(bootstrap.seed), "seed of the resamples");
   RunConfig cfg;
   if (!parse_run_config(argc, argv, "bench compare", "--config FILE [--steps N] [--section.key=value ...]", cfg,
                         &extra))
     return 0;
   SMT_USAGE_CHECK(steps >= 0, "--steps must be >= 0, got ", steps);
+  SMT_USAGE_CHECK(bootstrap.resamples >= 100 && bootstrap.resamples <= 1000000,
+                  "--bootstrap must be between 100 and 1000000, got ", bootstrap.resamples);
   if (steps > 0) cfg.train.steps = steps;
   SMT_USAGE_CHECK(cfg.data.source == "synthetic", "bench compare trains on the synthetic set (data.source = ",
                   cfg.data.source, ")");
@@ -238,6 +315,10 @@ int cmd_bench_compare(int argc, char** argv) {
                 "accuracy", "rel", "long-ctx", "rel", "s/step", "rel", "peak MiB", "rel");
   table << buf << std::string(101, '-') << "\n";
   std::vector<std::string> json_rows;
+  std::ostringstream paired;
+  std::snprintf(buf, sizeof buf, "%-13s %10s  %-20s %7s %9s   %10s  %-20s %7s %9s\n", "pattern", "accuracy",
+                "95% interval", "p", "McNemar", "long-ctx", "95% interval", "p", "McNemar");
+  paired << buf << std::string(118, '-') << "\n";
   for (const auto& r : results) {
     std::snprintf(buf, sizeof buf, "%-13s %8.4f %7s %9.4f %7s %9.4f %7s %9.4f %7s %10.1f %7s\n", r.pattern.c_str(),
                   r.element_density, ratio(r.element_density, base.element_density).c_str(), r.accuracy,
@@ -253,6 +334,22 @@ int cmd_bench_compare(int argc, char** argv) {
         .add("peak_rss_mib", r.peak_rss_mib).add("peak_growth_mib", r.peak_growth_mib)
         .add("rel_step_s", r.step_s / base.step_s).add("rel_peak_growth", r.peak_growth_mib / base.peak_growth_mib)
         .add("rel_accuracy", r.accuracy / base.accuracy).add("peak_hwm_reset", r.hwm_reset);
+    if (&r != &base) {
+      const DenseComparison c = compare_with_dense(r, base, bootstrap);
+      JsonObject minus_dense;
+      minus_dense.add_raw("accuracy", accuracy_difference_json(c.all))
+          .add_raw("long_context_accuracy", c.has_long_context ? accuracy_difference_json(c.long_context) : "null");
+      o.add("minus_dense", minus_dense);
+      auto cells = [](const PairedComparison& p) {
+        char b[96];
+        std::snprintf(b, sizeof b, "%+10.4f  [%+.4f, %+.4f] %7.4f %9.3g", p.accuracy.value, p.accuracy.ci.lo,
+                      p.accuracy.ci.hi, p.accuracy.p, p.mcnemar_p);
+        return std::string(b);
+      };
+      std::snprintf(buf, sizeof buf, "%-13s %s   %s\n", r.pattern.c_str(), cells(c.all).c_str(),
+                    c.has_long_context ? cells(c.long_context).c_str() : "         -");
+      paired << buf;
+    }
     json_rows.push_back(o.str());
   }
   JsonObject report;
@@ -264,14 +361,19 @@ int cmd_bench_compare(int argc, char** argv) {
       .add("memory", "peak_growth_mib = VmHWM - VmRSS of a forked child per pattern, the high-water mark reset at "
                      "its start, the baseline read after the data were generated, the peak read after the last "
                      "training step (model, optimizer state, activations, workspace); step_s = median step after 3 warm-up steps")
+      .add("bootstrap_resamples", bootstrap.resamples).add("bootstrap_seed", static_cast<int64_t>(bootstrap.seed))
       .add_raw("patterns", json_array(json_rows));
   write_text_file(out_path + ".tmp", report.str() + "\n");
   std::filesystem::rename(out_path + ".tmp", out_path);
   std::cout << "\n" << table.str() << "\nelement density of layer 0 at seq_len " << cfg.train.seq_len
             << "; accuracy on the held-out split (" << cfg.data.synthetic_heldout << " items, long-context n = "
             << base.long_context_n << "); s/step = median training step; peak MiB = peak RSS growth while training "
-            << "(model, AdamW state, activations), measured per pattern in its own process. rel = relative to dense.\n"
-            << "JSON: " << out_path << "\n";
+            << "(model, AdamW state, activations), measured per pattern in its own process. rel = relative to dense.\n";
+  if (results.size() > 1)
+    std::cout << "\naccuracy minus dense on the same held-out items (paired bootstrap, " << bootstrap.resamples
+              << " resamples, seed " << bootstrap.seed << "; p two-sided; McNemar exact)\n"
+              << paired.str();
+  std::cout << "JSON: " << out_path << "\n";
   return 0;
 }
 

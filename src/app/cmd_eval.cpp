@@ -2,6 +2,7 @@
 // classifier on a LIAR .tsv or the synthetic held-out split, then report.json (metric views,
 // routing, attention, baselines), SVG plots and a readable table. Every usage problem (missing
 // files, a head that does not fit the data, an empty set) is found before the model runs.
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -110,6 +111,7 @@ int cmd_eval(int argc, char** argv) {
   std::string checkpoint, data_spec, out_dir, device = "cpu";
   int threads = -1;
   int64_t batch_size = 0;
+  BootstrapSettings bootstrap;
   po::options_description desc(
       "usage: smt eval --checkpoint FILE --data liar:PATH.tsv|synthetic[:SEED] [--out DIR]\n\n"
       "Scores a classifier checkpoint: prints a table and writes DIR/report.json and SVG plots\n"
@@ -122,7 +124,10 @@ int cmd_eval(int argc, char** argv) {
       "threads", po::value(&threads)->default_value(threads), "CPU threads (-1: the checkpoint's train.threads, 0: all)")(
       "batch-size", po::value(&batch_size)->default_value(batch_size),
       "examples per forward (0: the checkpoint's train.eval_batch_size)")(
-      "device", po::value(&device)->default_value(device), "cpu | cuda (fp32 inference on CUDA device 0)");
+      "device", po::value(&device)->default_value(device), "cpu | cuda (fp32 inference on CUDA device 0)")(
+      "bootstrap", po::value(&bootstrap.resamples)->default_value(bootstrap.resamples),
+      "resamples of the examples for 95% intervals and the paired model-vs-baseline tests (0: none; else >= 100)")(
+      "bootstrap-seed", po::value(&bootstrap.seed)->default_value(bootstrap.seed), "seed of the resamples");
   if (!parse_command_options(argc, argv, desc)) return 0;
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"}) {
     const char* v = std::getenv(var);
@@ -134,6 +139,9 @@ int cmd_eval(int argc, char** argv) {
   const int cuda_device = device == "cuda" ? usable_cuda_device() : -1;  // refused before reading anything
   SMT_USAGE_CHECK(!data_spec.empty(), "--data liar:PATH.tsv or --data synthetic is required (smt eval --help)");
   SMT_USAGE_CHECK(batch_size >= 0, "--batch-size must be >= 0, got ", batch_size);
+  SMT_USAGE_CHECK(bootstrap.resamples == 0 || (bootstrap.resamples >= 100 && bootstrap.resamples <= 1000000),
+                  "--bootstrap must be 0 (no intervals) or between 100 and 1000000, got ", bootstrap.resamples);
+  const bool with_intervals = bootstrap.resamples > 0;
   SMT_USAGE_CHECK(fs::is_regular_file(checkpoint), "checkpoint not found: ", checkpoint);
   const DataSpec spec = parse_data_spec(data_spec);
 
@@ -231,7 +239,8 @@ int cmd_eval(int argc, char** argv) {
   progress.finish();
   const double infer_seconds = timer.seconds();
   const std::vector<double> probs(pred.probs.begin(), pred.probs.end());
-  const std::vector<EvalView> views = build_views(probs, mc.num_classes, data, spec.kind);
+  std::vector<EvalView> views = build_views(probs, mc.num_classes, data, spec.kind);
+  if (with_intervals) add_intervals(views, bootstrap);
 
   // Routing: per layer, over non-PAD tokens; specialisation against the label (and the claim family).
   std::vector<int32_t> labels(static_cast<size_t>(n)), groups(static_cast<size_t>(n));
@@ -282,7 +291,8 @@ int cmd_eval(int argc, char** argv) {
       roc_series.push_back({"model, " + v.name, rc.fpr, rc.tpr, v.metrics.auc});
     }
   if (have_train) {
-    const auto majority = build_views(prior_probs(train, static_cast<size_t>(n)), mc.num_classes, data, spec.kind);
+    auto majority = build_views(prior_probs(train, static_cast<size_t>(n)), mc.num_classes, data, spec.kind);
+    if (with_intervals) add_intervals(majority, bootstrap);
     systems.push_back({"majority", majority});
     JsonObject maj;
     maj.add("description", "training-split label frequencies as probabilities (argmax = training majority class)")
@@ -294,7 +304,8 @@ int cmd_eval(int argc, char** argv) {
              " examples)");
     NgramLogisticRegression lr;
     lr.fit(train);
-    const auto ngram = build_views(lr.predict_proba(data), mc.num_classes, data, spec.kind);
+    auto ngram = build_views(lr.predict_proba(data), mc.num_classes, data, spec.kind);
+    if (with_intervals) add_intervals(ngram, bootstrap);
     systems.push_back({"ngram-lr", ngram});
     const NgramBaselineConfig bc;
     JsonObject ng;
@@ -316,6 +327,24 @@ int cmd_eval(int argc, char** argv) {
   }
   // The evaluated set's own majority class (an upper bound on any constant predictor).
   baselines.add("heldout_majority_accuracy", data.majority_accuracy());
+  // The model against each baseline on the same examples and resamples.
+  std::vector<ViewComparison> comparisons;
+  JsonObject bootstrap_json, model_minus_baselines;
+  bootstrap_json.add("resamples", bootstrap.resamples);
+  if (with_intervals) {
+    comparisons = compare_with_baselines(systems, bootstrap);
+    bootstrap_json.add("seed", static_cast<int64_t>(bootstrap.seed)).add("level", bootstrap.level)
+        .add("method", "percentile intervals over resamples of the examples; paired model-minus-baseline "
+                       "differences with centred two-sided p = (1 + #{|d_b - d| >= |d|}) / (B + 1); McNemar exact");
+    for (size_t s = 1; s < systems.size(); ++s) {
+      JsonObject per_view;
+      for (const ViewComparison& c : comparisons)
+        if (c.baseline == systems[s].system) per_view.add_raw(c.view, comparison_json(c));
+      std::string key = systems[s].system;
+      std::replace(key.begin(), key.end(), '-', '_');  // "ngram-lr" is baselines.ngram_lr
+      model_minus_baselines.add(key, per_view);
+    }
+  }
 
   // report.json
   JsonObject report;
@@ -326,7 +355,8 @@ int cmd_eval(int argc, char** argv) {
       .add("threads", num_threads()).add("device", device).add("inference_seconds", infer_seconds)
       .add("examples_per_s", static_cast<double>(n) / std::max(1e-9, infer_seconds))
       .add_raw("views", views_object(views)).add_raw("routing", json_array(routing_json))
-      .add_raw("attention", json_array(attention_json)).add("baselines", baselines);
+      .add_raw("attention", json_array(attention_json)).add("baselines", baselines).add("bootstrap", bootstrap_json);
+  if (with_intervals) report.add("model_minus_baselines", model_minus_baselines);
   write_file_atomic(out_dir + "/report.json", report.str() + "\n");
 
   // Plots.
@@ -347,7 +377,16 @@ int cmd_eval(int argc, char** argv) {
   // The readable report.
   std::cout << "\nsmt eval: " << checkpoint << " (step " << step << ") on " << data.name << " (" << n
             << " examples" << (data.leaking ? ", LEAKING features" : "") << ")\n\n"
-            << format_views_table(systems) << "\nrouting (non-PAD tokens; specialisation = I(label; expert)/H(expert))\n"
+            << format_views_table(systems);
+  if (with_intervals) {
+    std::cout << "\n95% intervals (bootstrap, " << bootstrap.resamples << " resamples of the examples, seed "
+              << bootstrap.seed << ")\n"
+              << format_intervals_table(systems);
+    if (!comparisons.empty())
+      std::cout << "\nmodel minus baseline (paired bootstrap on the same resamples; p two-sided)\n"
+                << format_comparisons_table(comparisons);
+  }
+  std::cout << "\nrouting (non-PAD tokens; specialisation = I(label; expert)/H(expert))\n"
             << format_routing_table(routing) << "\nattention at seq_len " << seq_len << ":";
   for (int l = 0; l < mc.layers; ++l) {
     const BlockMask& mask = model.block_mask(l, static_cast<int>(seq_len));

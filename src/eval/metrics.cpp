@@ -62,9 +62,7 @@ ReliabilityBins reliability_bins(const std::vector<double>& probs, const std::ve
   r.accuracy.assign(static_cast<size_t>(num_bins), 0.0);
   for (size_t i = 0; i < labels.size(); ++i) {
     const double* p = probs.data() + i * C;
-    size_t pred = 0;
-    for (size_t c = 1; c < C; ++c)
-      if (p[c] > p[pred]) pred = c;
+    const size_t pred = predicted_class(p, C);
     const auto b = static_cast<size_t>(calibration_bin(p[pred], num_bins));
     r.count[b] += 1;
     r.confidence[b] += p[pred];
@@ -132,9 +130,7 @@ ClassificationMetrics compute_classification_metrics(const std::vector<double>& 
     const int32_t y = labels[i];
     SMT_CHECK(y >= 0 && y < num_classes, "metrics: label ", y, " of row ", i, " outside [0, ", num_classes, ")");
     const double* p = probs.data() + i * C;
-    size_t pred = 0;
-    for (size_t c = 1; c < C; ++c)
-      if (p[c] > p[pred]) pred = c;
+    const size_t pred = predicted_class(p, C);
     ++m.confusion[static_cast<size_t>(y)][pred];
     const bool hit = pred == static_cast<size_t>(y);
     correct += hit ? 1 : 0;

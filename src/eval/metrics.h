@@ -3,6 +3,7 @@
 // NLL, Brier score, ECE (equal-width bins on top-class confidence) and, for two classes,
 // ROC AUC with mid-ranks for ties (equal to scikit-learn's roc_auc_score).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -35,6 +36,14 @@ ClassificationMetrics compute_classification_metrics(const std::vector<double>& 
 ClassificationMetrics compute_classification_metrics(const std::vector<float>& probs,
                                                      const std::vector<int32_t>& labels, int num_classes,
                                                      int num_bins = 15);
+
+// The predicted class of one row of C probabilities: the argmax, ties to the lowest index.
+inline size_t predicted_class(const double* row, size_t C) {
+  size_t pred = 0;
+  for (size_t c = 1; c < C; ++c)
+    if (row[c] > row[pred]) pred = c;
+  return pred;
+}
 
 // The calibration bin (see above) of a confidence in [0, 1].
 int calibration_bin(double confidence, int num_bins);

@@ -68,6 +68,26 @@ std::vector<EvalView> build_views(const std::vector<double>& probs, int num_clas
   return views;
 }
 
+void add_intervals(std::vector<EvalView>& views, const BootstrapSettings& settings) {
+  SMT_CHECK(settings.level == 0.95, "add_intervals: the report's intervals are 95%, got level ", settings.level);
+  for (EvalView& v : views) {
+    v.intervals = bootstrap_intervals(WeightedScorer(v.probs, v.labels, v.metrics.num_classes), settings);
+    v.has_intervals = true;
+  }
+}
+
+namespace {
+
+std::string interval_json(const Interval& i) { return json_array({json_number(i.lo), json_number(i.hi)}); }
+
+std::string difference_json(const Difference& d) {
+  JsonObject o;
+  o.add("difference", d.value).add_raw("ci95", interval_json(d.ci)).add("p", d.p);
+  return o.str();
+}
+
+}  // namespace
+
 std::string view_json(const EvalView& v) {
   const auto& m = v.metrics;
   JsonObject per_class;
@@ -89,6 +109,45 @@ std::string view_json(const EvalView& v) {
       .add_raw("confusion", json_array(rows)).add_raw("class_names", json_array(names)).add("nll", m.nll)
       .add("brier", m.brier).add("ece", m.ece);
   if (m.num_classes == 2) o.add_raw("auc", m.auc >= 0 ? json_number(m.auc) : "null");
+  if (v.has_intervals) {
+    const MetricIntervals& ci = v.intervals;
+    JsonObject c;
+    c.add_raw("accuracy", interval_json(ci.accuracy)).add_raw("macro_f1", interval_json(ci.macro_f1))
+        .add_raw("nll", interval_json(ci.nll));
+    if (m.num_classes == 2) c.add_raw("auc", ci.has_auc ? interval_json(ci.auc) : "null");
+    o.add("ci95", c);
+  }
+  return o.str();
+}
+
+std::vector<ViewComparison> compare_with_baselines(const std::vector<SystemViews>& systems,
+                                                   const BootstrapSettings& settings) {
+  std::vector<ViewComparison> out;
+  if (systems.empty()) return out;
+  const SystemViews& model = systems[0];
+  for (const EvalView& mv : model.views) {
+    const WeightedScorer model_scorer(mv.probs, mv.labels, mv.metrics.num_classes);
+    for (size_t s = 1; s < systems.size(); ++s)
+      for (const EvalView& bv : systems[s].views) {
+        if (bv.name != mv.name) continue;
+        const WeightedScorer baseline_scorer(bv.probs, bv.labels, bv.metrics.num_classes);
+        out.push_back({mv.name, systems[s].system, compare_paired(model_scorer, baseline_scorer, settings)});
+      }
+  }
+  return out;
+}
+
+std::string comparison_json(const ViewComparison& c) {
+  const PairedComparison& p = c.paired;
+  JsonObject mcnemar;
+  mcnemar.add("model_only_correct", p.only_a_correct).add("baseline_only_correct", p.only_b_correct)
+      .add("p", p.mcnemar_p);
+  JsonObject o;
+  o.add_raw("accuracy", difference_json(p.accuracy)).add_raw("macro_f1", difference_json(p.macro_f1))
+      .add_raw("nll", difference_json(p.nll));
+  if (p.has_auc) o.add_raw("auc", difference_json(p.auc));
+  else o.add_raw("auc", "null");
+  o.add("mcnemar", mcnemar);
   return o.str();
 }
 
@@ -124,6 +183,59 @@ std::string format_views_table(const std::vector<SystemViews>& systems) {
                     metric_cell(m.auc, m.auc >= 0).c_str());
       os << buf;
     }
+  }
+  return os.str();
+}
+
+std::string format_intervals_table(const std::vector<SystemViews>& systems) {
+  std::ostringstream os;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%-16s %-10s %-18s  %-18s  %-18s\n", "view", "system", "accuracy", "macro-F1", "AUC");
+  os << buf << std::string(86, '-') << "\n";
+  auto cell = [](const Interval& i, bool defined) {
+    char b[40];
+    if (!defined) return std::string("-");
+    std::snprintf(b, sizeof b, "[%.4f, %.4f]", i.lo, i.hi);
+    return std::string(b);
+  };
+  if (systems.empty()) return os.str();
+  for (size_t v = 0; v < systems[0].views.size(); ++v)
+    for (const auto& sys : systems) {
+      if (v >= sys.views.size() || !sys.views[v].has_intervals) continue;
+      const EvalView& view = sys.views[v];
+      const MetricIntervals& ci = view.intervals;
+      std::snprintf(buf, sizeof buf, "%-16s %-10s %-18s  %-18s  %-18s\n",
+                    &sys == &systems[0] ? view.name.c_str() : "", sys.system.c_str(), cell(ci.accuracy, true).c_str(),
+                    cell(ci.macro_f1, true).c_str(), cell(ci.auc, ci.has_auc).c_str());
+      os << buf;
+    }
+  return os.str();
+}
+
+std::string format_comparisons_table(const std::vector<ViewComparison>& comparisons) {
+  std::ostringstream os;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%-16s %-10s %-9s %11s  %-20s  %7s\n", "view", "baseline", "metric", "difference",
+                "95% interval", "p");
+  os << buf << std::string(80, '-') << "\n";
+  std::string last_view;
+  for (const ViewComparison& c : comparisons) {
+    const PairedComparison& p = c.paired;
+    const std::pair<const char*, const Difference*> rows[] = {
+        {"accuracy", &p.accuracy}, {"macro-F1", &p.macro_f1}, {"NLL", &p.nll}, {"AUC", p.has_auc ? &p.auc : nullptr}};
+    bool first = true;
+    for (const auto& [metric, d] : rows) {
+      if (d == nullptr) continue;
+      std::snprintf(buf, sizeof buf, "%-16s %-10s %-9s %+11.4f  [%+.4f, %+.4f]  %7.4f\n",
+                    first && c.view != last_view ? c.view.c_str() : "", first ? c.baseline.c_str() : "", metric,
+                    d->value, d->ci.lo, d->ci.hi, d->p);
+      os << buf;
+      first = false;
+    }
+    std::snprintf(buf, sizeof buf, "%-27s McNemar: model alone right %lld, baseline alone right %lld, p %.4g\n", "",
+                  static_cast<long long>(p.only_a_correct), static_cast<long long>(p.only_b_correct), p.mcnemar_p);
+    os << buf;
+    last_view = c.view;
   }
   return os.str();
 }

@@ -29,6 +29,8 @@ expect 2 "6-way head but the synthetic set has 2 classes" -- eval --checkpoint "
 expect 2 "language-model head" -- eval --checkpoint "$tmp/lm/checkpoints/step-00000006.h5" --data synthetic --out "$out"
 expect 1 "is not an HDF5 file" -- eval --checkpoint "$tmp/text.h5" --data synthetic --out "$out"
 expect 2 "batch-size must be >= 0" -- eval --checkpoint "$syn" --data synthetic --batch-size -3 --out "$out"
+expect 2 "--bootstrap must be 0 (no intervals) or between 100 and 1000000, got 50" -- eval --checkpoint "$syn" --data synthetic --bootstrap 50 --out "$out"
+expect 2 "bootstrap" -- eval --checkpoint "$syn" --data synthetic --bootstrap lots --out "$out"
 expect 2 "unrecognised\|unrecognized" -- eval --checkpoint "$syn" --data synthetic --frobnicate
 expect 2 "--device must be cpu or cuda, got 'tpu'" -- eval --checkpoint "$syn" --data synthetic --device tpu --out "$out"
 # --device cuda where no GPU is usable (or the build has no CUDA): refused, one line, before the report
@@ -55,6 +57,7 @@ ls -d "$tmp"/syn/eval-* "$tmp"/liar6/eval-* 2>/dev/null && { echo "FAIL: a faile
 expect 2 "patterns must start with dense" -- bench compare --config "$root/configs/compare-tiny.ini" --patterns local,dense --run.dir "$tmp/cmp"
 expect 2 "attention" -- bench compare --config "$root/configs/compare-tiny.ini" --patterns dense,starburst --run.dir "$tmp/cmp"
 expect 2 "synthetic" -- bench compare --config "$root/configs/compare-tiny.ini" --data.source=liar --data.path="$tmp/liar" --run.dir "$tmp/cmp"
+expect 2 "--bootstrap must be between 100 and 1000000, got 0" -- bench compare --config "$root/configs/compare-tiny.ini" --bootstrap 0 --run.dir "$tmp/cmp"
 [ -e "$tmp/cmp" ] && { echo "FAIL: a refused bench compare wrote $tmp/cmp"; fails=$((fails+1)); }
 echo "$checks bad inputs checked; $fails failures"
 [ "$fails" -eq 0 ]

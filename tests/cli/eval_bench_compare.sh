@@ -13,6 +13,8 @@ cat "$tmp/out"
 for p in dense local random block_sparse bigbird; do
   grep -q "^$p " "$tmp/out" || { echo "FAIL: no table row for $p"; exit 1; }
 done
+grep -q "^accuracy minus dense on the same held-out items" "$tmp/out" || { echo "FAIL: no paired table"; exit 1; }
+[ "$(grep -c "^local \|^random \|^block_sparse \|^bigbird " "$tmp/out")" = 8 ] || { echo "FAIL: paired rows"; exit 1; }
 python3 - "$tmp/run/compare.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -27,6 +29,21 @@ for name, p in rows.items():
         assert 0 < p["element_density"] < 1, (name, p["element_density"])
     # relative numbers are the measured ratios, not the density
     assert abs(p["rel_step_s"] - p["step_s"] / rows["dense"]["step_s"]) < 1e-6
-assert r["steps"] == 5
+    # each sparse pattern against dense on the same held-out items
+    if name == "dense":
+        assert "minus_dense" not in p
+        continue
+    n, n_long = 48, p["long_context_n"]
+    for key, acc, dense_acc, m in (("accuracy", p["accuracy"], rows["dense"]["accuracy"], n),
+                                   ("long_context_accuracy", p["long_context_accuracy"],
+                                    rows["dense"]["long_context_accuracy"], n_long)):
+        d = p["minus_dense"][key]
+        assert abs(d["difference"] - (acc - dense_acc)) < 1e-6, (name, key, d, acc, dense_acc)
+        assert d["ci95"][0] <= d["ci95"][1] and 1 / 1001 - 1e-9 <= d["p"] <= 1, (name, key, d)
+        # the difference is (pattern alone right - dense alone right) / items
+        assert d["only_pattern_correct"] - d["only_dense_correct"] == round(m * (acc - dense_acc)), (name, key, d)
+        if d["only_pattern_correct"] == d["only_dense_correct"] == 0:
+            assert d["mcnemar_p"] == 1 and d["p"] == 1, (name, key, d)
+assert r["steps"] == 5 and r["bootstrap_resamples"] == 1000 and r["bootstrap_seed"] == 1
 print("bench compare ok")
 PY

@@ -25,10 +25,14 @@ syn_out="$tmp/syn/eval-step-00000006-synthetic"
 ! grep -q "is scored on" "$tmp/syn.out" "$tmp/l2.out" || { echo "FAIL: transfer note on matching data"; exit 1; }
 # the same checkpoint and data give the same report whatever the batch size
 "$smt" eval --checkpoint "$(ck "$tmp/liar6")" --data "liar:$tmp/liar/valid.tsv" --out "$tmp/e6b" --threads 1 --batch-size 64 >/dev/null 2>&1
+# --bootstrap 0: no intervals, no paired comparisons (in the report or the table)
+"$smt" eval --checkpoint "$(ck "$tmp/liar2")" --data "liar:$tmp/liar/valid.tsv" --out "$tmp/e2z" --threads 1 --bootstrap 0 >"$tmp/l2z.out" 2>&1 || { cat "$tmp/l2z.out"; exit 1; }
+grep -q "model minus baseline" "$tmp/l6.out" && grep -q "McNemar" "$tmp/l6.out" && grep -q "95% intervals" "$tmp/l6.out" || { echo "FAIL: no intervals in the table"; cat "$tmp/l6.out"; exit 1; }
+! grep -q "95% intervals\|model minus baseline" "$tmp/l2z.out" || { echo "FAIL: intervals printed with --bootstrap 0"; exit 1; }
 
-python3 - "$syn_out" "$tmp/e6" "$tmp/e2" "$tmp/e6b" <<'PY'
-import json, sys, xml.etree.ElementTree as ET
-syn, l6, l2, l6b = sys.argv[1:]
+python3 - "$syn_out" "$tmp/e6" "$tmp/e2" "$tmp/e6b" "$tmp/e2z" <<'PY'
+import json, math, sys, xml.etree.ElementTree as ET
+syn, l6, l2, l6b, l2z = sys.argv[1:]
 VIEW_KEYS = {"n", "accuracy", "macro_f1", "per_class", "confusion", "nll", "brier", "ece"}
 def check_view(name, v, classes, binary):
     missing = VIEW_KEYS - set(v)
@@ -61,6 +65,42 @@ def check_common(r, moe_layers):
     b = r["baselines"]
     assert "majority" in b and "ngram_lr" in b, list(b)
     assert set(b["ngram_lr"]["views"]) == set(r["views"]) == set(b["majority"]["views"])
+def mcnemar(b, c):  # exact two-sided binomial test at 1/2, in integers
+    k, t = min(b, c), b + c
+    return 1.0 if t == 0 else min(1.0, 2 * sum(math.comb(t, i) for i in range(k + 1)) / 2 ** t)
+def check_intervals(r):
+    B = r["bootstrap"]["resamples"]
+    assert B == 1000 and r["bootstrap"]["seed"] == 1 and r["bootstrap"]["level"] == 0.95, r["bootstrap"]
+    systems = {"model": r["views"], "majority": r["baselines"]["majority"]["views"],
+               "ngram_lr": r["baselines"]["ngram_lr"]["views"]}
+    for sysname, views in systems.items():
+        for name, v in views.items():
+            ci = v["ci95"]
+            assert set(ci) == ({"accuracy", "macro_f1", "nll", "auc"} if "auc" in v else {"accuracy", "macro_f1", "nll"}), (sysname, name, ci)
+            for k, (lo, hi) in ((k, x) for k, x in ci.items() if x is not None):
+                assert lo <= hi, (sysname, name, k, lo, hi)
+            for k in ("accuracy", "nll"):  # means over the examples: the interval holds the point
+                lo, hi = ci[k]
+                assert lo - 1e-9 <= v[k] <= hi + 1e-9, (sysname, name, k, lo, v[k], hi)
+            assert 0 <= ci["accuracy"][0] and ci["accuracy"][1] <= 1
+    mmb = r["model_minus_baselines"]
+    assert set(mmb) == {"majority", "ngram_lr"}, list(mmb)
+    for base, per_view in mmb.items():
+        assert set(per_view) == set(r["views"]), (base, list(per_view))
+        for name, c in per_view.items():
+            m, b = r["views"][name], systems[base][name]
+            for k in ("accuracy", "macro_f1", "nll"):
+                d = c[k]
+                assert abs(d["difference"] - (m[k] - b[k])) < 1e-6, (base, name, k, d, m[k], b[k])
+                assert d["ci95"][0] <= d["ci95"][1] and 1 / (B + 1) - 1e-9 <= d["p"] <= 1, (base, name, k, d)
+            if m.get("auc") is None or b.get("auc") is None:  # six-way view, or one class absent
+                assert c["auc"] is None, (base, name, c["auc"])
+            elif m["n"] >= 40:
+                assert abs(c["auc"]["difference"] - (m["auc"] - b["auc"])) < 1e-6, (base, name, c["auc"])
+            mc = c["mcnemar"]
+            # accuracy difference = (model alone right - baseline alone right) / n
+            assert mc["model_only_correct"] - mc["baseline_only_correct"] == round(m["n"] * (m["accuracy"] - b["accuracy"])), (base, name, mc)
+            assert abs(mc["p"] - mcnemar(mc["model_only_correct"], mc["baseline_only_correct"])) < 1e-9, (base, name, mc)
 def xml_ok(folder, names):
     for n in names:
         root = ET.parse(f"{folder}/{n}").getroot()
@@ -96,5 +136,11 @@ assert r6b["routing"][0]["tokens_per_expert"] == r6["routing"][0]["tokens_per_ex
 r2 = json.load(open(f"{l2}/report.json"))
 assert set(r2["views"]) == {"liar2"}, list(r2["views"])
 check_view("liar2", r2["views"]["liar2"], ["false", "true"], True)
+for rep in (r, r6, r2):
+    check_intervals(rep)
+rz = json.load(open(f"{l2z}/report.json"))
+assert rz["bootstrap"] == {"resamples": 0} and "model_minus_baselines" not in rz, rz["bootstrap"]
+assert "ci95" not in rz["views"]["liar2"] and "ci95" not in rz["baselines"]["ngram_lr"]["views"]["liar2"]
+assert rz["views"]["liar2"]["accuracy"] == r2["views"]["liar2"]["accuracy"]
 print("eval reports ok:", {k: round(v["accuracy"], 3) for k, v in r6["views"].items()})
 PY

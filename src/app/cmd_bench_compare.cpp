@@ -265,6 +265,7 @@ int cmd_bench_compare(int argc, char** argv) {
   SMT_USAGE_CHECK(steps >= 0, "--steps must be >= 0, got ", steps);
   SMT_USAGE_CHECK(bootstrap.resamples >= 100 && bootstrap.resamples <= 1000000,
                   "--bootstrap must be between 100 and 1000000, got ", bootstrap.resamples);
+  SMT_USAGE_CHECK(bootstrap.seed <= static_cast<uint64_t>(INT64_MAX), "--bootstrap-seed must be in [0, 2^63)");
   if (steps > 0) cfg.train.steps = steps;
   SMT_USAGE_CHECK(cfg.data.source == "synthetic", "bench compare trains on the synthetic set (data.source = ",
                   cfg.data.source, ")");

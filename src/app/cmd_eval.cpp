@@ -141,6 +141,7 @@ int cmd_eval(int argc, char** argv) {
   SMT_USAGE_CHECK(batch_size >= 0, "--batch-size must be >= 0, got ", batch_size);
   SMT_USAGE_CHECK(bootstrap.resamples == 0 || (bootstrap.resamples >= 100 && bootstrap.resamples <= 1000000),
                   "--bootstrap must be 0 (no intervals) or between 100 and 1000000, got ", bootstrap.resamples);
+  SMT_USAGE_CHECK(bootstrap.seed <= static_cast<uint64_t>(INT64_MAX), "--bootstrap-seed must be in [0, 2^63)");
   const bool with_intervals = bootstrap.resamples > 0;
   SMT_USAGE_CHECK(fs::is_regular_file(checkpoint), "checkpoint not found: ", checkpoint);
   const DataSpec spec = parse_data_spec(data_spec);

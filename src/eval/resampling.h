@@ -71,7 +71,7 @@ MetricIntervals bootstrap_intervals(const WeightedScorer& system, const Bootstra
 struct Difference {
   double value = 0;  // on the evaluated examples
   Interval ci;       // percentile interval of the resampled differences
-  double p = 1;      // two-sided, centred: (1 + #{b : |d_b - value| >= |value|}) / (B + 1)
+  double p = 1;      // two-sided, centred: (1 + #{b : |d_b - value| >= |value|}) / (B + 1), ties counted
 };
 struct PairedComparison {
   Difference accuracy, macro_f1, nll, auc;
@@ -83,7 +83,7 @@ struct PairedComparison {
 PairedComparison compare_paired(const WeightedScorer& a, const WeightedScorer& b, const BootstrapSettings& settings);
 
 // McNemar's exact test: the two-sided binomial p-value of min(b, c) in b + c trials at 1/2,
-// min(1, 2 P[X <= min(b, c)]); 1 when b + c = 0.
+// min(1, 2 P[X <= min(b, c)]); 1 when b + c = 0; never below the smallest normal double.
 double mcnemar_exact_p(int64_t b, int64_t c);
 
 }  // namespace smt

@@ -31,6 +31,7 @@ expect 1 "is not an HDF5 file" -- eval --checkpoint "$tmp/text.h5" --data synthe
 expect 2 "batch-size must be >= 0" -- eval --checkpoint "$syn" --data synthetic --batch-size -3 --out "$out"
 expect 2 "--bootstrap must be 0 (no intervals) or between 100 and 1000000, got 50" -- eval --checkpoint "$syn" --data synthetic --bootstrap 50 --out "$out"
 expect 2 "bootstrap" -- eval --checkpoint "$syn" --data synthetic --bootstrap lots --out "$out"
+expect 2 "bootstrap-seed must be in" -- eval --checkpoint "$syn" --data synthetic --bootstrap-seed -1 --out "$out"
 expect 2 "unrecognised\|unrecognized" -- eval --checkpoint "$syn" --data synthetic --frobnicate
 expect 2 "--device must be cpu or cuda, got 'tpu'" -- eval --checkpoint "$syn" --data synthetic --device tpu --out "$out"
 # --device cuda where no GPU is usable (or the build has no CUDA): refused, one line, before the report

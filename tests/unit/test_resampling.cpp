@@ -142,6 +142,7 @@ TEST(Resampling, McNemarExactByHand) {
   const double p = mcnemar_exact_p(600, 400);
   EXPECT_GT(p, 0.0);
   EXPECT_LT(p, 1e-9);
+  EXPECT_GT(mcnemar_exact_p(0, 1100), 0.0);  // 2^-1099 underflows: reported as the smallest normal double
   EXPECT_THROW(mcnemar_exact_p(-1, 2), Error);
 }
 
@@ -250,6 +251,44 @@ TEST(Resampling, PairedComparisonFindsARealDifference) {
   const MetricIntervals ib = bootstrap_intervals(sb, BootstrapSettings{1000, 2, 0.95});
   EXPECT_LT(c.accuracy.ci.hi - c.accuracy.ci.lo,
             (ia.accuracy.hi - ia.accuracy.lo) + (ib.accuracy.hi - ib.accuracy.lo));
+}
+
+TEST(Resampling, PairedAccuracyPValueCountedInIntegers) {
+  // 48 examples, a right on 30 (alone on 6), b on 26 (alone on 2): the accuracy difference d = 4/48
+  // (30/48 - 26/48 in floats), each resample's d_b = D_b/48 with the integer D_b = sum w (right_a -
+  // right_b). Many resamples land on D_b = 8 = 2D exactly and count as being as extreme as d
+  // (|d_b - d| >= |d|); with these counts a plain float >= misses most of them (p 0.170, not 0.211).
+  const int64_t n = 48;
+  Set a, b;
+  std::vector<int> right_a(n, 0), right_b(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    right_a[i] = i < 6 || i >= 24 ? 1 : 0;
+    right_b[i] = (i >= 6 && i < 8) || i >= 24 ? 1 : 0;
+    const int32_t y = static_cast<int32_t>(i % 2);
+    for (auto [set, right] : {std::pair<Set*, int>{&a, right_a[i]}, std::pair<Set*, int>{&b, right_b[i]}}) {
+      const double p1 = (y == 1) == (right != 0) ? 0.9 : 0.1;
+      set->labels.push_back(y);
+      set->probs.push_back(1 - p1);
+      set->probs.push_back(p1);
+    }
+  }
+  const BootstrapSettings bs{1000, 8, 0.95};
+  const PairedComparison c = compare_paired(WeightedScorer(a.probs, a.labels, 2), WeightedScorer(b.probs, b.labels, 2), bs);
+  ASSERT_EQ(c.only_a_correct, 6);
+  ASSERT_EQ(c.only_b_correct, 2);
+  const int64_t D = 4;
+  int64_t as_extreme = 0, ties = 0;
+  std::vector<int32_t> w;
+  for (int64_t r = 0; r < bs.resamples; ++r) {
+    bootstrap_weights(n, bs.seed, r, w);
+    int64_t Db = 0;
+    for (int64_t i = 0; i < n; ++i) Db += w[i] * (right_a[i] - right_b[i]);
+    as_extreme += std::abs(Db - D) >= D ? 1 : 0;
+    ties += Db == 2 * D ? 1 : 0;
+  }
+  EXPECT_GT(ties, 20);  // the case this test is about
+  EXPECT_DOUBLE_EQ(c.accuracy.p, static_cast<double>(1 + as_extreme) / static_cast<double>(1 + bs.resamples));
+  EXPECT_DOUBLE_EQ(c.accuracy.value, 4.0 / 48.0);
 }
 
 TEST(Resampling, PairedTestsHoldTheirLevelWhenSystemsAreEqual) {

@@ -210,21 +210,22 @@ DenseComparison compare_with_dense(const PatternResult& r, const PatternResult& 
   DenseComparison c;
   c.all = compare_paired(WeightedScorer(r.probs, r.labels, r.num_classes),
                          WeightedScorer(dense.probs, dense.labels, dense.num_classes), bs);
-  std::vector<double> pr, pd;
-  std::vector<int32_t> labels;
+  // The long-context rows of probs [n, C].
   const auto C = static_cast<size_t>(r.num_classes);
-  for (size_t i = 0; i < r.labels.size(); ++i) {
-    if (!r.is_long[i]) continue;
-    pr.insert(pr.end(), r.probs.begin() + static_cast<std::ptrdiff_t>(i * C),
-              r.probs.begin() + static_cast<std::ptrdiff_t>((i + 1) * C));
-    pd.insert(pd.end(), dense.probs.begin() + static_cast<std::ptrdiff_t>(i * C),
-              dense.probs.begin() + static_cast<std::ptrdiff_t>((i + 1) * C));
-    labels.push_back(r.labels[i]);
-  }
+  auto long_rows = [&](const std::vector<double>& probs) {
+    std::vector<double> out;
+    for (size_t i = 0; i < r.labels.size(); ++i)
+      if (r.is_long[i]) out.insert(out.end(), probs.begin() + static_cast<std::ptrdiff_t>(i * C),
+                                   probs.begin() + static_cast<std::ptrdiff_t>((i + 1) * C));
+    return out;
+  };
+  std::vector<int32_t> labels;
+  for (size_t i = 0; i < r.labels.size(); ++i)
+    if (r.is_long[i]) labels.push_back(r.labels[i]);
   c.has_long_context = !labels.empty();
   if (c.has_long_context)
-    c.long_context = compare_paired(WeightedScorer(pr, labels, r.num_classes),
-                                    WeightedScorer(pd, labels, r.num_classes), bs);
+    c.long_context = compare_paired(WeightedScorer(long_rows(r.probs), labels, r.num_classes),
+                                    WeightedScorer(long_rows(dense.probs), labels, r.num_classes), bs);
   return c;
 }
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # smt bench compare on a very small config: one row per pattern, measured (not derived) numbers,
-# the JSON beside the table.
+# the JSON beside the table, each pattern's paired comparison with dense consistent with the rows.
 # usage: eval_bench_compare.sh SMT_BINARY PROJECT_ROOT
 set -eu
 smt=$1; root=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-"$smt" bench compare --config "$root/configs/compare-tiny.ini" --steps 5 --run.dir "$tmp/run" \
+"$smt" bench compare --config "$root/configs/compare-tiny.ini" --steps 1 --run.dir "$tmp/run" \
   --model.d_model=32 --model.expert_hidden=32 --model.block_size=16 --model.window=16 --train.seq_len=128 \
   --train.batch_size=4 --data.synthetic_train=64 --data.synthetic_heldout=48 --data.long_context_chars=100 \
   --train.threads=1 >"$tmp/out" 2>&1 || { cat "$tmp/out"; exit 1; }
@@ -44,6 +44,12 @@ for name, p in rows.items():
         assert d["only_pattern_correct"] - d["only_dense_correct"] == round(m * (acc - dense_acc)), (name, key, d)
         if d["only_pattern_correct"] == d["only_dense_correct"] == 0:
             assert d["mcnemar_p"] == 1 and d["p"] == 1, (name, key, d)
-assert r["steps"] == 5 and r["bootstrap_resamples"] == 1000 and r["bootstrap_seed"] == 1
+# After one step from the shared initialisation the patterns still disagree with dense on some items
+# (their attention differs); later the tiny model predicts one class everywhere and every difference
+# is 0, where the checks above could not fail.
+discordant = sum(p["minus_dense"]["accuracy"]["only_pattern_correct"] + p["minus_dense"]["accuracy"]["only_dense_correct"]
+                 for name, p in rows.items() if name != "dense")
+assert discordant > 0, "no pattern disagrees with dense on any item: the paired checks are vacuous"
+assert r["steps"] == 1 and r["bootstrap_resamples"] == 1000 and r["bootstrap_seed"] == 1
 print("bench compare ok")
 PY
